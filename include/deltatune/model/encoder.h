@@ -1,0 +1,208 @@
+// The BERT-family encoder (BERT, RoBERTa, MiniLM, ELECTRA discriminator) and
+// its task heads as LibTorch modules.
+//
+// Invariant: named_parameters() of every module here equals the Hugging Face
+// state-dict keys of the corresponding transformers class (BertModel,
+// BertForSequenceClassification, RobertaForSequenceClassification,
+// ElectraForSequenceClassification), so loading and saving is a name match.
+#pragma once
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/dropout.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "deltatune/model/config.h"
+#include "deltatune/model/hooks.h"
+
+namespace deltatune::model {
+
+// One padded batch. All [batch, length] int64 on the model's device;
+// token_type_ids may be undefined (all zeros).
+struct EncoderInput {
+  at::Tensor input_ids;
+  at::Tensor attention_mask;  // 1 = token, 0 = padding
+  at::Tensor token_type_ids;
+};
+
+struct EncoderOutput {
+  at::Tensor last_hidden_state;  // [B, L, H]
+  at::Tensor pooler_output;      // [B, H]; undefined without a pooler
+  at::Tensor attention_mask;     // [B, L] after any EmbeddingInserter
+};
+
+// nn.Linear with HF's parameter names (weight [out, in], bias [out]) and a
+// list of DenseDelta hooks whose outputs are added.
+class DenseImpl : public torch::nn::Module {
+ public:
+  DenseImpl(int64_t in_features, int64_t out_features, bool with_bias = true);
+  at::Tensor forward(const at::Tensor& input);
+  void add_delta(const std::string& name, std::shared_ptr<DenseDelta> delta);
+  void remove_delta(const std::string& name);
+  bool has_deltas() const { return !deltas_.empty(); }
+  at::Tensor weight;
+  at::Tensor bias;  // undefined when with_bias is false
+
+ private:
+  std::map<std::string, std::shared_ptr<DenseDelta>> deltas_;
+};
+TORCH_MODULE(Dense);
+
+class EmbeddingsImpl : public torch::nn::Module {
+ public:
+  explicit EmbeddingsImpl(const EncoderConfig& config);
+  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids);
+  torch::nn::Embedding word_embeddings{nullptr}, position_embeddings{nullptr},
+      token_type_embeddings{nullptr};
+  torch::nn::LayerNorm LayerNorm{nullptr};
+  torch::nn::Dropout dropout{nullptr};
+
+ private:
+  bool positions_from_padding_;
+  int64_t pad_token_id_;
+};
+TORCH_MODULE(Embeddings);
+
+class SelfAttentionImpl : public torch::nn::Module {
+ public:
+  explicit SelfAttentionImpl(const EncoderConfig& config);
+  // additive_mask: [B, 1, 1, L] (0 or a large negative). prefix keys/values:
+  // [B or 1, P, H] or undefined.
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
+                     const at::Tensor& prefix_keys, const at::Tensor& prefix_values);
+  Dense query{nullptr}, key{nullptr}, value{nullptr};
+  torch::nn::Dropout dropout{nullptr};
+
+ private:
+  int64_t heads_, head_dim_;
+};
+TORCH_MODULE(SelfAttention);
+
+// dense -> dropout -> [adapter] -> LayerNorm(. + residual). HF's BertSelfOutput
+// and BertOutput differ only in the dense's input width.
+class SublayerOutputImpl : public torch::nn::Module {
+ public:
+  SublayerOutputImpl(const EncoderConfig& config, int64_t in_features);
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& residual);
+  void set_adapter(const std::string& name, std::shared_ptr<SublayerAdapter> adapter);
+  void clear_adapter();
+  Dense dense{nullptr};
+  torch::nn::LayerNorm LayerNorm{nullptr};
+  torch::nn::Dropout dropout{nullptr};
+
+ private:
+  std::string adapter_name_;
+  std::shared_ptr<SublayerAdapter> adapter_;
+};
+TORCH_MODULE(SublayerOutput);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  explicit AttentionImpl(const EncoderConfig& config);
+  SelfAttention self{nullptr};
+  SublayerOutput output{nullptr};
+};
+TORCH_MODULE(Attention);
+
+class IntermediateImpl : public torch::nn::Module {
+ public:
+  explicit IntermediateImpl(const EncoderConfig& config);
+  at::Tensor forward(const at::Tensor& hidden);
+  Dense dense{nullptr};
+
+ private:
+  std::string activation_;
+};
+TORCH_MODULE(Intermediate);
+
+class LayerImpl : public torch::nn::Module {
+ public:
+  explicit LayerImpl(const EncoderConfig& config);
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
+                     const at::Tensor& prefix_keys, const at::Tensor& prefix_values);
+  Attention attention{nullptr};
+  Intermediate intermediate{nullptr};
+  SublayerOutput output{nullptr};
+};
+TORCH_MODULE(Layer);
+
+class PoolerImpl : public torch::nn::Module {
+ public:
+  explicit PoolerImpl(const EncoderConfig& config);
+  at::Tensor forward(const at::Tensor& hidden);  // tanh(dense(hidden[:, 0]))
+  Dense dense{nullptr};
+};
+TORCH_MODULE(Pooler);
+
+// BertModel / RobertaModel / ElectraModel.
+class EncoderModelImpl : public torch::nn::Module {
+ public:
+  EncoderModelImpl(const EncoderConfig& config, bool with_pooler);
+  EncoderOutput forward(const EncoderInput& input);
+  const EncoderConfig& config() const { return config_; }
+  Layer layer(int64_t index) const;
+  int64_t num_layers() const { return config_.num_hidden_layers; }
+
+  void set_attention_prefix(const std::string& name, std::shared_ptr<AttentionPrefix> prefix);
+  void set_embedding_inserter(const std::string& name, std::shared_ptr<EmbeddingInserter> inserter);
+  void clear_attention_prefix();
+  void clear_embedding_inserter();
+
+  Embeddings embeddings{nullptr};
+  Dense embeddings_project{nullptr};  // ELECTRA with embedding_size != hidden_size
+  Pooler pooler{nullptr};
+
+ private:
+  EncoderConfig config_;
+  torch::nn::ModuleList layers_{nullptr};
+  std::string prefix_name_, inserter_name_;
+  std::shared_ptr<AttentionPrefix> prefix_;
+  std::shared_ptr<EmbeddingInserter> inserter_;
+};
+TORCH_MODULE(EncoderModel);
+
+// RoBERTa's and ELECTRA's "classifier": dense -> tanh (RoBERTa) or gelu
+// (ELECTRA) -> out_proj, read at the first token.
+class ClassificationHeadImpl : public torch::nn::Module {
+ public:
+  ClassificationHeadImpl(const EncoderConfig& config, int64_t num_labels, double dropout);
+  at::Tensor forward(const at::Tensor& first_token);
+  Dense dense{nullptr}, out_proj{nullptr};
+
+ private:
+  torch::nn::Dropout dropout_{nullptr};
+  bool gelu_;
+};
+TORCH_MODULE(ClassificationHead);
+
+// The classification / regression head on top of the encoder, as each HF
+// *ForSequenceClassification does it. num_labels == 1 means regression.
+class SequenceClassifierImpl : public torch::nn::Module {
+ public:
+  SequenceClassifierImpl(const EncoderConfig& config, int64_t num_labels);
+  at::Tensor forward(const EncoderInput& input);  // logits [B, num_labels]
+  at::Tensor head(const EncoderOutput& encoded);   // logits from encoder output
+  int64_t num_labels() const { return num_labels_; }
+  const EncoderConfig& config() const { return encoder->config(); }
+  // True for the task head's parameters: "classifier.*", and for BERT the
+  // pooler, which HF's base checkpoints may lack.
+  bool is_head_parameter(const std::string& name) const;
+
+  EncoderModel encoder{nullptr};  // registered as "bert" / "roberta" / "electra"
+
+ private:
+  int64_t num_labels_;
+  torch::nn::Dropout dropout_{nullptr};
+  Dense bert_classifier_{nullptr};           // BERT: "classifier"
+  ClassificationHead two_layer_head_{nullptr};  // RoBERTa / ELECTRA: "classifier"
+};
+TORCH_MODULE(SequenceClassifier);
+
+}  // namespace deltatune::model

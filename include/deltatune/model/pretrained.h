@@ -1,0 +1,61 @@
+// Loading Hugging Face model directories into the encoder modules, and
+// writing them back.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "deltatune/io/safetensors.h"
+#include "deltatune/model/encoder.h"
+
+namespace deltatune::model {
+
+struct LoadReport {
+  std::vector<std::string> loaded;       // module parameter names filled from the checkpoint
+  std::vector<std::string> initialized;  // head parameters absent from the checkpoint (fresh init)
+  std::vector<std::string> unexpected;   // checkpoint keys nothing used (known-harmless ones excluded)
+};
+
+// The checkpoint's tensors: model.safetensors (or sharded
+// model.safetensors.index.json) first, else pytorch_model.bin. Throws
+// deltatune::Error naming the directory when none is readable.
+std::map<std::string, at::Tensor> read_checkpoint(const std::filesystem::path& model_dir);
+
+// Copies checkpoint tensors into `module` by Hugging Face key. A task model
+// whose encoder lives under `base_prefix` ("bert", ...) also accepts a bare
+// encoder checkpoint (keys without the prefix), and the other way round.
+// Every parameter must be found unless `may_initialize(name)` says it may be
+// freshly initialised (task heads); shape mismatches are errors naming the key.
+LoadReport load_state(torch::nn::Module& module, const std::map<std::string, at::Tensor>& checkpoint,
+                      const std::string& base_prefix, const std::string& source,
+                      const std::function<bool(const std::string&)>& may_initialize);
+
+// The module's parameters and buffers by name, for save_safetensors.
+io::NamedTensors named_state(const torch::nn::Module& module);
+
+// A task model read from a HF directory (config.json + weights). num_labels
+// 0 takes the config's id2label size (or 2 when absent).
+struct LoadedClassifier {
+  EncoderConfig config;
+  SequenceClassifier model{nullptr};
+  LoadReport report;
+};
+LoadedClassifier load_classifier(const std::filesystem::path& model_dir, int64_t num_labels = 0);
+
+// A bare encoder (BertModel / RobertaModel / ElectraModel) from a HF directory.
+struct LoadedEncoder {
+  EncoderConfig config;
+  EncoderModel model{nullptr};
+  LoadReport report;
+};
+LoadedEncoder load_encoder(const std::filesystem::path& model_dir);
+
+// sha256 over the checkpoint's tensors (names, dtypes, shapes and bytes in
+// name order), independent of file layout: the base-model identity deltas record.
+std::string weights_checksum(const std::map<std::string, at::Tensor>& checkpoint);
+
+}  // namespace deltatune::model

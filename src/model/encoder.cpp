@@ -1,0 +1,324 @@
+#include "deltatune/model/encoder.h"
+
+#include <ATen/ATen.h>
+#include <torch/version.h>
+
+#include <cmath>
+#include <limits>
+
+#include "deltatune/error.h"
+
+namespace deltatune::model {
+
+namespace {
+
+at::Tensor activate(const at::Tensor& x, const std::string& name) {
+  if (name == "gelu") return at::gelu(x);
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast")
+    return at::gelu(x, "tanh");
+  if (name == "relu") return at::relu(x);
+  return at::silu(x);  // "silu" / "swish"; config.cpp admits no other name
+}
+
+torch::nn::LayerNorm make_layer_norm(int64_t size, double eps) {
+  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({size}).eps(eps));
+}
+
+double classifier_dropout(const EncoderConfig& config) {
+  return config.classifier_dropout.value_or(config.hidden_dropout_prob);
+}
+
+}  // namespace
+
+// --- Dense ---------------------------------------------------------------------
+
+DenseImpl::DenseImpl(int64_t in_features, int64_t out_features, bool with_bias) {
+  weight = register_parameter("weight", at::empty({out_features, in_features}));
+  if (with_bias) bias = register_parameter("bias", at::zeros({out_features}));
+  // HF's _init_weights for nn.Linear; loading overwrites it for pretrained parts.
+  at::NoGradGuard no_grad;
+  weight.normal_(0.0, 0.02);
+}
+
+at::Tensor DenseImpl::forward(const at::Tensor& input) {
+  at::Tensor output = at::linear(input, weight, bias);
+  for (auto& [name, delta] : deltas_) output = output + delta->forward(input);
+  return output;
+}
+
+void DenseImpl::add_delta(const std::string& name, std::shared_ptr<DenseDelta> delta) {
+  if (deltas_.count(name)) throw Error("a delta named '" + name + "' is already attached");
+  deltas_[name] = register_module(name, std::move(delta));
+}
+
+void DenseImpl::remove_delta(const std::string& name) {
+  if (deltas_.erase(name) == 0) throw Error("no delta named '" + name + "' is attached");
+  unregister_module(name);
+}
+
+// --- Embeddings --------------------------------------------------------------
+
+EmbeddingsImpl::EmbeddingsImpl(const EncoderConfig& config)
+    : positions_from_padding_(config.positions_from_padding()),
+      pad_token_id_(config.pad_token_id) {
+  const int64_t width = config.embedding_size;
+  word_embeddings = register_module(
+      "word_embeddings",
+      torch::nn::Embedding(
+          torch::nn::EmbeddingOptions(config.vocab_size, width).padding_idx(config.pad_token_id)));
+  auto position_options = torch::nn::EmbeddingOptions(config.max_position_embeddings, width);
+  if (positions_from_padding_) position_options.padding_idx(config.pad_token_id);
+  position_embeddings =
+      register_module("position_embeddings", torch::nn::Embedding(position_options));
+  token_type_embeddings = register_module(
+      "token_type_embeddings",
+      torch::nn::Embedding(torch::nn::EmbeddingOptions(config.type_vocab_size, width)));
+  LayerNorm = register_module("LayerNorm", make_layer_norm(width, config.layer_norm_eps));
+  dropout = register_module("dropout", torch::nn::Dropout(config.hidden_dropout_prob));
+}
+
+at::Tensor EmbeddingsImpl::forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids) {
+  const int64_t length = input_ids.size(1);
+  at::Tensor positions;
+  if (positions_from_padding_) {
+    // RoBERTa: padding keeps position pad_token_id, tokens count from pad_token_id + 1.
+    at::Tensor is_token = input_ids.ne(pad_token_id_).to(at::kLong);
+    positions = at::cumsum(is_token, 1) * is_token + pad_token_id_;
+  } else {
+    positions = at::arange(length, input_ids.options()).unsqueeze(0);
+  }
+  if (length + (positions_from_padding_ ? pad_token_id_ + 1 : 0) >
+      position_embeddings->options.num_embeddings())
+    throw Error("sequence of " + std::to_string(length) + " tokens exceeds the model's " +
+                std::to_string(position_embeddings->options.num_embeddings()) + " positions");
+  at::Tensor types = token_type_ids.defined() ? token_type_ids : at::zeros_like(input_ids);
+  at::Tensor embedded = word_embeddings->forward(input_ids) +
+                        token_type_embeddings->forward(types) +
+                        position_embeddings->forward(positions);
+  return dropout->forward(LayerNorm->forward(embedded));
+}
+
+// --- Attention -----------------------------------------------------------------
+
+SelfAttentionImpl::SelfAttentionImpl(const EncoderConfig& config)
+    : heads_(config.num_attention_heads), head_dim_(config.head_dim()) {
+  const int64_t h = config.hidden_size;
+  query = register_module("query", Dense(h, h));
+  key = register_module("key", Dense(h, h));
+  value = register_module("value", Dense(h, h));
+  dropout = register_module("dropout", torch::nn::Dropout(config.attention_probs_dropout_prob));
+}
+
+at::Tensor SelfAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
+                                      const at::Tensor& prefix_keys,
+                                      const at::Tensor& prefix_values) {
+  const int64_t batch = hidden.size(0);
+  auto split_heads = [&](const at::Tensor& x) {  // [B, L, H] -> [B, heads, L, d]
+    return x.view({x.size(0), x.size(1), heads_, head_dim_}).transpose(1, 2);
+  };
+  at::Tensor keys = key->forward(hidden);
+  at::Tensor values = value->forward(hidden);
+  if (prefix_keys.defined()) {
+    keys = at::cat({prefix_keys.to(keys.scalar_type()).expand({batch, -1, -1}), keys}, 1);
+    values = at::cat({prefix_values.to(values.scalar_type()).expand({batch, -1, -1}), values}, 1);
+  }
+  at::Tensor q = split_heads(query->forward(hidden));
+  at::Tensor k = split_heads(keys);
+  at::Tensor v = split_heads(values);
+  // softmax(q k^T / sqrt(d) + mask) v, as BertSelfAttention computes it.
+  at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim_));
+  scores = scores + additive_mask;
+  at::Tensor probs = dropout->forward(at::softmax(scores, -1));
+  at::Tensor context = at::matmul(probs, v).transpose(1, 2).contiguous();
+  return context.view({batch, hidden.size(1), heads_ * head_dim_});
+}
+
+SublayerOutputImpl::SublayerOutputImpl(const EncoderConfig& config, int64_t in_features) {
+  dense = register_module("dense", Dense(in_features, config.hidden_size));
+  LayerNorm = register_module("LayerNorm", make_layer_norm(config.hidden_size, config.layer_norm_eps));
+  dropout = register_module("dropout", torch::nn::Dropout(config.hidden_dropout_prob));
+}
+
+at::Tensor SublayerOutputImpl::forward(const at::Tensor& hidden, const at::Tensor& residual) {
+  at::Tensor h = dropout->forward(dense->forward(hidden));
+  if (adapter_) h = adapter_->forward(h);
+  return LayerNorm->forward(h + residual);
+}
+
+void SublayerOutputImpl::set_adapter(const std::string& name,
+                                     std::shared_ptr<SublayerAdapter> adapter) {
+  clear_adapter();
+  adapter_name_ = name;
+  adapter_ = register_module(name, std::move(adapter));
+}
+
+void SublayerOutputImpl::clear_adapter() {
+  if (!adapter_) return;
+  unregister_module(adapter_name_);
+  adapter_.reset();
+  adapter_name_.clear();
+}
+
+AttentionImpl::AttentionImpl(const EncoderConfig& config) {
+  self = register_module("self", SelfAttention(config));
+  output = register_module("output", SublayerOutput(config, config.hidden_size));
+}
+
+IntermediateImpl::IntermediateImpl(const EncoderConfig& config) : activation_(config.hidden_act) {
+  dense = register_module("dense", Dense(config.hidden_size, config.intermediate_size));
+}
+
+at::Tensor IntermediateImpl::forward(const at::Tensor& hidden) {
+  return activate(dense->forward(hidden), activation_);
+}
+
+LayerImpl::LayerImpl(const EncoderConfig& config) {
+  attention = register_module("attention", Attention(config));
+  intermediate = register_module("intermediate", Intermediate(config));
+  output = register_module("output", SublayerOutput(config, config.intermediate_size));
+}
+
+at::Tensor LayerImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
+                              const at::Tensor& prefix_keys, const at::Tensor& prefix_values) {
+  at::Tensor attended = attention->output->forward(
+      attention->self->forward(hidden, additive_mask, prefix_keys, prefix_values), hidden);
+  return output->forward(intermediate->forward(attended), attended);
+}
+
+PoolerImpl::PoolerImpl(const EncoderConfig& config) {
+  dense = register_module("dense", Dense(config.hidden_size, config.hidden_size));
+}
+
+at::Tensor PoolerImpl::forward(const at::Tensor& hidden) {
+  return at::tanh(dense->forward(hidden.select(1, 0)));
+}
+
+// --- EncoderModel ----------------------------------------------------------------
+
+EncoderModelImpl::EncoderModelImpl(const EncoderConfig& config, bool with_pooler)
+    : config_(config) {
+  embeddings = register_module("embeddings", Embeddings(config));
+  if (config.embedding_size != config.hidden_size)
+    embeddings_project =
+        register_module("embeddings_project", Dense(config.embedding_size, config.hidden_size));
+  // HF nests the layers as encoder.layer.<i>.
+  auto encoder = std::make_shared<torch::nn::Module>();
+  layers_ = torch::nn::ModuleList();
+  for (int64_t i = 0; i < config.num_hidden_layers; ++i) layers_->push_back(Layer(config));
+  encoder->register_module("layer", layers_);
+  register_module("encoder", encoder);
+  if (with_pooler) pooler = register_module("pooler", Pooler(config));
+}
+
+Layer EncoderModelImpl::layer(int64_t index) const {
+  return Layer(std::dynamic_pointer_cast<LayerImpl>(layers_->ptr(index)));
+}
+
+EncoderOutput EncoderModelImpl::forward(const EncoderInput& input) {
+  if (!input.input_ids.defined() || input.input_ids.dim() != 2)
+    throw Error("input_ids must be a [batch, length] tensor");
+  at::Tensor hidden = embeddings->forward(input.input_ids, input.token_type_ids);
+  at::Tensor mask =
+      input.attention_mask.defined() ? input.attention_mask : at::ones_like(input.input_ids);
+  if (inserter_) std::tie(hidden, mask) = inserter_->forward(hidden, mask);
+  if (!embeddings_project.is_empty()) hidden = embeddings_project->forward(hidden);
+
+  const int64_t batch = hidden.size(0);
+  // HF's extended mask: (1 - mask) * finfo(dtype).min, broadcast over heads and queries.
+  auto additive = [&](const at::Tensor& m) {
+    const double lowest = hidden.scalar_type() == at::kBFloat16
+                              ? -3.3895313892515355e38
+                              : (hidden.scalar_type() == at::kHalf
+                                     ? -65504.0
+                                     : static_cast<double>(std::numeric_limits<float>::lowest()));
+    return ((1.0 - m.to(hidden.scalar_type())) * lowest).view({batch, 1, 1, m.size(1)});
+  };
+  at::Tensor token_mask = additive(mask);
+  for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
+    at::Tensor prefix_keys, prefix_values, layer_mask = token_mask;
+    if (prefix_) {
+      std::tie(prefix_keys, prefix_values) = prefix_->forward(i, batch);
+      at::Tensor prefix_mask = at::ones({batch, prefix_keys.size(1)}, mask.options());
+      layer_mask = additive(at::cat({prefix_mask, mask}, 1));
+    }
+    hidden = layer(i)->forward(hidden, layer_mask, prefix_keys, prefix_values);
+  }
+  EncoderOutput out;
+  out.last_hidden_state = hidden;
+  out.attention_mask = mask;
+  if (!pooler.is_empty()) out.pooler_output = pooler->forward(hidden);
+  return out;
+}
+
+void EncoderModelImpl::set_attention_prefix(const std::string& name,
+                                            std::shared_ptr<AttentionPrefix> prefix) {
+  clear_attention_prefix();
+  prefix_name_ = name;
+  prefix_ = register_module(name, std::move(prefix));
+}
+
+void EncoderModelImpl::set_embedding_inserter(const std::string& name,
+                                              std::shared_ptr<EmbeddingInserter> inserter) {
+  clear_embedding_inserter();
+  inserter_name_ = name;
+  inserter_ = register_module(name, std::move(inserter));
+}
+
+void EncoderModelImpl::clear_attention_prefix() {
+  if (!prefix_) return;
+  unregister_module(prefix_name_);
+  prefix_.reset();
+}
+
+void EncoderModelImpl::clear_embedding_inserter() {
+  if (!inserter_) return;
+  unregister_module(inserter_name_);
+  inserter_.reset();
+}
+
+// --- Heads -------------------------------------------------------------------------
+
+ClassificationHeadImpl::ClassificationHeadImpl(const EncoderConfig& config, int64_t num_labels,
+                                               double dropout)
+    : gelu_(config.architecture == Architecture::kElectra) {
+  dense = register_module("dense", Dense(config.hidden_size, config.hidden_size));
+  out_proj = register_module("out_proj", Dense(config.hidden_size, num_labels));
+  dropout_ = register_module("dropout", torch::nn::Dropout(dropout));
+}
+
+at::Tensor ClassificationHeadImpl::forward(const at::Tensor& first_token) {
+  at::Tensor x = dense->forward(dropout_->forward(first_token));
+  x = gelu_ ? at::gelu(x) : at::tanh(x);
+  return out_proj->forward(dropout_->forward(x));
+}
+
+SequenceClassifierImpl::SequenceClassifierImpl(const EncoderConfig& config, int64_t num_labels)
+    : num_labels_(num_labels) {
+  if (num_labels < 1) throw Error("num_labels must be at least 1");
+  const bool bert = config.architecture == Architecture::kBert;
+  encoder = register_module(config.base_model_prefix(), EncoderModel(config, bert));
+  if (bert) {
+    dropout_ = register_module("dropout", torch::nn::Dropout(classifier_dropout(config)));
+    bert_classifier_ = register_module("classifier", Dense(config.hidden_size, num_labels));
+  } else {
+    two_layer_head_ = register_module(
+        "classifier", ClassificationHead(config, num_labels, classifier_dropout(config)));
+  }
+}
+
+at::Tensor SequenceClassifierImpl::head(const EncoderOutput& encoded) {
+  if (!bert_classifier_.is_empty())
+    return bert_classifier_->forward(dropout_->forward(encoded.pooler_output));
+  return two_layer_head_->forward(encoded.last_hidden_state.select(1, 0));
+}
+
+at::Tensor SequenceClassifierImpl::forward(const EncoderInput& input) {
+  return head(encoder->forward(input));
+}
+
+bool SequenceClassifierImpl::is_head_parameter(const std::string& name) const {
+  if (name.rfind("classifier.", 0) == 0) return true;
+  return config().architecture == Architecture::kBert && name.rfind("bert.pooler.", 0) == 0;
+}
+
+}  // namespace deltatune::model

@@ -1,0 +1,173 @@
+#include "deltatune/model/pretrained.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "deltatune/error.h"
+#include "deltatune/io/atomic_file.h"
+#include "deltatune/io/sha256.h"
+#include "deltatune/io/torch_pickle.h"
+
+namespace deltatune::model {
+namespace fs = std::filesystem;
+
+namespace {
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
+}
+
+// Keys HF checkpoints carry that no encoder parameter corresponds to and that
+// HF itself ignores when loading a task model: buffers and pre-training heads.
+bool is_known_unused(const std::string& key) {
+  static const char* kPatterns[] = {"position_ids", "cls.", "lm_head.", "discriminator_predictions.",
+                                    "generator_", "pooler."};  // pooler: RoBERTa/ELECTRA heads skip it
+  for (const char* p : kPatterns)
+    if (key.find(p) != std::string::npos) return true;
+  return false;
+}
+
+}  // namespace
+
+std::map<std::string, at::Tensor> read_checkpoint(const fs::path& model_dir) {
+  if (!fs::is_directory(model_dir))
+    throw Error(model_dir.string() + ": model directory does not exist");
+  const fs::path single = model_dir / "model.safetensors";
+  if (fs::exists(single)) return io::SafetensorsFile::open(single).load_all();
+  const fs::path index = model_dir / "model.safetensors.index.json";
+  if (fs::exists(index)) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(io::read_text_file(index));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(index.string() + ": not valid JSON (" + e.what() + ")");
+    }
+    if (!j.contains("weight_map") || !j["weight_map"].is_object())
+      throw Error(index.string() + ": missing field 'weight_map'");
+    std::set<std::string> shards;
+    for (auto& [key, shard] : j["weight_map"].items()) shards.insert(shard.get<std::string>());
+    std::map<std::string, at::Tensor> all;
+    for (const auto& shard : shards) {
+      auto part = io::SafetensorsFile::open(model_dir / shard).load_all();
+      all.insert(part.begin(), part.end());
+    }
+    return all;
+  }
+  const fs::path bin = model_dir / "pytorch_model.bin";
+  if (fs::exists(bin)) return io::load_torch_state_dict(bin);
+  throw Error(model_dir.string() +
+              ": no model.safetensors, model.safetensors.index.json or pytorch_model.bin");
+}
+
+LoadReport load_state(torch::nn::Module& module, const std::map<std::string, at::Tensor>& checkpoint,
+                      const std::string& base_prefix, const std::string& source,
+                      const std::function<bool(const std::string&)>& may_initialize) {
+  LoadReport report;
+  std::set<std::string> used;
+  const std::string dotted = base_prefix.empty() ? "" : base_prefix + ".";
+  auto find = [&](const std::string& name) -> const std::string* {
+    if (auto it = checkpoint.find(name); it != checkpoint.end()) return &it->first;
+    if (!dotted.empty() && starts_with(name, dotted)) {
+      if (auto it = checkpoint.find(name.substr(dotted.size())); it != checkpoint.end())
+        return &it->first;
+    }
+    if (!dotted.empty()) {
+      if (auto it = checkpoint.find(dotted + name); it != checkpoint.end()) return &it->first;
+    }
+    return nullptr;
+  };
+  at::NoGradGuard no_grad;
+  std::vector<std::string> missing;
+  auto fill = [&](const std::string& name, at::Tensor& target) {
+    const std::string* key = find(name);
+    if (key == nullptr) {
+      if (may_initialize && may_initialize(name)) {
+        report.initialized.push_back(name);
+      } else {
+        missing.push_back(name);
+      }
+      return;
+    }
+    const at::Tensor& value = checkpoint.at(*key);
+    if (value.sizes() != target.sizes()) {
+      std::ostringstream msg;
+      msg << source << ": tensor '" << *key << "' has shape " << value.sizes() << " but the model's "
+          << name << " needs " << target.sizes();
+      throw Error(msg.str());
+    }
+    if (!at::isFloatingType(value.scalar_type()) && at::isFloatingType(target.scalar_type()))
+      throw Error(source + ": tensor '" + *key + "' has dtype " +
+                  std::string(c10::toString(value.scalar_type())) + ", expected floating point");
+    target.copy_(value);
+    used.insert(*key);
+    report.loaded.push_back(name);
+  };
+  for (auto& item : module.named_parameters(/*recurse=*/true)) fill(item.key(), item.value());
+  for (auto& item : module.named_buffers(/*recurse=*/true)) fill(item.key(), item.value());
+  if (!missing.empty()) {
+    std::string list = missing.front();
+    if (missing.size() > 1) list += " and " + std::to_string(missing.size() - 1) + " more";
+    throw Error(source + ": missing tensor " + list + " (wrong model type or incomplete checkpoint)");
+  }
+  for (const auto& [key, value] : checkpoint)
+    if (!used.count(key) && !is_known_unused(key)) report.unexpected.push_back(key);
+  return report;
+}
+
+io::NamedTensors named_state(const torch::nn::Module& module) {
+  io::NamedTensors out;
+  for (const auto& item : module.named_parameters(true)) out.emplace_back(item.key(), item.value());
+  for (const auto& item : module.named_buffers(true)) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+namespace {
+
+int64_t labels_from_config(const EncoderConfig& config) {
+  return config.id2label.empty() ? 2 : static_cast<int64_t>(config.id2label.size());
+}
+
+}  // namespace
+
+LoadedClassifier load_classifier(const fs::path& model_dir, int64_t num_labels) {
+  LoadedClassifier out;
+  out.config = EncoderConfig::from_file(model_dir / "config.json");
+  if (num_labels <= 0) num_labels = labels_from_config(out.config);
+  out.model = SequenceClassifier(out.config, num_labels);
+  auto checkpoint = read_checkpoint(model_dir);
+  SequenceClassifierImpl* model = out.model.get();
+  out.report = load_state(*out.model, checkpoint, out.config.base_model_prefix(),
+                          model_dir.string(),
+                          [model](const std::string& name) { return model->is_head_parameter(name); });
+  return out;
+}
+
+LoadedEncoder load_encoder(const fs::path& model_dir) {
+  LoadedEncoder out;
+  out.config = EncoderConfig::from_file(model_dir / "config.json");
+  const bool with_pooler = out.config.architecture == Architecture::kBert;
+  out.model = EncoderModel(out.config, with_pooler);
+  auto checkpoint = read_checkpoint(model_dir);
+  out.report = load_state(*out.model, checkpoint, out.config.base_model_prefix(), model_dir.string(),
+                          [](const std::string& name) { return starts_with(name, "pooler."); });
+  return out;
+}
+
+std::string weights_checksum(const std::map<std::string, at::Tensor>& checkpoint) {
+  io::Sha256 hash;
+  for (const auto& [name, tensor] : checkpoint) {
+    if (is_known_unused(name)) continue;
+    at::Tensor t = tensor.contiguous();
+    hash.update(name);
+    hash.update(std::string(c10::toString(t.scalar_type())));
+    for (int64_t d : t.sizes()) hash.update(&d, sizeof d);
+    hash.update(t.data_ptr(), t.numel() * t.element_size());
+  }
+  return hash.hex_digest();
+}
+
+}  // namespace deltatune::model

@@ -1,0 +1,141 @@
+#include "deltatune/model/config.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "deltatune/error.h"
+#include "deltatune/io/atomic_file.h"
+#include "deltatune/io/safetensors.h"
+#include "deltatune/io/torch_pickle.h"
+#include "deltatune/model/pretrained.h"
+#include "test_paths.h"
+
+namespace deltatune::model {
+namespace {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+std::string error_of(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(EncoderConfig, ReadsMiniLm) {
+  auto c = EncoderConfig::from_file(test::minilm_dir() / "config.json");
+  EXPECT_EQ(c.architecture, Architecture::kBert);
+  EXPECT_EQ(c.hidden_size, 384);
+  EXPECT_EQ(c.num_hidden_layers, 6);
+  EXPECT_EQ(c.num_attention_heads, 12);
+  EXPECT_EQ(c.intermediate_size, 1536);
+  EXPECT_EQ(c.vocab_size, 30522);
+  EXPECT_DOUBLE_EQ(c.layer_norm_eps, 1e-12);
+  EXPECT_EQ(c.embedding_size, 384);
+  EXPECT_FALSE(c.positions_from_padding());
+}
+
+TEST(EncoderConfig, ReadsRobertaAndElectraSpecifics) {
+  auto r = EncoderConfig::from_file(test::fixtures() / "model" / "tiny_roberta" / "config.json");
+  EXPECT_EQ(r.architecture, Architecture::kRoberta);
+  EXPECT_EQ(r.pad_token_id, 1);
+  EXPECT_TRUE(r.positions_from_padding());
+  auto e = EncoderConfig::from_file(test::fixtures() / "model" / "tiny_electra" / "config.json");
+  EXPECT_EQ(e.architecture, Architecture::kElectra);
+  EXPECT_NE(e.embedding_size, e.hidden_size);
+}
+
+TEST(EncoderConfig, MissingFieldIsNamed) {
+  json j = json::parse(io::read_text_file(test::minilm_dir() / "config.json"));
+  j.erase("num_attention_heads");
+  EXPECT_EQ(error_of([&] { EncoderConfig::from_json(j, "cfg.json"); }),
+            "cfg.json: missing field 'num_attention_heads'");
+  j = json::parse(io::read_text_file(test::minilm_dir() / "config.json"));
+  j["hidden_size"] = "wide";
+  EXPECT_EQ(error_of([&] { EncoderConfig::from_json(j, "cfg.json"); }),
+            "cfg.json: field 'hidden_size' must be a positive integer");
+  j = json::parse(io::read_text_file(test::minilm_dir() / "config.json"));
+  j["model_type"] = "gpt2";
+  EXPECT_NE(error_of([&] { EncoderConfig::from_json(j, "cfg.json"); }).find("'gpt2' is not supported"),
+            std::string::npos);
+}
+
+TEST(EncoderConfig, NotJsonIsReportedWithPath) {
+  test::ScratchDir tmp;
+  io::write_text_atomically(tmp.path() / "config.json", "{ nope");
+  EXPECT_NE(error_of([&] { EncoderConfig::from_file(tmp.path() / "config.json"); }).find("config.json: not valid JSON"),
+            std::string::npos);
+}
+
+// A directory holding the tiny BERT with one tensor dropped or reshaped.
+fs::path damaged_copy(const fs::path& tmp, const std::string& drop, const std::string& reshape) {
+  const fs::path source = test::fixtures() / "model" / "tiny_bert";
+  fs::copy_file(source / "config.json", tmp / "config.json");
+  io::NamedTensors kept;
+  for (auto& [name, tensor] : read_checkpoint(source)) {
+    if (name == drop) continue;
+    kept.emplace_back(name, name == reshape ? tensor.flatten() : tensor);
+  }
+  io::save_safetensors(tmp / "model.safetensors", kept);
+  return tmp;
+}
+
+TEST(Loading, MissingEncoderTensorIsAnError) {
+  test::ScratchDir tmp;
+  auto dir = damaged_copy(tmp.path(), "bert.encoder.layer.1.attention.self.key.weight", "");
+  EXPECT_NE(error_of([&] { load_classifier(dir); })
+                .find("missing tensor bert.encoder.layer.1.attention.self.key.weight"),
+            std::string::npos);
+}
+
+TEST(Loading, ShapeMismatchIsAnError) {
+  test::ScratchDir tmp;
+  auto dir = damaged_copy(tmp.path(), "", "bert.encoder.layer.0.intermediate.dense.weight");
+  EXPECT_NE(error_of([&] { load_classifier(dir); }).find("has shape [2048] but"), std::string::npos)
+      << error_of([&] { load_classifier(dir); });
+}
+
+TEST(Loading, MissingWeightsFileIsNamed) {
+  test::ScratchDir tmp;
+  fs::copy_file(test::fixtures() / "model" / "tiny_bert" / "config.json", tmp.path() / "config.json");
+  EXPECT_NE(error_of([&] { load_classifier(tmp.path()); }).find("no model.safetensors"),
+            std::string::npos);
+}
+
+TEST(Loading, WeightsChecksumIdentifiesTheBase) {
+  auto a = read_checkpoint(test::fixtures() / "model" / "tiny_bert");
+  auto b = a;
+  EXPECT_EQ(weights_checksum(a), weights_checksum(b));
+  b["bert.embeddings.LayerNorm.bias"] = b["bert.embeddings.LayerNorm.bias"] + 1e-3;
+  EXPECT_NE(weights_checksum(a), weights_checksum(b));
+}
+
+}  // namespace
+}  // namespace deltatune::model
+
+namespace deltatune::model {
+namespace {
+
+TEST(Loading, CorruptPytorchBinIsAClearError) {
+  test::ScratchDir tmp;
+  const auto bin = tmp.path() / "pytorch_model.bin";
+  io::write_text_atomically(bin, "definitely not a zip archive");
+  try {
+    io::load_torch_state_dict(bin);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a zip-format PyTorch checkpoint"), std::string::npos);
+  }
+  // A real archive cut short.
+  std::ifstream in(test::fixtures() / "model" / "tiny_bert" / "pytorch_model.bin", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  io::write_text_atomically(bin, bytes.substr(0, bytes.size() / 2));
+  EXPECT_THROW(io::load_torch_state_dict(bin), Error);
+}
+
+}  // namespace
+}  // namespace deltatune::model

@@ -1,0 +1,49 @@
+// Where tests find their inputs. The model is fetched by scripts/setup.sh;
+// a missing one fails the test with the command that fixes it.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+namespace deltatune::test {
+
+// A fresh directory removed at scope exit.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "deltatune-test-XXXXXX").string();
+    path_ = ::mkdtemp(pattern.data());
+  }
+  ~ScratchDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+
+inline std::filesystem::path fixtures() { return DELTATUNE_FIXTURES; }
+
+inline std::filesystem::path minilm_dir() {
+  std::filesystem::path dir;
+  if (const char* explicit_dir = std::getenv("DELTATUNE_MODEL_DIR")) {
+    dir = explicit_dir;
+  } else if (const char* home = std::getenv("DELTATUNE_HOME")) {
+    dir = std::filesystem::path(home) / "models" / "all-MiniLM-L6-v2";
+  } else {
+    dir = std::filesystem::path(std::getenv("HOME") ? std::getenv("HOME") : "/root") / ".cache" /
+          "deltatune" / "models" / "all-MiniLM-L6-v2";
+  }
+  if (!std::filesystem::exists(dir / "model.safetensors"))
+    ADD_FAILURE() << "all-MiniLM-L6-v2 not found at " << dir << ": run `scripts/setup.sh model`";
+  return dir;
+}
+
+}  // namespace deltatune::test
