@@ -1,1 +1,268 @@
-int main() { return 0; }
+// deltatune command line: thin verbs over the library.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdlib>
+#include <filesystem>
+#include <fmt/core.h>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "deltatune/error.h"
+#include "deltatune/model/batch.h"
+#include "deltatune/model/parameter_groups.h"
+#include "deltatune/model/pretrained.h"
+#include "deltatune/text/tokenizer.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using namespace deltatune;
+
+namespace {
+
+// The default base model: $DELTATUNE_HOME/models/all-MiniLM-L6-v2, as scripts/setup.sh fetches it.
+std::string default_model_dir() {
+  const char* home = std::getenv("DELTATUNE_HOME");
+  fs::path root = home ? fs::path(home)
+                       : fs::path(std::getenv("HOME") ? std::getenv("HOME") : ".") / ".cache" /
+                             "deltatune";
+  return (root / "models" / "all-MiniLM-L6-v2").string();
+}
+
+at::ScalarType parse_dtype(const std::string& name) {
+  if (name == "fp32") return at::kFloat;
+  if (name == "bf16") return at::kBFloat16;
+  throw Error("--dtype must be fp32 or bf16, not '" + name + "'");
+}
+
+struct Common {
+  std::string model_dir = default_model_dir();
+  int threads = 0;
+  bool json_output = false;
+};
+
+void add_common(CLI::App* verb, Common& common) {
+  verb->add_option("--model,-m", common.model_dir, "Hugging Face model directory")
+      ->capture_default_str();
+  verb->add_option("--threads", common.threads, "intra-op threads (0: LibTorch's default)");
+  verb->add_flag("--json", common.json_output, "print JSON instead of text");
+}
+
+std::vector<text::Encoding> encode_all(const text::Tokenizer& tokenizer,
+                                       const std::vector<std::string>& texts,
+                                       const std::vector<std::string>& pairs, size_t max_length) {
+  if (!pairs.empty() && pairs.size() != texts.size())
+    throw Error("--pair was given " + std::to_string(pairs.size()) + " times for " +
+                std::to_string(texts.size()) + " texts");
+  std::vector<text::Encoding> encodings;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    std::optional<std::string_view> b;
+    if (!pairs.empty()) b = pairs[i];
+    encodings.push_back(tokenizer.encode(texts[i], b, max_length));
+  }
+  return encodings;
+}
+
+int run_tokenize(const Common& common, const std::vector<std::string>& texts,
+                 const std::vector<std::string>& pairs, size_t max_length) {
+  auto tokenizer = text::load_tokenizer(common.model_dir);
+  auto encodings = encode_all(*tokenizer, texts, pairs, max_length);
+  json out = json::array();
+  for (size_t i = 0; i < encodings.size(); ++i) {
+    const auto& e = encodings[i];
+    std::vector<std::string> tokens;
+    for (int64_t id : e.input_ids) tokens.push_back(tokenizer->id_to_token(id));
+    if (common.json_output) {
+      out.push_back({{"tokens", tokens}, {"input_ids", e.input_ids},
+                     {"token_type_ids", e.token_type_ids}, {"attention_mask", e.attention_mask}});
+    } else {
+      std::string line;
+      for (size_t t = 0; t < tokens.size(); ++t)
+        line += fmt::format("{}{}({})", t ? " " : "", tokens[t], e.input_ids[t]);
+      fmt::print("{}\n", line);
+    }
+  }
+  if (common.json_output) fmt::print("{}\n", out.dump());
+  return 0;
+}
+
+int run_embed(const Common& common, const std::vector<std::string>& texts, size_t max_length,
+              const std::string& dtype_name) {
+  const at::ScalarType dtype = parse_dtype(dtype_name);
+  auto tokenizer = text::load_tokenizer(common.model_dir);
+  auto loaded = model::load_encoder(common.model_dir);
+  loaded.model->eval();
+  loaded.model->to(dtype);
+  auto batch = model::make_batch(encode_all(*tokenizer, texts, {}, max_length),
+                                 tokenizer->pad_token_id());
+  at::NoGradGuard no_grad;
+  auto out = loaded.model->forward(batch);
+  at::Tensor embeddings =
+      model::mean_pool(out.last_hidden_state, batch.attention_mask, true).to(at::kFloat);
+  at::Tensor similarity = at::matmul(embeddings, embeddings.t());
+  if (common.json_output) {
+    json j;
+    j["model"] = common.model_dir;
+    j["dimension"] = embeddings.size(1);
+    j["texts"] = texts;
+    json rows = json::array(), sims = json::array();
+    for (int64_t i = 0; i < embeddings.size(0); ++i) {
+      at::Tensor row = embeddings[i].contiguous();
+      rows.push_back(std::vector<float>(row.data_ptr<float>(), row.data_ptr<float>() + row.numel()));
+      at::Tensor s = similarity[i].contiguous();
+      sims.push_back(std::vector<float>(s.data_ptr<float>(), s.data_ptr<float>() + s.numel()));
+    }
+    j["embeddings"] = rows;
+    j["cosine_similarity"] = sims;
+    fmt::print("{}\n", j.dump());
+    return 0;
+  }
+  fmt::print("{} sentence embeddings of dimension {} (mean pooling, L2-normalised, {})\n",
+             embeddings.size(0), embeddings.size(1), dtype_name);
+  for (size_t i = 0; i < texts.size(); ++i) fmt::print("  [{}] {}\n", i, texts[i]);
+  fmt::print("cosine similarity:\n      ");
+  for (size_t j = 0; j < texts.size(); ++j) fmt::print("{:>7}", fmt::format("[{}]", j));
+  fmt::print("\n");
+  for (int64_t i = 0; i < similarity.size(0); ++i) {
+    fmt::print("  {:>4}", fmt::format("[{}]", i));
+    for (int64_t j = 0; j < similarity.size(1); ++j)
+      fmt::print("{:>7.3f}", similarity[i][j].item<float>());
+    fmt::print("\n");
+  }
+  return 0;
+}
+
+int run_classify(const Common& common, const std::vector<std::string>& texts,
+                 const std::vector<std::string>& pairs, size_t max_length) {
+  auto tokenizer = text::load_tokenizer(common.model_dir);
+  auto loaded = model::load_classifier(common.model_dir);
+  if (!loaded.report.initialized.empty())
+    throw Error(common.model_dir + " has no trained classification head (" +
+                loaded.report.initialized.front() +
+                " is missing): fine-tune it first or pass a fine-tuned model directory");
+  loaded.model->eval();
+  auto batch = model::make_batch(encode_all(*tokenizer, texts, pairs, max_length),
+                                 tokenizer->pad_token_id());
+  at::NoGradGuard no_grad;
+  at::Tensor logits = loaded.model->forward(batch);
+  const bool regression = loaded.model->num_labels() == 1;
+  at::Tensor probabilities = regression ? logits : at::softmax(logits, -1);
+  json out = json::array();
+  for (int64_t i = 0; i < logits.size(0); ++i) {
+    json row;
+    row["text"] = texts[i];
+    if (!pairs.empty()) row["pair"] = pairs[i];
+    if (regression) {
+      row["score"] = logits[i][0].item<float>();
+    } else {
+      const int64_t best = probabilities[i].argmax().item<int64_t>();
+      row["label"] = best < static_cast<int64_t>(loaded.config.id2label.size())
+                         ? loaded.config.id2label[best]
+                         : std::to_string(best);
+      row["probability"] = probabilities[i][best].item<float>();
+    }
+    out.push_back(row);
+    if (!common.json_output) {
+      if (regression) {
+        fmt::print("{:.4f}\t{}\n", row["score"].get<float>(), texts[i]);
+      } else {
+        fmt::print("{}\t{:.4f}\t{}\n", row["label"].get<std::string>(),
+                   row["probability"].get<float>(), texts[i]);
+      }
+    }
+  }
+  if (common.json_output) fmt::print("{}\n", out.dump());
+  return 0;
+}
+
+int run_info(const Common& common, int64_t num_labels) {
+  auto loaded = model::load_classifier(common.model_dir, num_labels);
+  const auto& c = loaded.config;
+  int64_t total = 0, encoder_total = 0;
+  auto groups = model::count_by_group(*loaded.model);
+  for (const auto& g : groups) {
+    total += g.count;
+    if (g.group != model::ParameterGroup::kHead && g.group != model::ParameterGroup::kPooler)
+      encoder_total += g.count;
+  }
+  if (common.json_output) {
+    json j;
+    j["model"] = common.model_dir;
+    j["model_type"] = c.model_type;
+    j["layers"] = c.num_hidden_layers;
+    j["hidden_size"] = c.hidden_size;
+    j["heads"] = c.num_attention_heads;
+    j["intermediate_size"] = c.intermediate_size;
+    j["vocab_size"] = c.vocab_size;
+    j["parameters"] = total;
+    j["encoder_parameters"] = encoder_total;
+    json g = json::object();
+    for (const auto& item : groups) g[model::group_name(item.group)] = item.count;
+    j["groups"] = g;
+    fmt::print("{}\n", j.dump(2));
+    return 0;
+  }
+  fmt::print("{} ({}): {} layers, hidden {}, {} heads, FFN {}, vocab {}\n", common.model_dir,
+             c.model_type, c.num_hidden_layers, c.hidden_size, c.num_attention_heads,
+             c.intermediate_size, c.vocab_size);
+  fmt::print("{:<20} {:>12} {:>9}\n", "group", "parameters", "% total");
+  for (const auto& g : groups)
+    fmt::print("{:<20} {:>12} {:>8.3f}%\n", model::group_name(g.group), g.count,
+               100.0 * g.count / total);
+  fmt::print("{:<20} {:>12} {:>8.3f}%\n", "total", total, 100.0);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"deltatune: parameter-efficient fine-tuning of BERT-family encoders"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "deltatune 0.1.0");
+
+  Common common;
+  std::vector<std::string> texts, pairs;
+  size_t max_length = 128;
+  std::string dtype = "fp32";
+  int64_t num_labels = 2;
+
+  auto* tokenize = app.add_subcommand("tokenize", "show the tokens and ids of texts");
+  add_common(tokenize, common);
+  tokenize->add_option("texts", texts, "texts to tokenize")->required();
+  tokenize->add_option("--pair", pairs, "second text of a pair (once per text)");
+  tokenize->add_option("--max-length", max_length, "truncate to this many tokens")->capture_default_str();
+
+  auto* embed = app.add_subcommand("embed", "sentence embeddings and their cosine similarities");
+  add_common(embed, common);
+  embed->add_option("texts", texts, "sentences to embed")->required();
+  embed->add_option("--max-length", max_length, "truncate to this many tokens")->capture_default_str();
+  embed->add_option("--dtype", dtype, "fp32 or bf16")->capture_default_str();
+
+  auto* classify = app.add_subcommand("classify", "predict labels with a fine-tuned model directory");
+  add_common(classify, common);
+  classify->add_option("texts", texts, "texts to classify")->required();
+  classify->add_option("--pair", pairs, "second text of a pair (once per text)");
+  classify->add_option("--max-length", max_length, "truncate to this many tokens")->capture_default_str();
+
+  auto* info = app.add_subcommand("info", "architecture and parameter counts by group");
+  add_common(info, common);
+  info->add_option("--num-labels", num_labels, "size of the task head counted")->capture_default_str();
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (common.threads > 0) at::set_num_threads(common.threads);
+    if (*tokenize) return run_tokenize(common, texts, pairs, max_length);
+    if (*embed) return run_embed(common, texts, max_length, dtype);
+    if (*classify) return run_classify(common, texts, pairs, max_length);
+    if (*info) return run_info(common, num_labels);
+  } catch (const Error& e) {
+    std::cerr << "deltatune: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::string message = e.what();
+    std::cerr << "deltatune: error: " << message.substr(0, message.find('\n')) << "\n";
+    return 1;
+  }
+  return 0;
+}
