@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fmt/core.h>
 #include <iostream>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "deltatune/error.h"
@@ -45,7 +46,7 @@ struct Common {
 void add_common(CLI::App* verb, Common& common) {
   verb->add_option("--model,-m", common.model_dir, "Hugging Face model directory")
       ->capture_default_str();
-  verb->add_option("--threads", common.threads, "intra-op threads (0: LibTorch's default)");
+  verb->add_option("--threads", common.threads, "intra-op threads (0: OMP_NUM_THREADS, else every core)");
   verb->add_flag("--json", common.json_output, "print JSON instead of text");
 }
 
@@ -251,7 +252,12 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
-    if (common.threads > 0) at::set_num_threads(common.threads);
+    // Debian's LibTorch starts with one intra-op thread; use every core unless told otherwise.
+    if (common.threads > 0) {
+      at::set_num_threads(common.threads);
+    } else if (std::getenv("OMP_NUM_THREADS") == nullptr) {
+      at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+    }
     if (*tokenize) return run_tokenize(common, texts, pairs, max_length);
     if (*embed) return run_embed(common, texts, max_length, dtype);
     if (*classify) return run_classify(common, texts, pairs, max_length);
