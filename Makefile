@@ -1,0 +1,55 @@
+# deltatune: the two commands of the README, and the rest.
+#   make demo    set up, build, run the main job
+#   make test    set up, build, run every test (what CI runs)
+SHELL := /bin/bash
+BUILD_DIR ?= build
+BUILD_TYPE ?= Release
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+DELTATUNE_HOME ?= $(HOME)/.cache/deltatune
+# GLUE data: GLUE_DIR from the environment, else the shared copy beside the checkout.
+GLUE_DIR ?= $(abspath $(firstword $(wildcard ../shared/data/glue)))
+export DELTATUNE_HOME GLUE_DIR
+
+DELTATUNE := $(BUILD_DIR)/deltatune
+
+.PHONY: all setup configure build test demo bench fixtures format clean
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+configure: setup
+	@if [ ! -f $(BUILD_DIR)/CMakeCache.txt ]; then \
+	  cmake -S . -B $(BUILD_DIR) -G "Unix Makefiles" -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS); \
+	fi
+
+build: configure
+	@cmake --build $(BUILD_DIR) -j$(JOBS)
+
+test: build
+	@cd $(BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
+
+demo: build
+	@$(DELTATUNE) info
+	@$(DELTATUNE) embed \
+	  "A man is playing a guitar." \
+	  "Someone is playing an instrument." \
+	  "The stock market fell sharply today." \
+	  "Shares dropped steeply this afternoon."
+
+# Encoder forward throughput, deltatune vs HF Transformers, in one run.
+bench: build
+	@bench/run_forward.sh $(BUILD_DIR)
+
+# Regenerates tests/fixtures with the reference Python stack (never needed to build or test).
+fixtures:
+	@PY=$$(tools/setup_python.sh) && $$PY tools/make_fixtures.py --glue-dir "$(GLUE_DIR)" --out tests/fixtures \
+	  && $$PY tools/make_torch_bin_fixture.py && $$PY tools/check_fixtures.py
+
+format:
+	@clang-format -i $$(git ls-files '*.h' '*.cpp')
+
+clean:
+	@rm -rf $(BUILD_DIR)

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Joins deltatune's Google Benchmark JSON with hf_forward.py's JSON lines and
+prints the Markdown table recorded in docs/BENCHMARKS.md (ratios = deltatune / HF)."""
+import argparse
+import json
+import platform
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cpp", required=True)
+    ap.add_argument("--hf", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    cpp = json.load(open(args.cpp))
+    ours, peaks = {}, {}
+    for b in cpp["benchmarks"]:
+        name = b["name"]
+        if name.startswith("BM_Forward"):
+            parts = dict(p.split(":") for p in name.split("/")[1:] if ":" in p)
+            model = "minilm" if parts["model"] == "0" else "base"
+            dtype = "bf16" if parts["bf16"] == "1" else "fp32"
+            ours[(model, int(parts["len"]), dtype)] = b
+        elif name.startswith("BM_Gemm"):
+            parts = dict(p.split(":") for p in name.split("/")[1:] if ":" in p)
+            dtype = "bf16" if parts["bf16"] == "1" else "fp32"
+            peaks[dtype] = max(peaks.get(dtype, 0.0), b["GFLOP_per_s"])
+    hf = {}
+    for line in open(args.hf):
+        if line.strip():
+            r = json.loads(line)
+            hf[(r["model"], r["seq_len"], r["dtype"])] = r
+
+    rows = []
+    print(f"GEMM peak (square matmul, same threads): fp32 {peaks.get('fp32', 0):.0f} GFLOP/s, "
+          f"bf16 {peaks.get('bf16', 0):.0f} GFLOP/s\n")
+    print("| model | len | dtype | deltatune seq/s | HF seq/s | ratio | deltatune GFLOP/s | % of GEMM peak |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for key in sorted(ours):
+        model, length, dtype = key
+        o = ours[key]
+        h = hf.get(key)
+        ratio = o["seq_per_s"] / h["seq_per_s"] if h else float("nan")
+        peak = peaks.get(dtype, 0.0)
+        row = {"model": model, "seq_len": length, "dtype": dtype, "batch": 32,
+               "deltatune_seq_per_s": o["seq_per_s"], "hf_seq_per_s": h["seq_per_s"] if h else None,
+               "ratio": ratio, "deltatune_gflops": o["GFLOP_per_s"],
+               "peak_fraction": o["GFLOP_per_s"] / peak if peak else None}
+        rows.append(row)
+        print(f"| {model} | {length} | {dtype} | {o['seq_per_s']:.1f} | "
+              f"{h['seq_per_s'] if h else float('nan'):.1f} | {ratio:.2f}x | {o['GFLOP_per_s']:.0f} | "
+              f"{100 * row['peak_fraction']:.0f}% |")
+    meta = {"machine": platform.processor() or platform.machine(), "context": cpp.get("context", {}),
+            "hf": next(iter(hf.values()), {}), "gemm_peak_gflops": peaks, "rows": rows}
+    with open(args.out, "w") as f:
+        json.dump(meta, f, indent=2)
+    print(f"\n(wrote {args.out})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Encoder forward throughput: deltatune (C++) and HF Transformers (PyTorch
+# eager) on the same machine, same thread count, same shapes, in one run.
+# Writes bench/results/forward-<date>.json and prints a Markdown table of ratios.
+#
+#   bench/run_forward.sh [BUILD_DIR]          (THREADS=2 MIN_SECONDS=5 by default)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+build=${1:-build}
+threads=${THREADS:-$(nproc)}
+min_seconds=${MIN_SECONDS:-5}
+out_dir="$here/results"
+mkdir -p "$out_dir"
+stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+py=$("$here/../tools/setup_python.sh")
+
+echo "[bench] deltatune: $build/bench/encoder_forward (threads=$threads)" >&2
+DELTATUNE_THREADS=$threads "$build/bench/encoder_forward" --benchmark_format=json \
+  --benchmark_min_time="$min_seconds" --benchmark_out="$work/cpp.json" --benchmark_out_format=json >&2
+
+for model in minilm base; do
+  echo "[bench] HF Transformers: $model (threads=$threads)" >&2
+  "$py" "$here/hf_forward.py" --model "$model" --batch 32 --seq-len 32 128 --dtype fp32 bf16 \
+    --threads "$threads" --min-seconds "$min_seconds" >> "$work/hf.jsonl"
+done
+
+"$py" "$here/compare_forward.py" --cpp "$work/cpp.json" --hf "$work/hf.jsonl" \
+  --out "$out_dir/forward-$stamp.json"
