@@ -20,7 +20,7 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
 debian_packages=(
   build-essential cmake pkg-config
-  libtorch-dev libopenblas0-openmp
+  libtorch-dev libopenblas0-openmp libdnnl-dev
   nlohmann-json3-dev libutf8proc-dev libcli11-dev libspdlog-dev libfmt-dev
   libcpp-httplib-dev libgtest-dev libbenchmark-dev
   python3-pip unzip

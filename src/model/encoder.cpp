@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "deltatune/error.h"
+#include "deltatune/model/linear_kernel.h"
 
 namespace deltatune::model {
 
@@ -41,7 +42,7 @@ DenseImpl::DenseImpl(int64_t in_features, int64_t out_features, bool with_bias) 
 }
 
 at::Tensor DenseImpl::forward(const at::Tensor& input) {
-  at::Tensor output = at::linear(input, weight, bias);
+  at::Tensor output = model::linear(input, weight, bias);
   for (auto& [name, delta] : deltas_) output = output + delta->forward(input);
   return output;
 }
@@ -112,25 +113,37 @@ SelfAttentionImpl::SelfAttentionImpl(const EncoderConfig& config)
 at::Tensor SelfAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
                                       const at::Tensor& prefix_keys,
                                       const at::Tensor& prefix_values) {
-  const int64_t batch = hidden.size(0);
-  auto split_heads = [&](const at::Tensor& x) {  // [B, L, H] -> [B, heads, L, d]
-    return x.view({x.size(0), x.size(1), heads_, head_dim_}).transpose(1, 2);
-  };
-  at::Tensor keys = key->forward(hidden);
-  at::Tensor values = value->forward(hidden);
+  const int64_t batch = hidden.size(0), length = hidden.size(1);
+  at::Tensor queries, keys, values;
+  if (!query->has_deltas() && !key->has_deltas() && !value->has_deltas()) {
+    // One GEMM for Q, K and V: the same products as three nn.Linear calls.
+    at::Tensor fused = model::linear(hidden, at::cat({query->weight, key->weight, value->weight}),
+                                  at::cat({query->bias, key->bias, value->bias}));
+    auto parts = fused.chunk(3, -1);
+    queries = parts[0], keys = parts[1], values = parts[2];
+  } else {
+    queries = query->forward(hidden), keys = key->forward(hidden), values = value->forward(hidden);
+  }
   if (prefix_keys.defined()) {
     keys = at::cat({prefix_keys.to(keys.scalar_type()).expand({batch, -1, -1}), keys}, 1);
     values = at::cat({prefix_values.to(values.scalar_type()).expand({batch, -1, -1}), values}, 1);
   }
-  at::Tensor q = split_heads(query->forward(hidden));
-  at::Tensor k = split_heads(keys);
-  at::Tensor v = split_heads(values);
-  // softmax(q k^T / sqrt(d) + mask) v, as BertSelfAttention computes it.
-  at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim_));
-  scores = scores + additive_mask;
+  // [B, L, H] -> [B * heads, L, d]
+  auto split_heads = [&](const at::Tensor& x) {
+    return x.view({batch, x.size(1), heads_, head_dim_}).transpose(1, 2).reshape(
+        {batch * heads_, x.size(1), head_dim_});
+  };
+  at::Tensor q = split_heads(queries), k = split_heads(keys), v = split_heads(values);
+  const int64_t key_length = k.size(1);
+  // softmax(q k^T / sqrt(d) + mask) v as BertSelfAttention computes it, with
+  // the scale and the mask folded into one batched GEMM.
+  at::Tensor mask = additive_mask.expand({batch, heads_, length, key_length})
+                        .reshape({batch * heads_, length, key_length});
+  at::Tensor scores = at::baddbmm(mask, q, k.transpose(1, 2), /*beta=*/1.0,
+                                  /*alpha=*/1.0 / std::sqrt(static_cast<double>(head_dim_)));
   at::Tensor probs = dropout->forward(at::softmax(scores, -1));
-  at::Tensor context = at::matmul(probs, v).transpose(1, 2).contiguous();
-  return context.view({batch, hidden.size(1), heads_ * head_dim_});
+  at::Tensor context = at::bmm(probs, v).view({batch, heads_, length, head_dim_});
+  return context.transpose(1, 2).reshape({batch, length, heads_ * head_dim_});
 }
 
 SublayerOutputImpl::SublayerOutputImpl(const EncoderConfig& config, int64_t in_features) {

@@ -1,0 +1,27 @@
+// y = x W^T + b, the product every Dense layer computes, routed to the
+// fastest kernel available for its dtype and device.
+//
+// On CPU in fp32, LibTorch sends this to BLAS; through OpenBLAS that reaches
+// ~110 GFLOP/s per core here, while oneDNN's matmul on the same plain
+// row-major buffers reaches ~240 (bench/encoder_forward, docs/BENCHMARKS.md).
+// When deltatune is built with oneDNN (DELTATUNE_HAVE_ONEDNN), fp32 CPU
+// products, forward and backward, go through it; everything else, and any
+// build without oneDNN, uses at::linear. Results equal at::linear's up to
+// floating-point summation order.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace deltatune::model {
+
+// x: [..., in], weight: [out, in], bias: [out] or undefined. Differentiable.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+// Whether fp32 CPU products take the oneDNN path (built with it and enabled).
+bool onednn_linear_active();
+
+// Turns the oneDNN path off or on at run time (for tests and benchmarks);
+// the environment variable DELTATUNE_ONEDNN=0 turns it off at start-up.
+void set_onednn_linear(bool enabled);
+
+}  // namespace deltatune::model
