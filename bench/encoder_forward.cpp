@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "deltatune/model/linear_kernel.h"
 #include "deltatune/model/pretrained.h"
 
 namespace {
@@ -101,18 +102,22 @@ BENCHMARK(BM_Forward)
     ->MinTime(3.0);
 
 // Square GEMM: the machine's attainable matmul rate, the ceiling for the above.
+// kernel 0: at::matmul fp32 (LibTorch's BLAS), 1: at::matmul bf16 (oneDNN),
+// 2: deltatune's fp32 linear (oneDNN when built with it).
 void BM_Gemm(benchmark::State& state) {
   configure_threads();
-  const int64_t n = state.range(0);
-  const auto dtype = state.range(1) ? at::kBFloat16 : at::kFloat;
+  const int64_t n = state.range(0), kernel = state.range(1);
+  const auto dtype = kernel == 1 ? at::kBFloat16 : at::kFloat;
   at::Tensor a = at::randn({n, n}).to(dtype), b = at::randn({n, n}).to(dtype);
-  for (int i = 0; i < 2; ++i) at::matmul(a, b);
-  for (auto _ : state) benchmark::DoNotOptimize(at::matmul(a, b).data_ptr());
+  auto product = [&] { return kernel == 2 ? deltatune::model::linear(a, b, {}) : at::matmul(a, b); };
+  for (int i = 0; i < 2; ++i) product();
+  for (auto _ : state) benchmark::DoNotOptimize(product().data_ptr());
   state.counters["GFLOP_per_s"] = benchmark::Counter(2.0 * n * n * n / 1e9,
                                                      benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(state.range(1) ? "bf16" : "fp32");
+  static const char* kLabels[] = {"fp32 at::matmul", "bf16 at::matmul", "fp32 deltatune linear"};
+  state.SetLabel(kLabels[kernel]);
 }
-BENCHMARK(BM_Gemm)->ArgNames({"n", "bf16"})->ArgsProduct({{1024, 2048}, {0, 1}})->UseRealTime()->MinTime(2.0);
+BENCHMARK(BM_Gemm)->ArgNames({"n", "kernel"})->ArgsProduct({{1024, 2048}, {0, 1, 2}})->UseRealTime()->MinTime(2.0);
 
 }  // namespace
 
