@@ -17,11 +17,16 @@ def main():
     ours, peaks, kernels = {}, {}, {}
     for b in cpp["benchmarks"]:
         name = b["name"]
+        if b.get("run_type") == "aggregate":
+            continue
+        # Best of the repetitions on both sides: the least disturbed run.
         if name.startswith("BM_Forward"):
             parts = dict(p.split(":") for p in name.split("/")[1:] if ":" in p)
             model = "minilm" if parts["model"] == "0" else "base"
             dtype = "bf16" if parts["bf16"] == "1" else "fp32"
-            ours[(model, int(parts["len"]), dtype)] = b
+            key = (model, int(parts["len"]), dtype)
+            if key not in ours or b["seq_per_s"] > ours[key]["seq_per_s"]:
+                ours[key] = b
         elif name.startswith("BM_Gemm"):
             parts = dict(p.split(":") for p in name.split("/")[1:] if ":" in p)
             dtype = "bf16" if parts["kernel"] == "1" else "fp32"
@@ -31,6 +36,7 @@ def main():
     for line in open(args.hf):
         if line.strip():
             r = json.loads(line)
+            r["seq_per_s"] = r["batch"] * 1000.0 / r["ms_min"]  # best batch, as for deltatune
             hf[(r["model"], r["seq_len"], r["dtype"])] = r
 
     rows = []

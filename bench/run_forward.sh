@@ -2,6 +2,9 @@
 # Encoder forward throughput: deltatune (C++) and HF Transformers (PyTorch
 # eager) on the same machine, same thread count, same shapes, in one run.
 # Writes bench/results/forward-<date>.json and prints a Markdown table of ratios.
+# Both sides report their best batch time (deltatune: best of REPETITIONS=3
+# Google Benchmark runs; HF: the fastest timed batch), which is the figure
+# least disturbed by other load on a shared machine.
 #
 #   bench/run_forward.sh [BUILD_DIR]          (THREADS=2 MIN_SECONDS=5 by default)
 set -euo pipefail
@@ -19,7 +22,7 @@ py=$("$here/../tools/setup_python.sh")
 
 echo "[bench] deltatune: $build/bench/encoder_forward (threads=$threads)" >&2
 DELTATUNE_THREADS=$threads "$build/bench/encoder_forward" --benchmark_format=json \
-  --benchmark_min_time="$min_seconds" --benchmark_out="$work/cpp.json" --benchmark_out_format=json >&2
+  --benchmark_min_time="$min_seconds" --benchmark_repetitions="${REPETITIONS:-3}" --benchmark_out="$work/cpp.json" --benchmark_out_format=json >&2
 
 for model in minilm base; do
   echo "[bench] HF Transformers: $model (threads=$threads)" >&2
