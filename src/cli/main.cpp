@@ -12,6 +12,7 @@
 
 #include "deltatune/error.h"
 #include "deltatune/model/batch.h"
+#include "deltatune/model/hub.h"
 #include "deltatune/model/parameter_groups.h"
 #include "deltatune/model/pretrained.h"
 #include "deltatune/text/tokenizer.h"
@@ -215,6 +216,31 @@ int run_info(const Common& common, int64_t num_labels) {
   return 0;
 }
 
+int run_download(const std::string& repo_id, std::string out, const std::string& revision,
+                 bool json_output) {
+  if (out.empty()) {
+    const std::string name = repo_id.substr(repo_id.find('/') + 1);
+    out = (fs::path(default_model_dir()).parent_path() / name).string();
+  }
+  model::HubOptions options;
+  options.revision = revision;
+  auto got = model::download_from_hub(repo_id, out, options);
+  // Refuse to report success for something deltatune cannot load.
+  auto config = model::EncoderConfig::from_file(fs::path(out) / "config.json");
+  text::load_tokenizer(out);
+  if (json_output) {
+    fmt::print("{}\n", json{{"repo", repo_id}, {"directory", out}, {"files", got.files},
+                            {"already_present", got.already_present},
+                            {"model_type", config.model_type}}
+                           .dump());
+  } else if (got.already_present) {
+    fmt::print("{} already in {}\n", repo_id, out);
+  } else {
+    fmt::print("{} ({}) -> {} ({} files)\n", repo_id, config.model_type, out, got.files.size());
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -250,6 +276,15 @@ int main(int argc, char** argv) {
   add_common(info, common);
   info->add_option("--num-labels", num_labels, "size of the task head counted")->capture_default_str();
 
+  std::string repo_id, out_dir, revision = "main";
+  auto* download = app.add_subcommand(
+      "download", "fetch a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN honoured)");
+  download->add_option("repo", repo_id, "repository id, e.g. sentence-transformers/all-MiniLM-L6-v2")
+      ->required();
+  download->add_option("--out,-o", out_dir, "destination (default: $DELTATUNE_HOME/models/<name>)");
+  download->add_option("--revision", revision, "branch, tag or commit")->capture_default_str();
+  download->add_flag("--json", common.json_output, "print JSON instead of text");
+
   CLI11_PARSE(app, argc, argv);
   try {
     // Debian's LibTorch starts with one intra-op thread; use every core unless told otherwise.
@@ -262,6 +297,7 @@ int main(int argc, char** argv) {
     if (*embed) return run_embed(common, texts, max_length, dtype);
     if (*classify) return run_classify(common, texts, pairs, max_length);
     if (*info) return run_info(common, num_labels);
+    if (*download) return run_download(repo_id, out_dir, revision, common.json_output);
   } catch (const Error& e) {
     std::cerr << "deltatune: error: " << e.what() << "\n";
     return 1;

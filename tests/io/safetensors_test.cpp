@@ -186,3 +186,17 @@ TEST(Sha256, MatchesKnownDigests) {
 
 }  // namespace
 }  // namespace deltatune::io
+
+#include "deltatune/io/progress.h"
+
+namespace deltatune::io {
+namespace {
+
+TEST(ProgressBar, FormatsDurations) {
+  EXPECT_EQ(ProgressBar::format_duration(0), "0:00");
+  EXPECT_EQ(ProgressBar::format_duration(65.4), "1:05");
+  EXPECT_EQ(ProgressBar::format_duration(3 * 3600 + 62), "3:01:02");
+}
+
+}  // namespace
+}  // namespace deltatune::io
