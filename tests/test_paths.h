@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 namespace deltatune::test {
@@ -22,7 +23,16 @@ class ScratchDir {
     std::error_code ignored;
     std::filesystem::remove_all(path_, ignored);
   }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
   const std::filesystem::path& path() const { return path_; }
+  void write(const std::string& name, const std::string& content) const {
+    std::ofstream(path_ / name, std::ios::binary) << content;
+  }
+  void copy_from(const std::filesystem::path& source_dir, const std::string& name) const {
+    std::filesystem::copy_file(source_dir / name, path_ / name,
+                               std::filesystem::copy_options::overwrite_existing);
+  }
 
  private:
   std::filesystem::path path_;

@@ -79,29 +79,22 @@ ByteLevelBpeTokenizer::ByteLevelBpeTokenizer(
     std::unordered_map<std::string, int64_t> vocab,
     const std::vector<std::pair<std::string, std::string>>& merges, ByteLevelBpeOptions options,
     std::vector<AddedToken> added_tokens, SpecialsTemplate post, int64_t pad_token_id)
-    : vocab_(std::move(vocab)), options_(std::move(options)) {
-  int64_t max_id = -1;
-  for (const auto& [token, id] : vocab_) {
-    if (id < 0 || id > std::numeric_limits<uint32_t>::max()) {
+    : vocab_(std::move(vocab), "BPE vocabulary"), options_(std::move(options)) {
+  // Merge keys pack two ids into 32 bits each.
+  for (const auto& [token, id] : vocab_.ids()) {
+    if (id > std::numeric_limits<uint32_t>::max()) {
       throw Error("BPE vocabulary: id out of range for token '" + token + "'");
     }
-    max_id = std::max(max_id, id);
-  }
-  id_to_token_.resize(static_cast<std::size_t>(max_id + 1));
-  has_id_.assign(id_to_token_.size(), false);
-  for (const auto& [token, id] : vocab_) {
-    id_to_token_[static_cast<std::size_t>(id)] = token;
-    has_id_[static_cast<std::size_t>(id)] = true;
   }
   for (int b = 0; b < 256; ++b) {
     std::string s;
     detail::append_utf8(s, byte_to_char(static_cast<unsigned char>(b)));
-    auto it = vocab_.find(s);
-    byte_ids_[static_cast<std::size_t>(b)] = it == vocab_.end() ? -1 : it->second;
+    auto it = vocab_.ids().find(s);
+    byte_ids_[static_cast<std::size_t>(b)] = it == vocab_.ids().end() ? -1 : it->second;
   }
   if (options_.unk_token) {
-    auto it = vocab_.find(*options_.unk_token);
-    if (it == vocab_.end()) {
+    auto it = vocab_.ids().find(*options_.unk_token);
+    if (it == vocab_.ids().end()) {
       throw Error("BPE vocabulary: unk token '" + *options_.unk_token + "' is missing");
     }
     unk_id_ = it->second;
@@ -109,10 +102,10 @@ ByteLevelBpeTokenizer::ByteLevelBpeTokenizer(
   merges_.reserve(merges.size());
   for (std::size_t r = 0; r < merges.size(); ++r) {
     const auto& [a, b] = merges[r];
-    auto ia = vocab_.find(a);
-    auto ib = vocab_.find(b);
-    auto iab = vocab_.find(a + b);
-    if (ia == vocab_.end() || ib == vocab_.end() || iab == vocab_.end()) {
+    auto ia = vocab_.ids().find(a);
+    auto ib = vocab_.ids().find(b);
+    auto iab = vocab_.ids().find(a + b);
+    if (ia == vocab_.ids().end() || ib == vocab_.ids().end() || iab == vocab_.ids().end()) {
       throw Error("BPE merge " + std::to_string(r + 1) + " '" + a + " " + b +
                   "': token not in the vocabulary");
     }
@@ -172,7 +165,7 @@ void ByteLevelBpeTokenizer::encode_word(std::string_view word, std::vector<int64
   if (options_.ignore_merges) {
     std::string mapped;
     for (char ch : word) detail::append_utf8(mapped, byte_to_char(static_cast<unsigned char>(ch)));
-    if (auto it = vocab_.find(mapped); it != vocab_.end()) {
+    if (auto it = vocab_.ids().find(mapped); it != vocab_.ids().end()) {
       ids.push_back(it->second);
       return;
     }
@@ -241,20 +234,6 @@ void ByteLevelBpeTokenizer::encode_normalized(std::string_view text,
                                               std::vector<int64_t>& ids) const {
   for_each_gpt2_piece(text, options_.add_prefix_space,
                       [&](std::string_view piece) { encode_word(piece, ids); });
-}
-
-std::optional<int64_t> ByteLevelBpeTokenizer::model_token_to_id(std::string_view token) const {
-  auto it = vocab_.find(std::string(token));
-  if (it == vocab_.end()) return std::nullopt;
-  return it->second;
-}
-
-const std::string* ByteLevelBpeTokenizer::model_id_to_token(int64_t id) const {
-  if (id < 0 || static_cast<std::size_t>(id) >= id_to_token_.size() ||
-      !has_id_[static_cast<std::size_t>(id)]) {
-    return nullptr;
-  }
-  return &id_to_token_[static_cast<std::size_t>(id)];
 }
 
 }  // namespace deltatune::text

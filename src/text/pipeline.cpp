@@ -9,6 +9,37 @@
 #include "unicode.h"
 
 namespace deltatune::text {
+
+Vocabulary::Vocabulary(std::unordered_map<std::string, int64_t> token_to_id,
+                       const std::string& what)
+    : ids_(std::move(token_to_id)) {
+  int64_t max_id = -1;
+  for (const auto& [token, id] : ids_) {
+    if (id < 0) throw Error(what + ": negative id for token '" + token + "'");
+    max_id = std::max(max_id, id);
+  }
+  tokens_.resize(static_cast<std::size_t>(max_id + 1));
+  has_id_.assign(tokens_.size(), false);
+  for (const auto& [token, id] : ids_) {
+    tokens_[static_cast<std::size_t>(id)] = token;
+    has_id_[static_cast<std::size_t>(id)] = true;
+  }
+}
+
+std::optional<int64_t> Vocabulary::find(std::string_view token) const {
+  auto it = ids_.find(std::string(token));
+  if (it == ids_.end()) return std::nullopt;
+  return it->second;
+}
+
+const std::string* Vocabulary::token(int64_t id) const {
+  if (id < 0 || static_cast<std::size_t>(id) >= tokens_.size() ||
+      !has_id_[static_cast<std::size_t>(id)]) {
+    return nullptr;
+  }
+  return &tokens_[static_cast<std::size_t>(id)];
+}
+
 namespace {
 
 // Rust regex's Unicode \w: Alphabetic, marks, Nd, Pc, Join_Control. Alphabetic is

@@ -13,20 +13,11 @@ WordPieceTokenizer::WordPieceTokenizer(std::unordered_map<std::string, int64_t> 
                                        WordPieceOptions options,
                                        std::vector<AddedToken> added_tokens, SpecialsTemplate post,
                                        int64_t pad_token_id)
-    : vocab_(std::move(vocab)), normalizer_(std::move(normalizer)), options_(std::move(options)) {
-  int64_t max_id = -1;
-  for (const auto& [token, id] : vocab_) {
-    if (id < 0) throw Error("WordPiece vocabulary: negative id for token '" + token + "'");
-    max_id = std::max(max_id, id);
-  }
-  id_to_token_.resize(static_cast<std::size_t>(max_id + 1));
-  has_id_.assign(id_to_token_.size(), false);
-  for (const auto& [token, id] : vocab_) {
-    id_to_token_[static_cast<std::size_t>(id)] = token;
-    has_id_[static_cast<std::size_t>(id)] = true;
-  }
-  auto unk = vocab_.find(options_.unk_token);
-  if (unk == vocab_.end()) {
+    : vocab_(std::move(vocab), "WordPiece vocabulary"),
+      normalizer_(std::move(normalizer)),
+      options_(std::move(options)) {
+  auto unk = vocab_.ids().find(options_.unk_token);
+  if (unk == vocab_.ids().end()) {
     throw Error("WordPiece vocabulary: unk token '" + options_.unk_token + "' is missing");
   }
   unk_id_ = unk->second;
@@ -109,7 +100,7 @@ void WordPieceTokenizer::encode_word(std::string_view word, std::size_t n_chars,
         key.assign(options_.continuing_subword_prefix);
         key.append(word.data() + start, end - start);
       }
-      if (auto it = vocab_.find(key); it != vocab_.end()) {
+      if (auto it = vocab_.ids().find(key); it != vocab_.ids().end()) {
         found = it->second;
         break;
       }
@@ -151,20 +142,6 @@ void WordPieceTokenizer::encode_normalized(std::string_view text, std::vector<in
     ++n_chars;
   }
   if (n_chars > 0) encode_word(text.substr(word_start), n_chars, ids, key);
-}
-
-std::optional<int64_t> WordPieceTokenizer::model_token_to_id(std::string_view token) const {
-  auto it = vocab_.find(std::string(token));
-  if (it == vocab_.end()) return std::nullopt;
-  return it->second;
-}
-
-const std::string* WordPieceTokenizer::model_id_to_token(int64_t id) const {
-  if (id < 0 || static_cast<std::size_t>(id) >= id_to_token_.size() ||
-      !has_id_[static_cast<std::size_t>(id)]) {
-    return nullptr;
-  }
-  return &id_to_token_[static_cast<std::size_t>(id)];
 }
 
 }  // namespace deltatune::text

@@ -13,23 +13,15 @@
 #include <unistd.h>
 #include <nlohmann/json.hpp>
 
+#include "test_paths.h"
+
 namespace deltatune::text::testing {
 
 inline std::filesystem::path fixtures_dir() {
   return std::filesystem::path(DELTATUNE_FIXTURES) / "text";
 }
 
-// The MiniLM model directory: $DELTATUNE_MODEL_DIR, else
-// $DELTATUNE_HOME/models/all-MiniLM-L6-v2, else ~/.cache/deltatune/models/all-MiniLM-L6-v2.
-inline std::filesystem::path minilm_dir() {
-  if (const char* d = std::getenv("DELTATUNE_MODEL_DIR"); d && *d) return d;
-  if (const char* h = std::getenv("DELTATUNE_HOME"); h && *h) {
-    return std::filesystem::path(h) / "models" / "all-MiniLM-L6-v2";
-  }
-  const char* home = std::getenv("HOME");
-  return std::filesystem::path(home ? home : ".") / ".cache" / "deltatune" / "models" /
-         "all-MiniLM-L6-v2";
-}
+using deltatune::test::minilm_dir;
 
 // Fails the calling test (ASSERT_NO_FATAL_FAILURE) when the MiniLM files are missing.
 inline void require_minilm() {
@@ -40,36 +32,7 @@ inline void require_minilm() {
       << "; run `scripts/setup.sh model` (or set DELTATUNE_MODEL_DIR)";
 }
 
-// A fresh empty directory under the system temp dir, removed on destruction.
-class TempDir {
- public:
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path_ = std::filesystem::temp_directory_path() /
-            ("deltatune_text_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    std::filesystem::remove_all(path_);
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-
-  void write(const std::string& name, const std::string& content) const {
-    std::ofstream out(path_ / name, std::ios::binary);
-    out << content;
-  }
-  void copy_from(const std::filesystem::path& src_dir, const std::string& name) const {
-    std::filesystem::copy_file(src_dir / name, path_ / name,
-                               std::filesystem::copy_options::overwrite_existing);
-  }
-
- private:
-  std::filesystem::path path_;
-};
+using TempDir = deltatune::test::ScratchDir;
 
 inline std::vector<nlohmann::json> read_jsonl(const std::filesystem::path& path) {
   std::ifstream in(path);

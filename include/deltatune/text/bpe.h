@@ -46,8 +46,10 @@ class ByteLevelBpeTokenizer final : public PipelineTokenizer {
   bool has_normalizer() const override { return false; }
   void normalize(std::string_view text, std::string& out) const override { out.append(text); }
   void encode_normalized(std::string_view normalized, std::vector<int64_t>& ids) const override;
-  std::optional<int64_t> model_token_to_id(std::string_view token) const override;
-  const std::string* model_id_to_token(int64_t id) const override;
+  std::optional<int64_t> model_token_to_id(std::string_view token) const override {
+    return vocab_.find(token);
+  }
+  const std::string* model_id_to_token(int64_t id) const override { return vocab_.token(id); }
   std::size_t model_vocab_size() const override { return vocab_.size(); }
 
  private:
@@ -55,9 +57,7 @@ class ByteLevelBpeTokenizer final : public PipelineTokenizer {
   void encode_word(std::string_view word, std::vector<int64_t>& ids) const;
   void merge_word(std::string_view word, std::vector<int64_t>& out) const;
 
-  std::unordered_map<std::string, int64_t> vocab_;
-  std::vector<std::string> id_to_token_;
-  std::vector<bool> has_id_;
+  Vocabulary vocab_;
   // (left id << 32 | right id) -> (rank, merged id)
   std::unordered_map<uint64_t, std::pair<uint32_t, int64_t>> merges_;
   std::array<int64_t, 256> byte_ids_{};  // -1: byte's character not in the vocabulary

@@ -23,6 +23,23 @@
 
 namespace deltatune::text {
 
+// A model vocabulary, token <-> id. Ids are unique and non-negative and may
+// leave gaps; token() answers nullptr for an id no token has.
+class Vocabulary {
+ public:
+  // `what` names the vocabulary in errors ("WordPiece vocabulary", ...).
+  Vocabulary(std::unordered_map<std::string, int64_t> token_to_id, const std::string& what);
+  const std::unordered_map<std::string, int64_t>& ids() const { return ids_; }
+  std::optional<int64_t> find(std::string_view token) const;
+  const std::string* token(int64_t id) const;
+  std::size_t size() const { return ids_.size(); }
+
+ private:
+  std::unordered_map<std::string, int64_t> ids_;
+  std::vector<std::string> tokens_;  // by id
+  std::vector<bool> has_id_;
+};
+
 // An entry of HF's added vocabulary (tokenizer.json "added_tokens").
 struct AddedToken {
   std::string content;

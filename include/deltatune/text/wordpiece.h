@@ -41,17 +41,17 @@ class WordPieceTokenizer final : public PipelineTokenizer {
   bool has_normalizer() const override { return normalizer_.has_value(); }
   void normalize(std::string_view text, std::string& out) const override;
   void encode_normalized(std::string_view normalized, std::vector<int64_t>& ids) const override;
-  std::optional<int64_t> model_token_to_id(std::string_view token) const override;
-  const std::string* model_id_to_token(int64_t id) const override;
+  std::optional<int64_t> model_token_to_id(std::string_view token) const override {
+    return vocab_.find(token);
+  }
+  const std::string* model_id_to_token(int64_t id) const override { return vocab_.token(id); }
   std::size_t model_vocab_size() const override { return vocab_.size(); }
 
  private:
   void encode_word(std::string_view word, std::size_t n_chars, std::vector<int64_t>& ids,
                    std::string& key) const;
 
-  std::unordered_map<std::string, int64_t> vocab_;
-  std::vector<std::string> id_to_token_;
-  std::vector<bool> has_id_;
+  Vocabulary vocab_;
   std::optional<BertNormalizerOptions> normalizer_;
   bool strip_accents_ = false;
   WordPieceOptions options_;
