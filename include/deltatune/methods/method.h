@@ -1,0 +1,73 @@
+// What every fine-tuning method is to the trainer: which parameters train
+// (and at what learning rate), what it adds to the model, what it does to
+// gradients and the loss, and what a task must store.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "deltatune/model/encoder.h"
+
+namespace deltatune::methods {
+
+// Parameters that share optimizer settings. Names are the model's HF keys.
+struct ParameterGroup {
+  std::string label;  // "biases", "head", ...
+  std::vector<std::string> names;
+  std::vector<at::Tensor> parameters;
+  double learning_rate = 0;
+  double weight_decay = 0;
+};
+
+// How a stored tensor is kept in a delta.
+enum class StorageKind {
+  kDense,   // the whole tensor
+  kSparse,  // only the entries that differ from the base (indices + values)
+};
+
+class Method {
+ public:
+  virtual ~Method() = default;
+  virtual std::string name() const = 0;
+  // The method's configuration as stored in delta.json; from_config(name, config)
+  // rebuilds an equal method.
+  virtual nlohmann::json config() const = 0;
+
+  // Freezes and unfreezes parameters (requires_grad) and adds any modules
+  // through the model's hook points. Called once, on a freshly loaded model.
+  virtual void attach(model::SequenceClassifierImpl& model) = 0;
+
+  // Optimizer groups over the parameters attach() left trainable.
+  virtual std::vector<ParameterGroup> parameter_groups(model::SequenceClassifierImpl& model,
+                                                       double learning_rate,
+                                                       double weight_decay) const;
+
+  // After backward, before clipping and the optimizer step (gradient masks).
+  virtual void on_backward(model::SequenceClassifierImpl& /*model*/, int64_t /*step*/) {}
+  // Added to the task loss (regularisers); undefined when none.
+  virtual at::Tensor extra_loss(model::SequenceClassifierImpl& /*model*/) { return {}; }
+
+  // Model parameters a task stores, and how. Head parameters are always dense.
+  virtual std::vector<std::pair<std::string, StorageKind>> stored_parameters(
+      const model::SequenceClassifierImpl& model) const;
+
+  // A short human description of what trains and what is stored ("info").
+  virtual std::string describe() const = 0;
+};
+
+// Names every method answers to, for --help and errors.
+std::vector<std::string> method_names();
+
+// Builds a method from its name and options (JSON object; unknown keys are
+// errors naming the key). Throws deltatune::Error for an unknown method.
+std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::json& options = {});
+
+// Rejects option keys outside `known`, naming the method and the key.
+void check_options(const std::string& method, const nlohmann::json& options,
+                   const std::vector<std::string>& known);
+
+}  // namespace deltatune::methods

@@ -1,0 +1,82 @@
+#include "deltatune/methods/bitfit.h"
+
+#include "deltatune/error.h"
+
+namespace deltatune::methods {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+const std::vector<std::string>& BitFit::bias_group_names() {
+  static const std::vector<std::string> names{"query",
+                                              "key",
+                                              "value",
+                                              "attention_output",
+                                              "intermediate",
+                                              "output",
+                                              "attention_layernorm",
+                                              "output_layernorm",
+                                              "embeddings_layernorm",
+                                              "pooler"};
+  return names;
+}
+
+std::string BitFit::bias_group_of(const std::string& name) {
+  if (!ends_with(name, ".bias")) return "";
+  if (ends_with(name, "attention.self.query.bias")) return "query";
+  if (ends_with(name, "attention.self.key.bias")) return "key";
+  if (ends_with(name, "attention.self.value.bias")) return "value";
+  if (ends_with(name, "attention.output.dense.bias")) return "attention_output";
+  if (ends_with(name, "attention.output.LayerNorm.bias")) return "attention_layernorm";
+  if (ends_with(name, "intermediate.dense.bias")) return "intermediate";
+  if (ends_with(name, "output.dense.bias"))
+    return "output";  // FFN output (attention's matched above)
+  if (ends_with(name, "output.LayerNorm.bias")) return "output_layernorm";
+  if (ends_with(name, "embeddings.LayerNorm.bias")) return "embeddings_layernorm";
+  if (ends_with(name, "pooler.dense.bias")) return "pooler";
+  return "other";  // e.g. ELECTRA's embeddings_project.bias
+}
+
+BitFit::BitFit(std::set<std::string> groups) : groups_(std::move(groups)) {
+  if (groups_.empty()) throw Error("bitfit: no bias terms selected");
+  for (const auto& g : groups_) {
+    const auto& known = bias_group_names();
+    if (g != "all" && std::find(known.begin(), known.end(), g) == known.end()) {
+      std::string list = "all";
+      for (const auto& k : known) list += ", " + k;
+      throw Error("bitfit: unknown bias term '" + g + "' (known: " + list + ")");
+    }
+  }
+}
+
+bool BitFit::selected(const std::string& group) const {
+  return groups_.count("all") != 0 || groups_.count(group) != 0;
+}
+
+nlohmann::json BitFit::config() const {
+  return {{"bias_terms", std::vector<std::string>(groups_.begin(), groups_.end())}};
+}
+
+void BitFit::attach(model::SequenceClassifierImpl& model) {
+  for (auto& item : model.named_parameters(true)) {
+    const std::string& name = item.key();
+    const std::string group = bias_group_of(name);
+    // The classifier always trains; of the pooler only its bias, as the authors' code does.
+    const bool head = name.rfind("classifier.", 0) == 0;
+    item.value().requires_grad_(head || (!group.empty() && selected(group)));
+  }
+}
+
+std::string BitFit::describe() const {
+  std::string terms;
+  for (const auto& g : groups_) terms += (terms.empty() ? "" : ",") + g;
+  return "bias terms (" + terms + ") and the classifier train and are stored";
+}
+
+}  // namespace deltatune::methods

@@ -1,0 +1,82 @@
+#include "deltatune/methods/method.h"
+
+#include <algorithm>
+#include <set>
+
+#include "deltatune/error.h"
+#include "deltatune/methods/bitfit.h"
+#include "deltatune/methods/frozen.h"
+#include "deltatune/methods/full.h"
+
+namespace deltatune::methods {
+
+namespace {
+
+// HF Trainer's rule: no weight decay on biases and LayerNorm weights.
+bool decays(const std::string& name) {
+  const bool bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+  return !bias && name.find("LayerNorm.") == std::string::npos;
+}
+
+}  // namespace
+
+std::vector<ParameterGroup> Method::parameter_groups(model::SequenceClassifierImpl& model,
+                                                     double learning_rate,
+                                                     double weight_decay) const {
+  ParameterGroup with_decay{"decay", {}, {}, learning_rate, weight_decay};
+  ParameterGroup without_decay{"no_decay", {}, {}, learning_rate, 0.0};
+  for (auto& item : model.named_parameters(true)) {
+    if (!item.value().requires_grad()) continue;
+    ParameterGroup& group = decays(item.key()) && weight_decay > 0 ? with_decay : without_decay;
+    group.names.push_back(item.key());
+    group.parameters.push_back(item.value());
+  }
+  std::vector<ParameterGroup> groups;
+  for (auto* g : {&with_decay, &without_decay})
+    if (!g->names.empty()) groups.push_back(std::move(*g));
+  return groups;
+}
+
+std::vector<std::pair<std::string, StorageKind>> Method::stored_parameters(
+    const model::SequenceClassifierImpl& model) const {
+  std::vector<std::pair<std::string, StorageKind>> stored;
+  for (const auto& item : model.named_parameters(true))
+    if (item.value().requires_grad()) stored.emplace_back(item.key(), StorageKind::kDense);
+  return stored;
+}
+
+void check_options(const std::string& method, const nlohmann::json& options,
+                   const std::vector<std::string>& known) {
+  if (options.is_null()) return;
+  if (!options.is_object()) throw Error("options of method '" + method + "' must be an object");
+  for (auto it = options.begin(); it != options.end(); ++it)
+    if (std::find(known.begin(), known.end(), it.key()) == known.end())
+      throw Error("method '" + method + "' has no option '" + it.key() + "'");
+}
+
+std::vector<std::string> method_names() { return {"full", "frozen", "bitfit"}; }
+
+std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::json& options) {
+  if (name == "full") {
+    check_options(name, options, {});
+    return std::make_unique<FullFineTuning>();
+  }
+  if (name == "frozen") {
+    check_options(name, options, {});
+    return std::make_unique<FrozenEncoder>();
+  }
+  if (name == "bitfit") {
+    check_options(name, options, {"bias_terms"});
+    std::set<std::string> groups{"all"};
+    if (options.is_object() && options.contains("bias_terms")) {
+      groups.clear();
+      for (const auto& g : options["bias_terms"]) groups.insert(g.get<std::string>());
+    }
+    return std::make_unique<BitFit>(groups);
+  }
+  std::string known;
+  for (const auto& n : method_names()) known += (known.empty() ? "" : ", ") + n;
+  throw Error("unknown method '" + name + "' (known: " + known + ")");
+}
+
+}  // namespace deltatune::methods

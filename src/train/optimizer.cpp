@@ -1,0 +1,129 @@
+#include "deltatune/train/optimizer.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "deltatune/error.h"
+
+namespace deltatune::train {
+
+AdamW::AdamW(std::vector<methods::ParameterGroup> groups, AdamWOptions options)
+    : groups_(std::move(groups)), options_(options) {
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    const auto& group = groups_[g];
+    for (size_t i = 0; i < group.parameters.size(); ++i) {
+      const at::Tensor& p = group.parameters[i];
+      slots_.push_back({group.names[i], p, at::zeros_like(p, at::MemoryFormat::Contiguous),
+                        at::zeros_like(p, at::MemoryFormat::Contiguous), at::Tensor(), g});
+    }
+  }
+}
+
+void AdamW::set_mask(const std::string& name, const at::Tensor& mask) {
+  for (auto& slot : slots_) {
+    if (slot.name != name) continue;
+    if (mask.defined() && mask.numel() > 0 && mask.sizes() != slot.parameter.sizes())
+      throw Error("mask for '" + name + "' has the wrong shape");
+    slot.mask = mask.defined() && mask.numel() > 0 ? mask.ne(0) : at::Tensor();
+    return;
+  }
+  throw Error("the optimizer has no parameter '" + name + "'");
+}
+
+void AdamW::step(double lr_scale) {
+  ++step_;
+  at::NoGradGuard no_grad;
+  const double b1 = options_.beta1, b2 = options_.beta2;
+  const double correction1 = 1.0 - std::pow(b1, static_cast<double>(step_));
+  const double correction2_sqrt = std::sqrt(1.0 - std::pow(b2, static_cast<double>(step_)));
+  for (auto& slot : slots_) {
+    at::Tensor& p = slot.parameter;
+    if (!p.grad().defined()) continue;
+    const auto& group = groups_[slot.group];
+    const double lr = group.learning_rate * lr_scale;
+    at::Tensor grad = p.grad();
+    if (slot.mask.defined()) {
+      // Masked-out entries: no decay, no moment update, no step.
+      at::Tensor keep = slot.mask;
+      at::Tensor new_avg = slot.exp_avg * b1 + grad * (1 - b1);
+      at::Tensor new_sq = slot.exp_avg_sq * b2 + grad * grad * (1 - b2);
+      slot.exp_avg.copy_(at::where(keep, new_avg, slot.exp_avg));
+      slot.exp_avg_sq.copy_(at::where(keep, new_sq, slot.exp_avg_sq));
+      at::Tensor updated = p * (1 - lr * group.weight_decay);
+      at::Tensor denom = slot.exp_avg_sq.sqrt() / correction2_sqrt + options_.eps;
+      updated = updated - (lr / correction1) * slot.exp_avg / denom;
+      p.copy_(at::where(keep, updated, p));
+      continue;
+    }
+    if (group.weight_decay != 0) p.mul_(1 - lr * group.weight_decay);
+    slot.exp_avg.mul_(b1).add_(grad, 1 - b1);
+    slot.exp_avg_sq.mul_(b2).addcmul_(grad, grad, 1 - b2);
+    at::Tensor denom = (slot.exp_avg_sq.sqrt() / correction2_sqrt).add_(options_.eps);
+    p.addcdiv_(slot.exp_avg, denom, -lr / correction1);
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& slot : slots_) {
+    at::Tensor grad = slot.parameter.mutable_grad();
+    if (grad.defined()) grad.zero_();
+  }
+}
+
+io::NamedTensors AdamW::state() const {
+  io::NamedTensors out;
+  out.emplace_back("optimizer.step", at::tensor({step_}, at::kLong));
+  for (const auto& slot : slots_) {
+    out.emplace_back("optimizer.exp_avg." + slot.name, slot.exp_avg);
+    out.emplace_back("optimizer.exp_avg_sq." + slot.name, slot.exp_avg_sq);
+  }
+  return out;
+}
+
+void AdamW::load_state(const std::map<std::string, at::Tensor>& state) {
+  auto get = [&](const std::string& key) -> const at::Tensor& {
+    auto it = state.find(key);
+    if (it == state.end()) throw Error("checkpoint lacks optimizer state '" + key + "'");
+    return it->second;
+  };
+  step_ = get("optimizer.step").item<int64_t>();
+  at::NoGradGuard no_grad;
+  for (auto& slot : slots_) {
+    slot.exp_avg.copy_(get("optimizer.exp_avg." + slot.name));
+    slot.exp_avg_sq.copy_(get("optimizer.exp_avg_sq." + slot.name));
+  }
+}
+
+Schedule parse_schedule(const std::string& name) {
+  if (name == "constant") return Schedule::kConstant;
+  if (name == "linear") return Schedule::kLinear;
+  if (name == "constant_with_warmup") return Schedule::kConstantWithWarmup;
+  throw Error("unknown schedule '" + name + "' (constant, linear, constant_with_warmup)");
+}
+
+double lr_multiplier(Schedule schedule, int64_t step, int64_t warmup_steps, int64_t total_steps) {
+  if (schedule == Schedule::kConstant) return 1.0;
+  if (step < warmup_steps) return static_cast<double>(step) / std::max<int64_t>(1, warmup_steps);
+  if (schedule == Schedule::kConstantWithWarmup) return 1.0;
+  return std::max(0.0, static_cast<double>(total_steps - step) /
+                           std::max<int64_t>(1, total_steps - warmup_steps));
+}
+
+double clip_grad_norm(const std::vector<at::Tensor>& parameters, double max_norm) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> norms;
+  for (const auto& p : parameters)
+    if (p.grad().defined()) norms.push_back(p.grad().norm(2).to(at::kDouble));
+  if (norms.empty()) return 0.0;
+  const double total = at::stack(norms).norm(2).item<double>();
+  if (max_norm > 0) {
+    const double coefficient = max_norm / (total + 1e-6);
+    if (coefficient < 1.0)
+      for (const auto& p : parameters)
+        if (p.grad().defined()) p.grad().mul_(coefficient);
+  }
+  return total;
+}
+
+}  // namespace deltatune::train

@@ -1,0 +1,129 @@
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "deltatune/error.h"
+#include "deltatune/methods/bitfit.h"
+#include "deltatune/methods/delta.h"
+#include "deltatune/model/pretrained.h"
+#include "test_paths.h"
+
+namespace deltatune::methods {
+namespace {
+
+model::LoadedClassifier minilm(int64_t labels = 2) {
+  return model::load_classifier(test::minilm_dir(), labels);
+}
+
+std::vector<std::string> trainable(model::SequenceClassifierImpl& m) {
+  std::vector<std::string> names;
+  for (const auto& p : m.named_parameters())
+    if (p.value().requires_grad()) names.push_back(p.key());
+  return names;
+}
+
+int64_t count(model::SequenceClassifierImpl& m, const std::vector<std::string>& names) {
+  auto params = m.named_parameters();
+  int64_t n = 0;
+  for (const auto& name : names) n += params[name].numel();
+  return n;
+}
+
+TEST(BitFit, TrainsEveryBiasAndTheClassifierOnly) {
+  auto loaded = minilm();
+  auto method = make_method("bitfit");
+  method->attach(*loaded.model);
+  auto names = trainable(*loaded.model);
+  for (const auto& n : names)
+    EXPECT_TRUE(n.size() > 5 &&
+                (n.compare(n.size() - 5, 5, ".bias") == 0 || n.rfind("classifier.", 0) == 0))
+        << n;
+  // 6 layers x (q,k,v,attn-out,inter,out, 2 LayerNorm) + embeddings LayerNorm + pooler + classifier
+  // w,b.
+  EXPECT_EQ(names.size(), 6u * 8 + 1 + 1 + 2);
+  // MiniLM: per layer 4x384 + 1536 + 384 + 2x384 biases = 4224; x6 + 384 (emb LN) + 384 (pooler) +
+  // 770 (head).
+  EXPECT_EQ(count(*loaded.model, names), 6 * 4224 + 384 + 384 + 770);
+}
+
+TEST(BitFit, SubsetTrainsQueryAndIntermediateBiases) {
+  auto loaded = minilm();
+  auto method = make_method("bitfit", {{"bias_terms", {"query", "intermediate"}}});
+  method->attach(*loaded.model);
+  auto names = trainable(*loaded.model);
+  EXPECT_EQ(count(*loaded.model, names), 6 * (384 + 1536) + 770);
+  for (const auto& n : names)
+    EXPECT_TRUE(n.find("query.bias") != std::string::npos ||
+                n.find("intermediate.dense.bias") != std::string::npos ||
+                n.rfind("classifier.", 0) == 0)
+        << n;
+}
+
+TEST(Methods, FullAndFrozenAndUnknownOptions) {
+  auto loaded = minilm();
+  make_method("frozen")->attach(*loaded.model);
+  for (const auto& n : trainable(*loaded.model))
+    EXPECT_TRUE(n.rfind("classifier.", 0) == 0 || n.rfind("bert.pooler.", 0) == 0) << n;
+  make_method("full")->attach(*loaded.model);
+  EXPECT_EQ(trainable(*loaded.model).size(), loaded.model->named_parameters().size());
+  EXPECT_THROW(make_method("bitfit", {{"bias_term", {"query"}}}), Error);
+  EXPECT_THROW(make_method("bitfit", {{"bias_terms", {"quarry"}}}), Error);
+  EXPECT_THROW(make_method("lora-ish"), Error);
+}
+
+TEST(Delta, SparseAndDenseRoundTripAndApplyRemoveIsBitExact) {
+  auto trained = model::load_classifier(test::fixtures() / "model" / "tiny_bert");
+  auto base_state = model::read_checkpoint(test::fixtures() / "model" / "tiny_bert");
+  const std::string sparse_name = "bert.encoder.layer.0.intermediate.dense.weight";
+  const std::string dense_name = "bert.encoder.layer.1.attention.self.query.bias";
+  {
+    at::NoGradGuard no_grad;
+    auto params = trained.model->named_parameters();
+    params[sparse_name].view({-1}).index_put_({at::tensor({3, 100, 2000}, at::kLong)},
+                                              at::tensor({1.f, 2.f, 3.f}));
+    params[dense_name].add_(0.5);
+  }
+  Delta delta;
+  delta.meta["method"] = "test";
+  delta.tensors = collect_delta_tensors(
+      *trained.model, base_state,
+      {{sparse_name, StorageKind::kSparse}, {dense_name, StorageKind::kDense}}, "bert");
+  ASSERT_TRUE(delta.tensors[0].sparse());
+  EXPECT_EQ(delta.tensors[0].values.numel(), 3);
+  EXPECT_FALSE(delta.tensors[1].sparse());
+  EXPECT_EQ(delta.stored_values(), 3 + 32);
+  test::ScratchDir tmp;
+  delta.save(tmp.path() / "d");
+  Delta loaded = Delta::load(tmp.path() / "d");
+  EXPECT_EQ(loaded.meta["method"], "test");
+  EXPECT_EQ(loaded.stored_bytes(), delta.stored_bytes());
+
+  auto base = model::load_classifier(test::fixtures() / "model" / "tiny_bert");
+  std::map<std::string, at::Tensor> original;
+  for (const auto& p : base.model->named_parameters())
+    original[p.key()] = p.value().detach().clone();
+  auto applied = apply_delta(loaded, *base.model);
+  auto after = base.model->named_parameters();
+  for (const auto& p : trained.model->named_parameters())
+    EXPECT_TRUE(at::equal(after[p.key()], p.value())) << p.key();
+  remove_delta(applied, *base.model);
+  for (const auto& p : base.model->named_parameters())
+    EXPECT_TRUE(at::equal(p.value(), original[p.key()])) << p.key();
+}
+
+TEST(Delta, ShapeMismatchAndCorruptFilesAreRefused) {
+  auto base = model::load_classifier(test::fixtures() / "model" / "tiny_bert");
+  Delta wrong;
+  wrong.tensors.push_back(
+      {"bert.encoder.layer.0.attention.self.query.bias", {64}, at::zeros({64}), {}});
+  EXPECT_THROW(apply_delta(wrong, *base.model), Error);
+  Delta unknown;
+  unknown.tensors.push_back({"bert.nothing.bias", {4}, at::zeros({4}), {}});
+  EXPECT_THROW(apply_delta(unknown, *base.model), Error);
+  test::ScratchDir tmp;
+  EXPECT_THROW(Delta::load(tmp.path()), Error);
+  tmp.write("delta.json", "{\"format\": \"something-else\"}");
+  EXPECT_THROW(Delta::load(tmp.path()), Error);
+}
+
+}  // namespace
+}  // namespace deltatune::methods

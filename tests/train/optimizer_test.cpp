@@ -1,0 +1,95 @@
+#include "deltatune/train/optimizer.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "deltatune/error.h"
+#include "deltatune/io/safetensors.h"
+#include "test_paths.h"
+
+namespace deltatune::train {
+namespace {
+
+// torch.optim.AdamW on the same gradients (tools/make_optimizer_fixture.py).
+TEST(AdamW, MatchesTorchWithDecayGroupsAndWarmup) {
+  auto fx = io::SafetensorsFile::open(test::fixtures() / "train" / "adamw.safetensors");
+  at::Tensor w = fx.tensor("w0").clone().requires_grad_(true);
+  at::Tensor b = fx.tensor("b0").clone().requires_grad_(true);
+  AdamW optimizer({{"decay", {"w"}, {w}, 1e-2, 0.1}, {"no_decay", {"b"}, {b}, 1e-2, 0.0}});
+  for (int t = 0; t < 4; ++t) {
+    w.mutable_grad() = fx.tensor("grad_w" + std::to_string(t)).clone();
+    b.mutable_grad() = fx.tensor("grad_b" + std::to_string(t)).clone();
+    optimizer.step(lr_multiplier(Schedule::kLinear, t, 2, 4));
+    EXPECT_TRUE(at::allclose(w, fx.tensor("w" + std::to_string(t + 1)), 1e-6, 1e-7))
+        << "step " << t;
+    EXPECT_TRUE(at::allclose(b, fx.tensor("b" + std::to_string(t + 1)), 1e-6, 1e-7))
+        << "step " << t;
+  }
+  EXPECT_EQ(optimizer.steps(), 4);
+}
+
+TEST(AdamW, MaskedEntriesStayBitIdentical) {
+  at::manual_seed(1);
+  at::Tensor w = at::randn({6, 4}).requires_grad_(true);
+  const at::Tensor before = w.detach().clone();
+  AdamW optimizer({{"decay", {"w"}, {w}, 1e-1, 0.5}});
+  at::Tensor mask = at::zeros({6, 4});
+  mask.index_put_({at::indexing::Slice(0, 2)}, 1);
+  optimizer.set_mask("w", mask);
+  for (int t = 0; t < 3; ++t) {
+    w.mutable_grad() = at::randn({6, 4});
+    optimizer.step();
+  }
+  at::Tensor frozen_rows = w.detach().index({at::indexing::Slice(2, at::indexing::None)});
+  EXPECT_TRUE(at::equal(frozen_rows, before.index({at::indexing::Slice(2, at::indexing::None)})));
+  EXPECT_FALSE(at::equal(w.detach().index({at::indexing::Slice(0, 2)}),
+                         before.index({at::indexing::Slice(0, 2)})));
+  auto state = optimizer.state();
+  for (const auto& [name, tensor] : state) {
+    if (name.find("exp_avg") == std::string::npos) continue;
+    EXPECT_TRUE(tensor.index({at::indexing::Slice(2, at::indexing::None)}).eq(0).all().item<bool>())
+        << name;
+  }
+}
+
+TEST(AdamW, StateRoundTripsForResume) {
+  at::manual_seed(2);
+  at::Tensor a = at::randn({3}).requires_grad_(true), b = a.detach().clone().requires_grad_(true);
+  AdamW first({{"g", {"p"}, {a}, 1e-2, 0.0}}), second({{"g", {"p"}, {b}, 1e-2, 0.0}});
+  at::Tensor g1 = at::randn({3}), g2 = at::randn({3});
+  a.mutable_grad() = g1.clone();
+  first.step();
+  b.mutable_grad() = g1.clone();
+  second.step();
+  std::map<std::string, at::Tensor> saved;
+  for (auto& [k, v] : first.state()) saved[k] = v.clone();
+  AdamW resumed({{"g", {"p"}, {b}, 1e-2, 0.0}});
+  resumed.load_state(saved);
+  a.mutable_grad() = g2.clone();
+  first.step();
+  b.mutable_grad() = g2.clone();
+  resumed.step();
+  EXPECT_TRUE(at::equal(a, b));
+}
+
+TEST(Schedules, MatchHuggingFaceDefinitions) {
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::kConstant, 5, 10, 100), 1.0);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::kLinear, 5, 10, 100), 0.5);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::kLinear, 10, 10, 100), 1.0);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::kLinear, 55, 10, 100), 0.5);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::kLinear, 100, 10, 100), 0.0);
+  EXPECT_DOUBLE_EQ(lr_multiplier(Schedule::kConstantWithWarmup, 50, 10, 100), 1.0);
+  EXPECT_THROW(parse_schedule("cosine-ish"), Error);
+}
+
+TEST(ClipGradNorm, ScalesToTheLimitLikeTorch) {
+  at::Tensor p = at::zeros({2}).requires_grad_(true), q = at::zeros({1}).requires_grad_(true);
+  p.mutable_grad() = at::tensor({3.0f, 0.0f});
+  q.mutable_grad() = at::tensor({4.0f});
+  EXPECT_NEAR(clip_grad_norm({p, q}, 1.0), 5.0, 1e-6);
+  EXPECT_NEAR(p.grad()[0].item<float>(), 3.0f / (5.0f + 1e-6f), 1e-6);
+  EXPECT_NEAR(q.grad()[0].item<float>(), 4.0f / (5.0f + 1e-6f), 1e-6);
+}
+
+}  // namespace
+}  // namespace deltatune::train
