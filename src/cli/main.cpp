@@ -2,14 +2,15 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <fmt/core.h>
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <filesystem>
-#include <fmt/core.h>
 #include <iostream>
-#include <thread>
 #include <nlohmann/json.hpp>
+#include <thread>
 
+#include "commands.h"
 #include "deltatune/error.h"
 #include "deltatune/model/batch.h"
 #include "deltatune/model/hub.h"
@@ -21,16 +22,20 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 using namespace deltatune;
 
-namespace {
+namespace deltatune::cli {
 
-// The default base model: $DELTATUNE_HOME/models/all-MiniLM-L6-v2, as scripts/setup.sh fetches it.
 std::string default_model_dir() {
   const char* home = std::getenv("DELTATUNE_HOME");
-  fs::path root = home ? fs::path(home)
-                       : fs::path(std::getenv("HOME") ? std::getenv("HOME") : ".") / ".cache" /
-                             "deltatune";
+  fs::path root =
+      home ? fs::path(home)
+           : fs::path(std::getenv("HOME") ? std::getenv("HOME") : ".") / ".cache" / "deltatune";
   return (root / "models" / "all-MiniLM-L6-v2").string();
 }
+
+}  // namespace deltatune::cli
+
+namespace {
+using deltatune::cli::default_model_dir;
 
 at::ScalarType parse_dtype(const std::string& name) {
   if (name == "fp32") return at::kFloat;
@@ -47,7 +52,8 @@ struct Common {
 void add_common(CLI::App* verb, Common& common) {
   verb->add_option("--model,-m", common.model_dir, "Hugging Face model directory")
       ->capture_default_str();
-  verb->add_option("--threads", common.threads, "intra-op threads (0: OMP_NUM_THREADS, else every core)");
+  verb->add_option("--threads", common.threads,
+                   "intra-op threads (0: OMP_NUM_THREADS, else every core)");
   verb->add_flag("--json", common.json_output, "print JSON instead of text");
 }
 
@@ -76,8 +82,10 @@ int run_tokenize(const Common& common, const std::vector<std::string>& texts,
     std::vector<std::string> tokens;
     for (int64_t id : e.input_ids) tokens.push_back(tokenizer->id_to_token(id));
     if (common.json_output) {
-      out.push_back({{"tokens", tokens}, {"input_ids", e.input_ids},
-                     {"token_type_ids", e.token_type_ids}, {"attention_mask", e.attention_mask}});
+      out.push_back({{"tokens", tokens},
+                     {"input_ids", e.input_ids},
+                     {"token_type_ids", e.token_type_ids},
+                     {"attention_mask", e.attention_mask}});
     } else {
       std::string line;
       for (size_t t = 0; t < tokens.size(); ++t)
@@ -96,8 +104,8 @@ int run_embed(const Common& common, const std::vector<std::string>& texts, size_
   auto loaded = model::load_encoder(common.model_dir);
   loaded.model->eval();
   loaded.model->to(dtype);
-  auto batch = model::make_batch(encode_all(*tokenizer, texts, {}, max_length),
-                                 tokenizer->pad_token_id());
+  auto batch =
+      model::make_batch(encode_all(*tokenizer, texts, {}, max_length), tokenizer->pad_token_id());
   at::NoGradGuard no_grad;
   auto out = loaded.model->forward(batch);
   at::Tensor embeddings =
@@ -111,7 +119,8 @@ int run_embed(const Common& common, const std::vector<std::string>& texts, size_
     json rows = json::array(), sims = json::array();
     for (int64_t i = 0; i < embeddings.size(0); ++i) {
       at::Tensor row = embeddings[i].contiguous();
-      rows.push_back(std::vector<float>(row.data_ptr<float>(), row.data_ptr<float>() + row.numel()));
+      rows.push_back(
+          std::vector<float>(row.data_ptr<float>(), row.data_ptr<float>() + row.numel()));
       at::Tensor s = similarity[i].contiguous();
       sims.push_back(std::vector<float>(s.data_ptr<float>(), s.data_ptr<float>() + s.numel()));
     }
@@ -229,7 +238,9 @@ int run_download(const std::string& repo_id, std::string out, const std::string&
   auto config = model::EncoderConfig::from_file(fs::path(out) / "config.json");
   text::load_tokenizer(out);
   if (json_output) {
-    fmt::print("{}\n", json{{"repo", repo_id}, {"directory", out}, {"files", got.files},
+    fmt::print("{}\n", json{{"repo", repo_id},
+                            {"directory", out},
+                            {"files", got.files},
                             {"already_present", got.already_present},
                             {"model_type", config.model_type}}
                            .dump());
@@ -258,32 +269,41 @@ int main(int argc, char** argv) {
   add_common(tokenize, common);
   tokenize->add_option("texts", texts, "texts to tokenize")->required();
   tokenize->add_option("--pair", pairs, "second text of a pair (once per text)");
-  tokenize->add_option("--max-length", max_length, "truncate to this many tokens")->capture_default_str();
+  tokenize->add_option("--max-length", max_length, "truncate to this many tokens")
+      ->capture_default_str();
 
   auto* embed = app.add_subcommand("embed", "sentence embeddings and their cosine similarities");
   add_common(embed, common);
   embed->add_option("texts", texts, "sentences to embed")->required();
-  embed->add_option("--max-length", max_length, "truncate to this many tokens")->capture_default_str();
+  embed->add_option("--max-length", max_length, "truncate to this many tokens")
+      ->capture_default_str();
   embed->add_option("--dtype", dtype, "fp32 or bf16")->capture_default_str();
 
-  auto* classify = app.add_subcommand("classify", "predict labels with a fine-tuned model directory");
+  auto* classify =
+      app.add_subcommand("classify", "predict labels with a fine-tuned model directory");
   add_common(classify, common);
   classify->add_option("texts", texts, "texts to classify")->required();
   classify->add_option("--pair", pairs, "second text of a pair (once per text)");
-  classify->add_option("--max-length", max_length, "truncate to this many tokens")->capture_default_str();
+  classify->add_option("--max-length", max_length, "truncate to this many tokens")
+      ->capture_default_str();
 
   auto* info = app.add_subcommand("info", "architecture and parameter counts by group");
   add_common(info, common);
-  info->add_option("--num-labels", num_labels, "size of the task head counted")->capture_default_str();
+  info->add_option("--num-labels", num_labels, "size of the task head counted")
+      ->capture_default_str();
 
   std::string repo_id, out_dir, revision = "main";
   auto* download = app.add_subcommand(
       "download", "fetch a model from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN honoured)");
-  download->add_option("repo", repo_id, "repository id, e.g. sentence-transformers/all-MiniLM-L6-v2")
+  download
+      ->add_option("repo", repo_id, "repository id, e.g. sentence-transformers/all-MiniLM-L6-v2")
       ->required();
   download->add_option("--out,-o", out_dir, "destination (default: $DELTATUNE_HOME/models/<name>)");
   download->add_option("--revision", revision, "branch, tag or commit")->capture_default_str();
   download->add_flag("--json", common.json_output, "print JSON instead of text");
+
+  cli::Action action;
+  cli::register_training_verbs(app, action);
 
   CLI11_PARSE(app, argc, argv);
   try {
@@ -298,6 +318,7 @@ int main(int argc, char** argv) {
     if (*classify) return run_classify(common, texts, pairs, max_length);
     if (*info) return run_info(common, num_labels);
     if (*download) return run_download(repo_id, out_dir, revision, common.json_output);
+    if (action) return action();
   } catch (const Error& e) {
     std::cerr << "deltatune: error: " << e.what() << "\n";
     return 1;

@@ -288,11 +288,13 @@ void Reader::accept(RawRecord&& r) {
   };
   check_text(r.text_a, "text_a");
   if (r.text_b) check_text(*r.text_b, "text_b");
-  if (r.label.empty()) throw BadRecord{r.line, "empty label"};
-
   Example e;
   e.line = r.line;
-  if (options_.type == TaskType::kRegression) {
+  if (options_.unlabeled) {
+    // No label to parse or map.
+  } else if (r.label.empty()) {
+    throw BadRecord{r.line, "empty label"};
+  } else if (options_.type == TaskType::kRegression) {
     // Decimal or scientific, as Python's float() reads it (a leading '+'
     // included); no surrounding spaces, no hex.
     double value = 0;
@@ -351,7 +353,7 @@ void Reader::resolve_header(const std::vector<std::string>& header, std::size_t 
     }
   }
   if (options_.text_b) columns_.text_b = find(*options_.text_b, "text_b");
-  columns_.label = find(options_.label.value_or(ColumnRef("label")), "label");
+  if (!options_.unlabeled) columns_.label = find(options_.label.value_or(ColumnRef("label")), "label");
   columns_ready_ = true;
 }
 
@@ -365,11 +367,12 @@ void Reader::resolve_headerless(std::size_t count) {
     return ref.index();
   };
   columns_.count = count;
-  if (!options_.text_a && !options_.label && count < 2)
+  if (!options_.unlabeled && !options_.text_a && !options_.label && count < 2)
     file_error("needs a text and a label column, the first record has 1 column");
   columns_.text_a = options_.text_a ? index_of(*options_.text_a, "text_a") : 0;
   if (options_.text_b) columns_.text_b = index_of(*options_.text_b, "text_b");
-  columns_.label = options_.label ? index_of(*options_.label, "label") : count - 1;
+  if (!options_.unlabeled)
+    columns_.label = options_.label ? index_of(*options_.label, "label") : count - 1;
   columns_ready_ = true;
 }
 
@@ -415,7 +418,7 @@ void Reader::read_delimited(Format format) {
       r.line = record_line;
       r.text_a = std::move(fields[columns_.text_a]);
       if (columns_.text_b) r.text_b = std::move(fields[*columns_.text_b]);
-      r.label = std::move(fields[columns_.label]);
+      if (!options_.unlabeled) r.label = std::move(fields[columns_.label]);
       accept(std::move(r));
     } catch (const BadRecord& bad) {
       fail(bad);
@@ -482,10 +485,12 @@ void Reader::read_jsonl() {
       r.line = n;
       r.text_a = text(key_a_);
       if (pair_) r.text_b = text(key_b_);
-      const auto label = j.find(key_label_);
-      if (label == j.end() || label->is_null())
-        throw BadRecord{n, "missing field '" + key_label_ + "'"};
-      r.label = parse_label_text(*label, n, key_label_);
+      if (!options_.unlabeled) {
+        const auto label = j.find(key_label_);
+        if (label == j.end() || label->is_null())
+          throw BadRecord{n, "missing field '" + key_label_ + "'"};
+        r.label = parse_label_text(*label, n, key_label_);
+      }
       accept(std::move(r));
     } catch (const BadRecord& bad) {
       fail(bad);

@@ -1,6 +1,7 @@
 #include "deltatune/model/linear_kernel.h"
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
@@ -115,7 +116,9 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
 };
 
 bool takes_onednn_path(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  return onednn_enabled().load(std::memory_order_relaxed) && x.device().is_cpu() &&
+  // Under autocast at::linear must run so that it casts to bf16.
+  return onednn_enabled().load(std::memory_order_relaxed) && !at::autocast::is_cpu_enabled() &&
+         x.device().is_cpu() &&
          x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
          (!bias.defined() || bias.scalar_type() == at::kFloat) && x.dim() >= 2 &&
          weight.dim() == 2 && !x.is_mkldnn() && x.layout() == at::kStrided;

@@ -394,3 +394,26 @@ TEST(ColumnRef, ParseNumbersAsIndexes) {
 
 }  // namespace
 }  // namespace deltatune::data
+
+namespace deltatune::data {
+namespace {
+
+TEST(UnlabeledInputs, ReadTextsWithoutALabelColumn) {
+  test::ScratchDir tmp;
+  tmp.write("inputs.tsv", "sentence\nfirst text\nsecond text\n");
+  ReadOptions options;
+  options.unlabeled = true;
+  options.label_names = {"neg", "pos"};
+  Dataset d = read_dataset(tmp.path() / "inputs.tsv", options);
+  ASSERT_EQ(d.examples.size(), 2u);
+  EXPECT_EQ(d.examples[1].text_a, "second text");
+  EXPECT_EQ(d.examples[1].line, 3u);
+  tmp.write("inputs.jsonl", "{\"text\": \"a\"}\n{\"text\": \"b\", \"label\": \"whatever\"}\n");
+  EXPECT_EQ(read_dataset(tmp.path() / "inputs.jsonl", options).examples.size(), 2u);
+  // Without the flag the same file is an error naming the missing column.
+  options.unlabeled = false;
+  EXPECT_THROW(read_dataset(tmp.path() / "inputs.tsv", options), Error);
+}
+
+}  // namespace
+}  // namespace deltatune::data

@@ -94,6 +94,9 @@ struct ReadOptions {
   // label outside it is a bad record. Labels compare as exact strings (" 1" is
   // not "1"); JSONL numbers as their JSON text (1 is "1", 1.0 is "1.0").
   std::vector<std::string> label_names;
+  // Prediction inputs: no label column is read (a column named like the
+  // label is simply ignored); every example gets label 0 / score 0.
+  bool unlabeled = false;
 
   // Keep records whose text is empty or blank (HF datasets does for GLUE);
   // otherwise they are bad records.

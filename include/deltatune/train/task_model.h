@@ -1,0 +1,45 @@
+// A base model loaded once, task models made from it, and the deltas that
+// tie a trained task model back to exactly that base.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include "deltatune/data/task.h"
+#include "deltatune/methods/delta.h"
+#include "deltatune/methods/method.h"
+#include "deltatune/model/pretrained.h"
+#include "deltatune/train/trainer.h"
+
+namespace deltatune::train {
+
+struct BaseModel {
+  std::filesystem::path directory;
+  std::string name;  // the directory's name, e.g. "all-MiniLM-L6-v2"
+  model::EncoderConfig config;
+  std::map<std::string, at::Tensor> checkpoint;
+  std::string checksum;  // model::weights_checksum of the checkpoint
+  nlohmann::json identity() const;
+};
+
+BaseModel load_base(const std::filesystem::path& directory);
+
+// A task model with the base's weights and a freshly initialised head
+// (seeded: the same seed gives the same head).
+model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_labels, uint64_t seed);
+
+// What a finished run stores: the method's parameters (values, not
+// differences), the base identity, task and labels, metrics and settings.
+methods::Delta build_delta(const BaseModel& base, model::SequenceClassifierImpl& model,
+                           const methods::Method& method, const data::TaskSpec& task,
+                           size_t max_length, const TrainConfig& config, const TrainResult& result);
+
+// The task model a delta describes: refuses a delta made on another base
+// (checksum mismatch), then applies it.
+model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta);
+
+// The task a delta was trained for (GLUE name or the custom spec it recorded).
+data::TaskSpec task_of(const methods::Delta& delta);
+
+}  // namespace deltatune::train

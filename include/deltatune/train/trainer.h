@@ -1,0 +1,94 @@
+// The fine-tuning loop: batches in, optimizer steps on what the method lets
+// train, periodic evaluation with keep-best by the task's main metric,
+// checkpoints that resume exactly, and a live progress bar.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+#include "deltatune/data/batcher.h"
+#include "deltatune/data/task.h"
+#include "deltatune/methods/method.h"
+#include "deltatune/model/encoder.h"
+#include "deltatune/train/metrics.h"
+
+namespace deltatune::train {
+
+struct TrainConfig {
+  double learning_rate = 1e-3;
+  double weight_decay = 0.0;
+  double adam_eps = 1e-8;
+  int64_t epochs = 3;
+  int64_t max_steps = 0;  // optimizer steps; 0: run all epochs
+  int64_t batch_size = 8;
+  int64_t gradient_accumulation = 1;
+  std::string schedule = "constant";
+  double warmup_ratio = 0.0;
+  double max_grad_norm = 1.0;  // 0: no clipping
+  int64_t eval_every = 0;      // optimizer steps; 0: at each epoch end only
+  int64_t eval_batch_size = 64;
+  int64_t early_stopping_patience = 0;  // evaluations without improvement; 0: off
+  int64_t checkpoint_every = 0;         // optimizer steps; 0: no checkpoints
+  uint64_t seed = 0;
+  bool bf16 = false;  // bf16 autocast for forward passes; parameters and optimizer stay fp32
+  bool group_by_length = true;
+  bool progress = true;
+  std::filesystem::path run_dir;  // metrics.jsonl and checkpoint/ go here; empty: none
+  nlohmann::json to_json() const;
+};
+
+struct Evaluation {
+  MetricValues metrics;
+  double loss = 0;
+  int64_t examples = 0;
+  nlohmann::json to_json() const;
+};
+
+struct TrainResult {
+  Evaluation best;  // the kept model's dev evaluation
+  int64_t best_step = 0;
+  int64_t steps = 0;                   // optimizer steps taken (in this and earlier resumed runs)
+  double seconds = 0;                  // wall time of this run's training loop
+  double train_tokens_per_second = 0;  // real (non-padding) tokens
+  bool stopped_early = false;
+};
+
+// Cross-entropy for classification, MSE for regression (num_labels == 1), as
+// HF's *ForSequenceClassification compute them.
+at::Tensor task_loss(const at::Tensor& logits, const at::Tensor& labels);
+
+// Logits [N, num_labels] of every example, in dataset order (fp32). Eval
+// mode and no grad for the call; the model's mode is restored after.
+at::Tensor predict_logits(model::SequenceClassifierImpl& model, const data::EncodedDataset& dataset,
+                          int64_t batch_size, bool bf16);
+
+// predict_logits, then the task's metrics and mean loss against the labels.
+Evaluation evaluate(model::SequenceClassifierImpl& model, const data::TaskSpec& task,
+                    const data::EncodedDataset& dataset, int64_t batch_size, bool bf16);
+
+class Trainer {
+ public:
+  Trainer(model::SequenceClassifier model, methods::Method& method, data::TaskSpec task,
+          TrainConfig config);
+
+  // Trains, evaluating on `dev`; leaves the best evaluated parameters in the model.
+  // With `resume` set, continues from <run_dir>/checkpoint exactly where it stopped.
+  TrainResult fit(const data::EncodedDataset& train, const data::EncodedDataset& dev,
+                  bool resume = false);
+
+ private:
+  void save_checkpoint(class AdamW& optimizer, const nlohmann::json& position,
+                       const std::map<std::string, at::Tensor>& best_parameters);
+  void append_metrics(const nlohmann::json& record);
+
+  model::SequenceClassifier model_;
+  methods::Method& method_;
+  data::TaskSpec task_;
+  TrainConfig config_;
+};
+
+}  // namespace deltatune::train

@@ -1,0 +1,366 @@
+// deltatune train | eval | predict
+#include <ATen/ATen.h>
+#include <fmt/core.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "commands.h"
+#include "deltatune/data/batcher.h"
+#include "deltatune/data/glue.h"
+#include "deltatune/error.h"
+#include "deltatune/io/atomic_file.h"
+#include "deltatune/methods/bitfit.h"
+#include "deltatune/text/tokenizer.h"
+#include "deltatune/train/task_model.h"
+
+namespace deltatune::cli {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// Where examples come from: a GLUE task, or user files.
+struct DataOptions {
+  std::string task;
+  std::string glue_dir;
+  std::string train_file, dev_file;
+  std::string text_a, text_b, label;
+  bool regression = false;
+  bool skip_bad_lines = false;
+  size_t max_train_samples = 0;
+  size_t max_length = 128;
+};
+
+void add_data_options(CLI::App* verb, DataOptions& d, bool with_train) {
+  verb->add_option("--task,-t", d.task,
+                   "GLUE task (CoLA, SST-2, MRPC, STS-B, QQP, MNLI, QNLI, RTE) "
+                   "or a name for user data");
+  verb->add_option("--glue-dir", d.glue_dir, "GLUE data root (default: $GLUE_DIR)");
+  if (with_train) {
+    verb->add_option("--train", d.train_file, "user training file (TSV, CSV or JSONL)");
+    verb->add_option("--max-train-samples", d.max_train_samples,
+                     "use a seeded random subset of this many training examples");
+  }
+  verb->add_option("--dev", d.dev_file, "user evaluation file (TSV, CSV or JSONL)");
+  verb->add_option("--text-a", d.text_a, "column of the first text (user files)");
+  verb->add_option("--text-b", d.text_b, "column of the second text, for pairs (user files)");
+  verb->add_option("--label", d.label, "label column (user files)");
+  verb->add_flag("--regression", d.regression, "user data: float labels, MSE loss");
+  verb->add_flag("--skip-bad-lines", d.skip_bad_lines, "count and skip malformed lines");
+  verb->add_option("--max-length", d.max_length, "truncate to this many tokens")
+      ->capture_default_str();
+}
+
+fs::path glue_dir(const DataOptions& d) {
+  return d.glue_dir.empty() ? data::glue_dir_from_env() : fs::path(d.glue_dir);
+}
+
+data::ReadOptions user_read_options(const DataOptions& d, uint64_t seed) {
+  data::ReadOptions options;
+  if (!d.text_a.empty()) options.text_a = data::ColumnRef::parse(d.text_a);
+  if (!d.text_b.empty()) options.text_b = data::ColumnRef::parse(d.text_b);
+  if (!d.label.empty()) options.label = data::ColumnRef::parse(d.label);
+  options.type = d.regression ? data::TaskType::kRegression : data::TaskType::kClassification;
+  options.skip_bad_lines = d.skip_bad_lines;
+  options.seed = seed;
+  return options;
+}
+
+void report_skipped(const data::Dataset& dataset) {
+  if (dataset.skipped.count == 0) return;
+  std::string lines;
+  for (size_t l : dataset.skipped.first_lines)
+    lines += (lines.empty() ? "" : ", ") + std::to_string(l);
+  fmt::print(stderr, "{}: skipped {} malformed lines (first: {})\n", dataset.source,
+             dataset.skipped.count, lines);
+}
+
+struct TaskData {
+  data::TaskSpec task;
+  data::Dataset train, dev;
+};
+
+TaskData read_task_data(const DataOptions& d, uint64_t seed, bool need_train) {
+  TaskData out;
+  if (!d.train_file.empty() || !d.dev_file.empty()) {
+    if (need_train && d.train_file.empty()) throw Error("--dev was given without --train");
+    if (d.dev_file.empty()) throw Error("--train was given without --dev");
+    data::ReadOptions options = user_read_options(d, seed);
+    if (need_train) {
+      options.max_samples = d.max_train_samples;
+      out.train = data::read_dataset(d.train_file, options);
+      options.label_names = out.train.label_names;  // fixed by train
+    }
+    options.max_samples = 0;
+    out.dev = data::read_dataset(d.dev_file, options);
+    out.task = data::custom_task(
+        d.task.empty() ? fs::path(d.train_file).stem().string() : d.task, out.dev.type,
+        need_train ? out.train.label_names : out.dev.label_names, out.dev.is_pair);
+  } else {
+    if (d.task.empty()) throw Error("give --task (a GLUE task) or --train and --dev files");
+    out.task = data::find_glue_task(d.task);
+    data::GlueReadOptions options;
+    options.skip_bad_lines = d.skip_bad_lines;
+    options.seed = seed;
+    if (need_train) {
+      options.max_samples = d.max_train_samples;
+      out.train = data::read_glue(glue_dir(d), out.task, "train", options);
+    }
+    options.max_samples = 0;
+    out.dev = data::read_glue(glue_dir(d), out.task, out.task.eval_splits.front(), options);
+  }
+  if (need_train) report_skipped(out.train);
+  report_skipped(out.dev);
+  return out;
+}
+
+// The reference recipes (METHODS.md "Recipes") as defaults per method.
+struct Recipe {
+  double learning_rate;
+  int64_t batch_size;
+  int64_t epochs;
+  std::string schedule;
+  double warmup_ratio;
+  double weight_decay;
+};
+
+Recipe recipe_for(const std::string& method) {
+  if (method == "bitfit" || method == "frozen") return {1e-3, 8, 16, "constant", 0.0, 0.0};
+  return {2e-5, 16, 3, "linear", 0.1, 0.01};  // full fine-tuning (HF run_glue-style)
+}
+
+struct TrainOptions {
+  std::string model_dir = default_model_dir();
+  std::string method = "bitfit";
+  std::string bias_terms;
+  std::string out = "runs/latest";
+  DataOptions data;
+  train::TrainConfig config;
+  std::optional<double> learning_rate, weight_decay, warmup_ratio;
+  std::optional<int64_t> batch_size, epochs;
+  std::optional<std::string> schedule;
+  bool resume = false;
+  bool json_output = false;
+  int threads = 0;
+};
+
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream stream(text);
+  for (std::string item; std::getline(stream, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+int run_train(TrainOptions& o) {
+  const Recipe recipe = recipe_for(o.method);
+  auto& c = o.config;
+  c.learning_rate = o.learning_rate.value_or(recipe.learning_rate);
+  c.batch_size = o.batch_size.value_or(recipe.batch_size);
+  c.epochs = o.epochs.value_or(recipe.epochs);
+  c.schedule = o.schedule.value_or(recipe.schedule);
+  c.warmup_ratio = o.warmup_ratio.value_or(recipe.warmup_ratio);
+  c.weight_decay = o.weight_decay.value_or(recipe.weight_decay);
+  c.run_dir = o.out;
+
+  json method_options = json::object();
+  if (!o.bias_terms.empty()) {
+    if (o.method != "bitfit") throw Error("--bias-terms applies to --method bitfit only");
+    method_options["bias_terms"] = split_commas(o.bias_terms);
+  }
+  auto method = methods::make_method(o.method, method_options);
+
+  TaskData task_data = read_task_data(o.data, c.seed, true);
+  auto tokenizer = text::load_tokenizer(o.model_dir);
+  auto train_set = data::encode_dataset(task_data.train, *tokenizer, o.data.max_length);
+  auto dev_set = data::encode_dataset(task_data.dev, *tokenizer, o.data.max_length);
+  train::BaseModel base = train::load_base(o.model_dir);
+  auto task_model = train::make_task_model(base, task_data.task.num_labels(), c.seed);
+  method->attach(*task_model);
+  at::manual_seed(c.seed);
+
+  fmt::print(stderr, "{}: {} train / {} dev examples, method {}, lr {}, batch {}, {} epochs{}\n",
+             task_data.task.name, train_set.size(), dev_set.size(), method->name(), c.learning_rate,
+             c.batch_size, c.epochs, c.bf16 ? ", bf16" : "");
+  if (!o.resume && fs::exists(fs::path(o.out) / "metrics.jsonl"))
+    fs::remove(fs::path(o.out) / "metrics.jsonl");
+  train::Trainer trainer(task_model, *method, task_data.task, c);
+  train::TrainResult result = trainer.fit(train_set, dev_set, o.resume);
+
+  methods::Delta delta =
+      train::build_delta(base, *task_model, *method, task_data.task, o.data.max_length, c, result);
+  const fs::path delta_dir = fs::path(o.out) / "delta";
+  delta.save(delta_dir);
+  json summary = {{"task", task_data.task.name},
+                  {"method", method->name()},
+                  {"dev", result.best.to_json()},
+                  {"best_step", result.best_step},
+                  {"steps", result.steps},
+                  {"train_seconds", result.seconds},
+                  {"train_tokens_per_s", result.train_tokens_per_second},
+                  {"delta", delta_dir.string()},
+                  {"delta_bytes", delta.stored_bytes()},
+                  {"delta_values", delta.stored_values()}};
+  io::write_text_atomically(fs::path(o.out) / "summary.json", summary.dump(2) + "\n");
+  if (o.json_output) {
+    fmt::print("{}\n", summary.dump());
+  } else {
+    fmt::print("{} dev {} = {:.4f}", task_data.task.name, result.best.metrics.main_metric,
+               result.best.metrics.main);
+    for (const auto& [name, value] : result.best.metrics.values)
+      if (name != result.best.metrics.main_metric) fmt::print(", {} = {:.4f}", name, value);
+    fmt::print(" (best of {} steps at step {})\n", result.steps, result.best_step);
+    fmt::print("delta: {} ({} values, {:.1f} KB)\n", delta_dir.string(), delta.stored_values(),
+               delta.stored_bytes() / 1024.0);
+  }
+  return 0;
+}
+
+struct EvalOptions {
+  std::string model_dir = default_model_dir();
+  std::string delta_dir;
+  DataOptions data;
+  int64_t batch_size = 64;
+  bool bf16 = false;
+  bool json_output = false;
+};
+
+int run_eval(EvalOptions& o) {
+  methods::Delta delta = methods::Delta::load(o.delta_dir);
+  train::BaseModel base = train::load_base(o.model_dir);
+  auto task_model = train::model_from_delta(base, delta);
+  data::TaskSpec task = train::task_of(delta);
+  if (o.data.task.empty() && o.data.dev_file.empty()) o.data.task = task.name;
+  TaskData task_data = read_task_data(o.data, 0, false);
+  if (task_data.task.num_labels() != task_model->num_labels())
+    throw Error("task " + task_data.task.name + " has " +
+                std::to_string(task_data.task.num_labels()) + " labels but the delta's head has " +
+                std::to_string(task_model->num_labels()));
+  const size_t max_length = delta.meta.value("max_length", o.data.max_length);
+  auto tokenizer = text::load_tokenizer(o.model_dir);
+  auto dev_set = data::encode_dataset(task_data.dev, *tokenizer, max_length);
+  train::Evaluation eval =
+      train::evaluate(*task_model, task_data.task, dev_set, o.batch_size, o.bf16);
+  json out = eval.to_json();
+  out["task"] = task_data.task.name;
+  out["recorded"] = delta.meta.value("dev", json::object());
+  if (o.json_output) {
+    fmt::print("{}\n", out.dump());
+  } else {
+    fmt::print("{} dev {} = {:.4f} on {} examples", task_data.task.name, eval.metrics.main_metric,
+               eval.metrics.main, eval.examples);
+    if (out["recorded"].contains(eval.metrics.main_metric))
+      fmt::print(" (recorded at training: {:.4f})",
+                 out["recorded"][eval.metrics.main_metric].get<double>());
+    fmt::print("\n");
+  }
+  return 0;
+}
+
+struct PredictOptions {
+  std::string model_dir = default_model_dir();
+  std::string delta_dir;
+  std::string input, output;
+  std::string text_a, text_b;
+  int64_t batch_size = 64;
+};
+
+int run_predict(PredictOptions& o) {
+  methods::Delta delta = methods::Delta::load(o.delta_dir);
+  train::BaseModel base = train::load_base(o.model_dir);
+  auto task_model = train::model_from_delta(base, delta);
+  data::TaskSpec task = train::task_of(delta);
+  data::ReadOptions options;
+  if (!o.text_a.empty()) options.text_a = data::ColumnRef::parse(o.text_a);
+  if (!o.text_b.empty()) options.text_b = data::ColumnRef::parse(o.text_b);
+  options.type = task.type;
+  options.label_names = task.label_names;
+  options.unlabeled = true;
+  data::Dataset inputs = data::read_dataset(o.input, options);
+  auto tokenizer = text::load_tokenizer(o.model_dir);
+  auto encoded =
+      data::encode_dataset(inputs, *tokenizer, delta.meta.value("max_length", size_t{128}));
+  at::Tensor logits = train::predict_logits(*task_model, encoded, o.batch_size, false);
+  std::ostringstream lines;
+  for (int64_t i = 0; i < logits.size(0); ++i) {
+    json row = {{"line", inputs.examples[i].line}};
+    if (task.type == data::TaskType::kRegression) {
+      row["score"] = logits[i][0].item<double>();
+    } else {
+      at::Tensor probabilities = at::softmax(logits[i], -1);
+      const int64_t best = probabilities.argmax().item<int64_t>();
+      row["label"] = task.label_names.at(best);
+      row["probability"] = probabilities[best].item<double>();
+    }
+    lines << row.dump() << "\n";
+  }
+  if (o.output.empty()) {
+    fmt::print("{}", lines.str());
+  } else {
+    io::write_text_atomically(o.output, lines.str());
+    fmt::print(stderr, "{} predictions -> {}\n", logits.size(0), o.output);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void register_training_verbs(CLI::App& app, Action& action) {
+  auto t = std::make_shared<TrainOptions>();
+  auto* train = app.add_subcommand("train", "fine-tune a task and write its delta");
+  train->add_option("--model,-m", t->model_dir, "base model directory")->capture_default_str();
+  train->add_option("--method", t->method, "full, frozen or bitfit")->capture_default_str();
+  train->add_option("--bias-terms", t->bias_terms,
+                    "bitfit: comma-separated bias groups, e.g. query,intermediate (default all)");
+  train->add_option("--out,-o", t->out, "run directory")->capture_default_str();
+  add_data_options(train, t->data, true);
+  train->add_option("--lr", t->learning_rate, "learning rate (default: the method's recipe)");
+  train->add_option("--batch-size", t->batch_size, "examples per step (default: recipe)");
+  train->add_option("--epochs", t->epochs, "training epochs (default: recipe)");
+  train->add_option("--max-steps", t->config.max_steps, "stop after this many optimizer steps");
+  train->add_option("--schedule", t->schedule, "constant, linear or constant_with_warmup");
+  train->add_option("--warmup-ratio", t->warmup_ratio, "fraction of steps warming up");
+  train->add_option("--weight-decay", t->weight_decay, "decoupled weight decay");
+  train->add_option("--max-grad-norm", t->config.max_grad_norm, "gradient clipping (0: off)")
+      ->capture_default_str();
+  train
+      ->add_option("--gradient-accumulation", t->config.gradient_accumulation,
+                   "batches per optimizer step")
+      ->capture_default_str();
+  train->add_option("--eval-every", t->config.eval_every, "evaluate every N steps (0: per epoch)");
+  train->add_option("--early-stopping", t->config.early_stopping_patience,
+                    "stop after N evaluations without improvement (0: off)");
+  train->add_option("--checkpoint-every", t->config.checkpoint_every,
+                    "checkpoint every N steps (0: off)");
+  train->add_option("--seed", t->config.seed, "random seed")->capture_default_str();
+  train->add_flag("--bf16", t->config.bf16, "bf16 mixed precision (autocast)");
+  train->add_flag("--resume", t->resume, "continue the run in --out from its checkpoint");
+  train->add_flag("--json", t->json_output, "print the summary as JSON");
+  train->callback([&action, t] { action = [t] { return run_train(*t); }; });
+
+  auto e = std::make_shared<EvalOptions>();
+  auto* eval = app.add_subcommand("eval", "evaluate a delta on its task's dev set");
+  eval->add_option("--model,-m", e->model_dir, "base model directory")->capture_default_str();
+  eval->add_option("--delta,-d", e->delta_dir, "delta directory")->required();
+  add_data_options(eval, e->data, false);
+  eval->add_option("--batch-size", e->batch_size, "examples per batch")->capture_default_str();
+  eval->add_flag("--bf16", e->bf16, "bf16 autocast");
+  eval->add_flag("--json", e->json_output, "print JSON");
+  eval->callback([&action, e] { action = [e] { return run_eval(*e); }; });
+
+  auto p = std::make_shared<PredictOptions>();
+  auto* predict = app.add_subcommand("predict", "predict labels for a file with a delta");
+  predict->add_option("--model,-m", p->model_dir, "base model directory")->capture_default_str();
+  predict->add_option("--delta,-d", p->delta_dir, "delta directory")->required();
+  predict->add_option("--input,-i", p->input, "TSV, CSV or JSONL file")->required();
+  predict->add_option("--output", p->output, "JSONL predictions (default: stdout)");
+  predict->add_option("--text-a", p->text_a, "column of the first text");
+  predict->add_option("--text-b", p->text_b, "column of the second text");
+  predict->callback([&action, p] { action = [p] { return run_predict(*p); }; });
+}
+
+}  // namespace deltatune::cli

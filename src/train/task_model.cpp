@@ -1,0 +1,121 @@
+#include "deltatune/train/task_model.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <ctime>
+
+#include "deltatune/error.h"
+
+namespace deltatune::train {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+json BaseModel::identity() const {
+  return {{"name", name},
+          {"path", fs::absolute(directory).string()},
+          {"model_type", config.model_type},
+          {"checksum", checksum},
+          {"hidden_size", config.hidden_size},
+          {"num_hidden_layers", config.num_hidden_layers}};
+}
+
+BaseModel load_base(const fs::path& directory) {
+  BaseModel base;
+  base.directory = directory;
+  base.name = fs::absolute(directory).lexically_normal().filename().string();
+  if (base.name.empty()) base.name = fs::absolute(directory).parent_path().filename().string();
+  base.config = model::EncoderConfig::from_file(directory / "config.json");
+  base.checkpoint = model::read_checkpoint(directory);
+  base.checksum = model::weights_checksum(base.checkpoint);
+  return base;
+}
+
+model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_labels,
+                                          uint64_t seed) {
+  at::manual_seed(seed);
+  model::SequenceClassifier task_model(base.config, num_labels);
+  model::SequenceClassifierImpl* raw = task_model.get();
+  model::load_state(*task_model, base.checkpoint, base.config.base_model_prefix(),
+                    base.directory.string(),
+                    [raw](const std::string& name) { return raw->is_head_parameter(name); });
+  // HF's head initialisation: normal(0, initializer_range) weights, zero biases,
+  // drawn after loading so it depends on the seed only.
+  at::NoGradGuard no_grad;
+  for (auto& item : task_model->named_parameters(true)) {
+    if (item.key().rfind("classifier.", 0) != 0) continue;
+    if (item.key().size() > 5 && item.key().compare(item.key().size() - 5, 5, ".bias") == 0) {
+      item.value().zero_();
+    } else {
+      item.value().normal_(0.0, base.config.initializer_range);
+    }
+  }
+  return task_model;
+}
+
+methods::Delta build_delta(const BaseModel& base, model::SequenceClassifierImpl& model,
+                           const methods::Method& method, const data::TaskSpec& task,
+                           size_t max_length, const TrainConfig& config,
+                           const TrainResult& result) {
+  methods::Delta delta;
+  delta.tensors = methods::collect_delta_tensors(
+      model, base.checkpoint, method.stored_parameters(model), base.config.base_model_prefix());
+  int64_t trainable = 0, total = 0;
+  for (const auto& p : model.parameters(true)) {
+    total += p.numel();
+    if (p.requires_grad()) trainable += p.numel();
+  }
+  const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  char created[32];
+  std::strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  delta.meta = {
+      {"deltatune_version", "0.1.0"},
+      {"created", created},
+      {"method", {{"name", method.name()}, {"config", method.config()}}},
+      {"base_model", base.identity()},
+      {"task",
+       {{"name", task.name},
+        {"type", task.type == data::TaskType::kRegression ? "regression" : "classification"},
+        {"is_pair", task.is_pair},
+        {"metrics", task.metrics},
+        {"main_metric", task.main_metric}}},
+      {"label_names", task.label_names},
+      {"num_labels", model.num_labels()},
+      {"max_length", max_length},
+      {"training", config.to_json()},
+      {"dev", result.best.to_json()},
+      {"best_step", result.best_step},
+      {"steps", result.steps},
+      {"parameters", {{"total", total}, {"trainable", trainable}}}};
+  return delta;
+}
+
+model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta) {
+  const json& identity = delta.meta.value("base_model", json::object());
+  const std::string expected = identity.value("checksum", "");
+  if (expected != base.checksum)
+    throw Error("delta was made on base '" + identity.value("name", std::string("?")) +
+                "' (weights " + expected.substr(0, 12) + "...), not on " + base.directory.string() +
+                " (weights " + base.checksum.substr(0, 12) + "...)");
+  const int64_t labels = delta.meta.value("num_labels", int64_t{0});
+  if (labels < 1) throw Error("delta.json: missing field 'num_labels'");
+  model::SequenceClassifier task_model = make_task_model(base, labels, 0);
+  methods::apply_delta(delta, *task_model);
+  task_model->eval();
+  return task_model;
+}
+
+data::TaskSpec task_of(const methods::Delta& delta) {
+  const json& task = delta.meta.value("task", json::object());
+  const std::string name = task.value("name", "");
+  try {
+    return data::find_glue_task(name);
+  } catch (const Error&) {
+    const bool regression = task.value("type", "") == "regression";
+    return data::custom_task(
+        name, regression ? data::TaskType::kRegression : data::TaskType::kClassification,
+        delta.meta.value("label_names", std::vector<std::string>{}), task.value("is_pair", false));
+  }
+}
+
+}  // namespace deltatune::train

@@ -1,0 +1,374 @@
+#include "deltatune/train/trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
+#include <ATen/core/Generator.h>
+#include <fmt/core.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+
+#include "deltatune/error.h"
+#include "deltatune/io/atomic_file.h"
+#include "deltatune/io/progress.h"
+#include "deltatune/io/safetensors.h"
+#include "deltatune/train/optimizer.h"
+
+namespace deltatune::train {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+// bf16 autocast on the CPU for the scope's forward passes, as
+// torch.autocast("cpu", dtype=torch.bfloat16) does.
+class AutocastScope {
+ public:
+  explicit AutocastScope(bool enabled) : enabled_(enabled) {
+    if (!enabled_) return;
+    previous_ = at::autocast::is_cpu_enabled();
+    at::autocast::set_cpu_enabled(true);
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    at::autocast::increment_nesting();
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_cpu_enabled(previous_);
+  }
+
+ private:
+  bool enabled_;
+  bool previous_ = false;
+};
+
+std::vector<at::Tensor> trainable_parameters(model::SequenceClassifierImpl& model) {
+  std::vector<at::Tensor> out;
+  for (auto& p : model.parameters(true))
+    if (p.requires_grad()) out.push_back(p);
+  return out;
+}
+
+std::map<std::string, at::Tensor> snapshot_trainable(model::SequenceClassifierImpl& model) {
+  std::map<std::string, at::Tensor> out;
+  for (auto& item : model.named_parameters(true))
+    if (item.value().requires_grad()) out[item.key()] = item.value().detach().clone();
+  return out;
+}
+
+void restore(model::SequenceClassifierImpl& model,
+             const std::map<std::string, at::Tensor>& values) {
+  at::NoGradGuard no_grad;
+  auto params = model.named_parameters(true);
+  for (const auto& [name, value] : values) {
+    at::Tensor* p = params.find(name);
+    if (p == nullptr) throw Error("checkpoint holds '" + name + "', which the model lacks");
+    p->copy_(value);
+  }
+}
+
+int64_t real_tokens(const data::Batch& batch) {
+  return batch.input.attention_mask.sum().item<int64_t>();
+}
+
+}  // namespace
+
+json TrainConfig::to_json() const {
+  return {{"learning_rate", learning_rate},
+          {"weight_decay", weight_decay},
+          {"adam_eps", adam_eps},
+          {"epochs", epochs},
+          {"max_steps", max_steps},
+          {"batch_size", batch_size},
+          {"gradient_accumulation", gradient_accumulation},
+          {"schedule", schedule},
+          {"warmup_ratio", warmup_ratio},
+          {"max_grad_norm", max_grad_norm},
+          {"eval_every", eval_every},
+          {"early_stopping_patience", early_stopping_patience},
+          {"seed", seed},
+          {"bf16", bf16},
+          {"group_by_length", group_by_length}};
+}
+
+json Evaluation::to_json() const {
+  json j = metrics.values;
+  j["loss"] = loss;
+  j["examples"] = examples;
+  j["main_metric"] = metrics.main_metric;
+  return j;
+}
+
+at::Tensor task_loss(const at::Tensor& logits, const at::Tensor& labels) {
+  if (logits.size(-1) == 1)
+    return at::mse_loss(logits.squeeze(-1).to(at::kFloat), labels.to(at::kFloat));
+  return at::cross_entropy_loss(logits.to(at::kFloat), labels);
+}
+
+at::Tensor predict_logits(model::SequenceClassifierImpl& model, const data::EncodedDataset& dataset,
+                          int64_t batch_size, bool bf16) {
+  if (dataset.size() == 0) throw Error("cannot predict on an empty dataset");
+  const bool was_training = model.is_training();
+  model.eval();
+  at::NoGradGuard no_grad;
+  data::BatchOptions options;
+  options.batch_size = static_cast<size_t>(batch_size);
+  options.shuffle = false;
+  data::Batcher batcher(dataset, options);
+  at::Tensor logits;
+  for (const auto& indices : batcher.plan(0).batches) {
+    data::Batch batch = batcher.make(indices);
+    at::Tensor batch_logits;
+    {
+      AutocastScope autocast(bf16);
+      batch_logits = model.forward(batch.input);
+    }
+    if (!logits.defined())
+      logits = at::empty({static_cast<int64_t>(dataset.size()), batch_logits.size(1)}, at::kFloat);
+    logits.index_copy_(0,
+                       at::tensor(std::vector<int64_t>(indices.begin(), indices.end()), at::kLong),
+                       batch_logits.to(at::kFloat));
+  }
+  if (was_training) model.train();
+  return logits;
+}
+
+namespace {
+
+at::Tensor label_tensor(const data::EncodedDataset& dataset) {
+  if (dataset.type == data::TaskType::kRegression) return at::tensor(dataset.scores, at::kFloat);
+  return at::tensor(dataset.labels, at::kLong);
+}
+
+}  // namespace
+
+Evaluation evaluate(model::SequenceClassifierImpl& model, const data::TaskSpec& task,
+                    const data::EncodedDataset& dataset, int64_t batch_size, bool bf16) {
+  at::Tensor logits = predict_logits(model, dataset, batch_size, bf16);
+  at::Tensor labels = label_tensor(dataset);
+  Evaluation result;
+  result.metrics = compute_metrics(task, logits, labels);
+  result.loss = task_loss(logits, labels).item<double>();
+  result.examples = static_cast<int64_t>(dataset.size());
+  return result;
+}
+
+Trainer::Trainer(model::SequenceClassifier model, methods::Method& method, data::TaskSpec task,
+                 TrainConfig config)
+    : model_(std::move(model)),
+      method_(method),
+      task_(std::move(task)),
+      config_(std::move(config)) {
+  if (config_.batch_size < 1) throw Error("--batch-size must be at least 1");
+  if (config_.gradient_accumulation < 1) throw Error("--gradient-accumulation must be at least 1");
+  if (config_.epochs < 1 && config_.max_steps < 1) throw Error("--epochs must be at least 1");
+}
+
+void Trainer::append_metrics(const json& record) {
+  if (config_.run_dir.empty()) return;
+  std::ofstream out(config_.run_dir / "metrics.jsonl", std::ios::app);
+  out << record.dump() << "\n";
+}
+
+void Trainer::save_checkpoint(AdamW& optimizer, const json& position,
+                              const std::map<std::string, at::Tensor>& best_parameters) {
+  if (config_.run_dir.empty()) return;
+  const fs::path dir = config_.run_dir / "checkpoint";
+  fs::create_directories(dir);
+  io::NamedTensors tensors;
+  for (auto& item : model_->named_parameters(true))
+    if (item.value().requires_grad()) tensors.emplace_back("model." + item.key(), item.value());
+  for (auto& [name, value] : best_parameters) tensors.emplace_back("best." + name, value);
+  for (auto& entry : optimizer.state()) tensors.push_back(entry);
+  tensors.emplace_back("rng.cpu", at::detail::getDefaultCPUGenerator().get_state());
+  // Tensors first, then the JSON that points at them: a crash between the two
+  // leaves the previous, consistent pair (position is only trusted with its tensors).
+  io::save_safetensors(dir / "state.safetensors", tensors);
+  io::write_text_atomically(dir / "state.json", position.dump(2) + "\n");
+}
+
+TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedDataset& dev,
+                         bool resume) {
+  if (train.size() == 0) throw Error("the training set is empty");
+  auto& model = *model_;
+  if (!config_.run_dir.empty()) fs::create_directories(config_.run_dir);
+
+  data::BatchOptions batch_options;
+  batch_options.batch_size = static_cast<size_t>(config_.batch_size);
+  batch_options.shuffle = true;
+  batch_options.group_by_length = config_.group_by_length;
+  batch_options.seed = config_.seed;
+  data::Batcher batcher(train, batch_options);
+  const int64_t batches_per_epoch = static_cast<int64_t>(batcher.batches_per_epoch());
+  const int64_t steps_per_epoch =
+      std::max<int64_t>(1, batches_per_epoch / config_.gradient_accumulation);
+  const int64_t total_steps =
+      config_.max_steps > 0 ? config_.max_steps : steps_per_epoch * config_.epochs;
+  const int64_t epochs = (total_steps + steps_per_epoch - 1) / steps_per_epoch;
+  const int64_t warmup_steps = static_cast<int64_t>(std::ceil(config_.warmup_ratio * total_steps));
+  const Schedule schedule = parse_schedule(config_.schedule);
+
+  AdamW optimizer(method_.parameter_groups(model, config_.learning_rate, config_.weight_decay),
+                  AdamWOptions{0.9, 0.999, config_.adam_eps});
+  std::vector<at::Tensor> parameters = trainable_parameters(model);
+  if (parameters.empty()) throw Error("the method left no parameter to train");
+
+  TrainResult result;
+  std::map<std::string, at::Tensor> best_parameters;
+  double best_main = -std::numeric_limits<double>::infinity();
+  int64_t evals_without_improvement = 0;
+  int64_t start_epoch = 0, start_batch = 0;
+
+  if (resume) {
+    const fs::path dir = config_.run_dir / "checkpoint";
+    if (!fs::exists(dir / "state.json"))
+      throw Error(config_.run_dir.string() + ": no checkpoint to resume from");
+    json position = json::parse(io::read_text_file(dir / "state.json"));
+    auto state = io::SafetensorsFile::open(dir / "state.safetensors").load_all();
+    std::map<std::string, at::Tensor> current, best, optimizer_state;
+    for (auto& [key, value] : state) {
+      if (key.rfind("model.", 0) == 0)
+        current[key.substr(6)] = value;
+      else if (key.rfind("best.", 0) == 0)
+        best[key.substr(5)] = value.clone();
+      else if (key.rfind("optimizer.", 0) == 0)
+        optimizer_state[key] = value;
+    }
+    restore(model, current);
+    optimizer.load_state(optimizer_state);
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    generator.set_state(state.at("rng.cpu"));
+    best_parameters = best;
+    start_epoch = position.at("epoch").get<int64_t>();
+    start_batch = position.at("batch").get<int64_t>();
+    best_main = position.value("best_main", best_main);
+    result.best_step = position.value("best_step", int64_t{0});
+    evals_without_improvement = position.value("evals_without_improvement", int64_t{0});
+    if (position.contains("best")) {
+      result.best.metrics.values = position["best"]["metrics"].get<std::map<std::string, double>>();
+      result.best.metrics.main_metric = task_.main_metric;
+      result.best.metrics.main = best_main;
+      result.best.loss = position["best"].value("loss", 0.0);
+      result.best.examples = position["best"].value("examples", int64_t{0});
+    }
+  }
+
+  io::ProgressBar bar("train " + task_.name, total_steps);
+  bar.set(optimizer.steps());
+  const auto start = std::chrono::steady_clock::now();
+  int64_t tokens = 0;
+  double loss_window = 0;
+  int64_t loss_count = 0;
+  bool stop = false;
+
+  auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
+    Evaluation eval = evaluate(model, task_, dev, config_.eval_batch_size, config_.bf16);
+    json record = eval.to_json();
+    record["split"] = "dev";
+    record["step"] = optimizer.steps();
+    record["epoch"] = static_cast<double>(epoch) +
+                      static_cast<double>(next_batch) / static_cast<double>(batches_per_epoch);
+    record["elapsed_s"] =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    append_metrics(record);
+    if (eval.metrics.main > best_main || best_parameters.empty()) {
+      best_main = eval.metrics.main;
+      best_parameters = snapshot_trainable(model);
+      result.best = eval;
+      result.best_step = optimizer.steps();
+      evals_without_improvement = 0;
+    } else {
+      ++evals_without_improvement;
+    }
+    bar.set_suffix(fmt::format("dev {} {:.4f} (best {:.4f})", eval.metrics.main_metric,
+                               eval.metrics.main, best_main));
+    if (config_.early_stopping_patience > 0 &&
+        evals_without_improvement >= config_.early_stopping_patience) {
+      result.stopped_early = true;
+      stop = true;
+    }
+  };
+
+  auto position_json = [&](int64_t epoch, int64_t next_batch) {
+    json best = {{"metrics", result.best.metrics.values},
+                 {"loss", result.best.loss},
+                 {"examples", result.best.examples}};
+    return json{{"epoch", epoch},
+                {"batch", next_batch},
+                {"step", optimizer.steps()},
+                {"best_main", best_main},
+                {"best_step", result.best_step},
+                {"best", best},
+                {"evals_without_improvement", evals_without_improvement},
+                {"config", config_.to_json()},
+                {"method", method_.name()}};
+  };
+
+  model.train();
+  optimizer.zero_grad();
+  for (int64_t epoch = start_epoch; epoch < epochs && !stop; ++epoch) {
+    const data::EpochPlan plan = batcher.plan(static_cast<size_t>(epoch));
+    const int64_t first = epoch == start_epoch ? start_batch : 0;
+    for (int64_t b = first; b < static_cast<int64_t>(plan.batches.size()) && !stop; ++b) {
+      data::Batch batch = batcher.make(plan.batches[static_cast<size_t>(b)]);
+      tokens += real_tokens(batch);
+      at::Tensor logits;
+      {
+        AutocastScope autocast(config_.bf16);
+        logits = model.forward(batch.input);
+      }
+      at::Tensor loss = task_loss(logits, batch.labels);
+      if (at::Tensor extra = method_.extra_loss(model); extra.defined()) loss = loss + extra;
+      loss_window += loss.item<double>();
+      ++loss_count;
+      (loss / static_cast<double>(config_.gradient_accumulation)).backward();
+      const bool step_now = (b + 1) % config_.gradient_accumulation == 0 ||
+                            b + 1 == static_cast<int64_t>(plan.batches.size());
+      if (!step_now) continue;
+
+      method_.on_backward(model, optimizer.steps());
+      if (config_.max_grad_norm > 0) clip_grad_norm(parameters, config_.max_grad_norm);
+      optimizer.step(lr_multiplier(schedule, optimizer.steps(), warmup_steps, total_steps));
+      optimizer.zero_grad();
+
+      const double elapsed =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      bar.set_suffix(fmt::format("epoch {}/{} loss {:.4f} {:.0f} tok/s", epoch + 1, epochs,
+                                 loss_window / loss_count, tokens / std::max(elapsed, 1e-9)));
+      bar.set(optimizer.steps());
+      if (optimizer.steps() % 50 == 0) {
+        append_metrics({{"split", "train"},
+                        {"step", optimizer.steps()},
+                        {"loss", loss_window / loss_count},
+                        {"elapsed_s", elapsed}});
+        loss_window = 0;
+        loss_count = 0;
+      }
+      if (config_.eval_every > 0 && optimizer.steps() % config_.eval_every == 0)
+        run_evaluation(epoch, b + 1);
+      if (config_.checkpoint_every > 0 && optimizer.steps() % config_.checkpoint_every == 0)
+        save_checkpoint(optimizer, position_json(epoch, b + 1), best_parameters);
+      if (optimizer.steps() >= total_steps) stop = true;
+    }
+    if (config_.eval_every == 0 || optimizer.steps() % config_.eval_every != 0)
+      run_evaluation(epoch + 1, 0);
+  }
+  bar.finish();
+  result.steps = optimizer.steps();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.train_tokens_per_second = tokens / std::max(result.seconds, 1e-9);
+  if (!best_parameters.empty()) restore(model, best_parameters);
+  model.eval();
+  append_metrics({{"split", "summary"},
+                  {"best_step", result.best_step},
+                  {"best", result.best.to_json()},
+                  {"steps", result.steps},
+                  {"seconds", result.seconds},
+                  {"train_tokens_per_s", result.train_tokens_per_second},
+                  {"stopped_early", result.stopped_early}});
+  return result;
+}
+
+}  // namespace deltatune::train
