@@ -1,6 +1,7 @@
 # deltatune: the two commands of the README, and the rest.
 #   make demo    set up, build, run the main job
 #   make test    set up, build, run every test (what CI runs)
+#   make test-torch-latest   the same against the newest torch wheel from PyPI
 SHELL := /bin/bash
 BUILD_DIR ?= build
 BUILD_TYPE ?= Release
@@ -13,7 +14,7 @@ export DELTATUNE_HOME GLUE_DIR
 
 DELTATUNE := $(BUILD_DIR)/deltatune
 
-.PHONY: all setup configure build test demo bench fixtures format clean
+.PHONY: all setup configure build test test-torch-latest demo bench fixtures format clean
 
 all: build
 
@@ -30,6 +31,18 @@ build: configure
 
 test: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
+
+# The same tests built against the newest LibTorch from PyPI: the pip torch wheel
+# (~3 GB with its CUDA libraries) in $(DELTATUNE_HOME)/venv-latest, pinned in
+# tools/requirements-latest.txt. Not part of `make test`.
+TORCH_LATEST_BUILD_DIR ?= build-torch-latest
+test-torch-latest: setup
+	@PY=$$(tools/setup_python.sh latest) \
+	  && prefix=$$($$PY -c 'import torch; print(torch.utils.cmake_prefix_path)') \
+	  && cmake -S . -B $(TORCH_LATEST_BUILD_DIR) -G "Unix Makefiles" -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
+	       -DCMAKE_PREFIX_PATH="$$prefix" $(CMAKE_FLAGS)
+	@cmake --build $(TORCH_LATEST_BUILD_DIR) -j$(JOBS)
+	@cd $(TORCH_LATEST_BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
 
 demo: build
 	@$(DELTATUNE) info
