@@ -8,10 +8,12 @@
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "commands.h"
 #include "deltatune/error.h"
+#include "deltatune/methods/method.h"
 #include "deltatune/model/batch.h"
 #include "deltatune/model/hub.h"
 #include "deltatune/model/parameter_groups.h"
@@ -187,6 +189,56 @@ int run_classify(const Common& common, const std::vector<std::string>& texts,
   return 0;
 }
 
+// Trainable and stored parameters of each method on this model.
+int run_method_info(const Common& common, int64_t num_labels, const std::string& method_name,
+                    const std::string& bias_terms) {
+  std::vector<std::string> names;
+  if (method_name == "all") {
+    names = methods::method_names();
+    names.push_back("bitfit:query,intermediate");
+  } else {
+    names.push_back(bias_terms.empty() ? method_name : method_name + ":" + bias_terms);
+  }
+  json rows = json::array();
+  for (const auto& spec : names) {
+    const std::string name = spec.substr(0, spec.find(':'));
+    json options = json::object();
+    if (spec.find(':') != std::string::npos) {
+      std::vector<std::string> terms;
+      std::stringstream list(spec.substr(spec.find(':') + 1));
+      for (std::string term; std::getline(list, term, ',');) terms.push_back(term);
+      options["bias_terms"] = terms;
+    }
+    auto method = methods::make_method(name, options);
+    auto loaded = model::load_classifier(common.model_dir, num_labels);
+    methods::Footprint f = methods::footprint(*method, *loaded.model);
+    rows.push_back({{"method", spec},
+                    {"total", f.total},
+                    {"encoder", f.encoder},
+                    {"trainable", f.trainable},
+                    {"stored_values", f.stored_values},
+                    {"stored_bytes", f.stored_bytes},
+                    {"trainable_percent_of_encoder", 100.0 * f.trainable / f.encoder},
+                    {"stored_percent_of_encoder", 100.0 * f.stored_values / f.encoder},
+                    {"description", f.description}});
+  }
+  if (common.json_output) {
+    fmt::print("{}\n", rows.dump(2));
+    return 0;
+  }
+  fmt::print("{:<28} {:>12} {:>9} {:>12} {:>9} {:>11}\n", "method", "trainable", "% enc", "stored",
+             "% enc", "delta");
+  for (const auto& r : rows)
+    fmt::print("{:<28} {:>12} {:>8.3f}% {:>12} {:>8.3f}% {:>8.1f} KB\n",
+               r["method"].get<std::string>(), r["trainable"].get<int64_t>(),
+               r["trainable_percent_of_encoder"].get<double>(), r["stored_values"].get<int64_t>(),
+               r["stored_percent_of_encoder"].get<double>(),
+               r["stored_bytes"].get<int64_t>() / 1024.0);
+  fmt::print("(encoder: {} parameters; the classifier is counted in trainable and stored)\n",
+             rows[0]["encoder"].get<int64_t>());
+  return 0;
+}
+
 int run_info(const Common& common, int64_t num_labels) {
   auto loaded = model::load_classifier(common.model_dir, num_labels);
   const auto& c = loaded.config;
@@ -291,6 +343,9 @@ int main(int argc, char** argv) {
   add_common(info, common);
   info->add_option("--num-labels", num_labels, "size of the task head counted")
       ->capture_default_str();
+  std::string info_method, info_bias_terms;
+  info->add_option("--method", info_method, "show what a method trains and stores (or 'all')");
+  info->add_option("--bias-terms", info_bias_terms, "bitfit: comma-separated bias groups");
 
   std::string repo_id, out_dir, revision = "main";
   auto* download = app.add_subcommand(
@@ -316,6 +371,8 @@ int main(int argc, char** argv) {
     if (*tokenize) return run_tokenize(common, texts, pairs, max_length);
     if (*embed) return run_embed(common, texts, max_length, dtype);
     if (*classify) return run_classify(common, texts, pairs, max_length);
+    if (*info && !info_method.empty())
+      return run_method_info(common, num_labels, info_method, info_bias_terms);
     if (*info) return run_info(common, num_labels);
     if (*download) return run_download(repo_id, out_dir, revision, common.json_output);
     if (action) return action();

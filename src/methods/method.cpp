@@ -54,6 +54,26 @@ void check_options(const std::string& method, const nlohmann::json& options,
       throw Error("method '" + method + "' has no option '" + it.key() + "'");
 }
 
+Footprint footprint(Method& method, model::SequenceClassifierImpl& model) {
+  method.attach(model);
+  Footprint f;
+  f.method = method.name();
+  f.description = method.describe();
+  auto params = model.named_parameters(true);
+  for (const auto& item : params) {
+    const int64_t n = item.value().numel();
+    f.total += n;
+    if (item.key().rfind("classifier.", 0) != 0) f.encoder += n;
+    if (item.value().requires_grad()) f.trainable += n;
+  }
+  for (const auto& [name, kind] : method.stored_parameters(model)) {
+    const int64_t n = params[name].numel();
+    f.stored_values += n;
+    f.stored_bytes += n * params[name].element_size();
+  }
+  return f;
+}
+
 std::vector<std::string> method_names() { return {"full", "frozen", "bitfit"}; }
 
 std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::json& options) {

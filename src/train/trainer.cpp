@@ -243,7 +243,9 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     best_parameters = best;
     start_epoch = position.at("epoch").get<int64_t>();
     start_batch = position.at("batch").get<int64_t>();
-    best_main = position.value("best_main", best_main);
+    // -inf (no evaluation yet) is written as null.
+    if (position.contains("best_main") && position["best_main"].is_number())
+      best_main = position["best_main"].get<double>();
     result.best_step = position.value("best_step", int64_t{0});
     evals_without_improvement = position.value("evals_without_improvement", int64_t{0});
     if (position.contains("best")) {

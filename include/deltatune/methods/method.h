@@ -59,6 +59,20 @@ class Method {
   virtual std::string describe() const = 0;
 };
 
+// What a method trains and stores on a given model ("deltatune info").
+struct Footprint {
+  std::string method;
+  int64_t total = 0;          // every parameter of the task model
+  int64_t encoder = 0;        // all but the classifier
+  int64_t trainable = 0;      // get gradients and optimizer state
+  int64_t stored_values = 0;  // entries a task's delta holds
+  int64_t stored_bytes = 0;   // their bytes in delta.safetensors (fp32; sparse adds indices)
+  std::string description;
+};
+
+// Attaches `method` to `model` (a fresh task model) and counts.
+Footprint footprint(Method& method, model::SequenceClassifierImpl& model);
+
 // Names every method answers to, for --help and errors.
 std::vector<std::string> method_names();
 
