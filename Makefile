@@ -44,13 +44,12 @@ test-torch-latest: setup
 	@cmake --build $(TORCH_LATEST_BUILD_DIR) -j$(JOBS)
 	@cd $(TORCH_LATEST_BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
 
+# BitFit on a 4,000-sentence sample of SST-2 (one epoch), then the dev metric and the delta's size.
+DEMO_FLAGS ?= --task SST-2 --method bitfit --max-train-samples 4000 --epochs 1 --max-length 64
 demo: build
-	@$(DELTATUNE) info
-	@$(DELTATUNE) embed \
-	  "A man is playing a guitar." \
-	  "Someone is playing an instrument." \
-	  "The stock market fell sharply today." \
-	  "Shares dropped steeply this afternoon."
+	@$(DELTATUNE) train $(DEMO_FLAGS) --out runs/demo
+	@$(DELTATUNE) predict --delta runs/demo/delta --input examples/sst2_inputs.tsv
+	@$(DELTATUNE) eval --delta runs/demo/delta
 
 # Encoder forward throughput, deltatune vs HF Transformers, in one run.
 bench: build

@@ -248,6 +248,8 @@ int run_eval(EvalOptions& o) {
   json out = eval.to_json();
   out["task"] = task_data.task.name;
   out["recorded"] = delta.meta.value("dev", json::object());
+  out["delta_values"] = delta.stored_values();
+  out["delta_bytes"] = delta.stored_bytes();
   if (o.json_output) {
     fmt::print("{}\n", out.dump());
   } else {
@@ -256,7 +258,8 @@ int run_eval(EvalOptions& o) {
     if (out["recorded"].contains(eval.metrics.main_metric))
       fmt::print(" (recorded at training: {:.4f})",
                  out["recorded"][eval.metrics.main_metric].get<double>());
-    fmt::print("\n");
+    fmt::print("\ndelta {}: {} values, {:.1f} KB on disk\n", o.delta_dir, delta.stored_values(),
+               delta.stored_bytes() / 1024.0);
   }
   return 0;
 }
