@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fmt/core.h>
 
@@ -56,13 +57,14 @@ std::string ProgressBar::format_duration(double seconds) {
 }
 
 void ProgressBar::draw(bool final_line) {
+  if (!enabled_) return;
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const double rate = elapsed > 0 ? done_ / elapsed : 0.0;
   std::string line = label_ + " ";
   if (total_ > 0) {
     const double fraction = std::min(1.0, static_cast<double>(done_) / total_);
-    const int width = 24, filled = static_cast<int>(fraction * width);
+    const int width = 24, filled = std::clamp(static_cast<int>(fraction * width), 0, width);
     line += "[" + std::string(filled, '#') + std::string(width - filled, '.') + "] ";
     line += fmt::format("{:3.0f}% {}/{}", fraction * 100, amount(done_, unit_), amount(total_, unit_));
     const double remaining = rate > 0 ? (total_ - done_) / rate : 0.0;

@@ -258,6 +258,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   }
 
   io::ProgressBar bar("train " + task_.name, total_steps);
+  bar.set_enabled(config_.progress);
   bar.set(optimizer.steps());
   const auto start = std::chrono::steady_clock::now();
   int64_t tokens = 0;

@@ -103,6 +103,9 @@ struct TinyCase {
   bool has_pooler;
 };
 
+// Readable, stable test names in ctest (not the struct's bytes).
+void PrintTo(const TinyCase& c, std::ostream* out) { *out << c.dir; }
+
 class TinyModelParity : public testing::TestWithParam<TinyCase> {};
 
 TEST_P(TinyModelParity, HiddenStatesAndLogitsMatchHuggingFace) {

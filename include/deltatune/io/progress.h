@@ -19,6 +19,7 @@ class ProgressBar {
   void set(int64_t done);
   void set_suffix(std::string suffix);  // e.g. "loss 0.412"
   void finish();
+  void set_enabled(bool enabled) { enabled_ = enabled; }  // disabled: draws nothing
 
   // "1:02:03" / "2:03" for seconds.
   static std::string format_duration(double seconds);
@@ -29,7 +30,7 @@ class ProgressBar {
   int64_t total_, done_ = 0;
   Unit unit_;
   double log_interval_;
-  bool tty_, finished_ = false;
+  bool tty_, finished_ = false, enabled_ = true;
   std::chrono::steady_clock::time_point start_, last_draw_;
 };
 
