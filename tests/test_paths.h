@@ -8,7 +8,10 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
+
+#include "deltatune/error.h"
 
 namespace deltatune::test {
 
@@ -16,7 +19,8 @@ namespace deltatune::test {
 class ScratchDir {
  public:
   ScratchDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "deltatune-test-XXXXXX").string();
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "deltatune-test-XXXXXX").string();
     path_ = ::mkdtemp(pattern.data());
   }
   ~ScratchDir() {
@@ -38,8 +42,17 @@ class ScratchDir {
   std::filesystem::path path_;
 };
 
-
 inline std::filesystem::path fixtures() { return DELTATUNE_FIXTURES; }
+
+// The message of the deltatune::Error `action` throws, or "" when it throws none.
+inline std::string error_of(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const deltatune::Error& e) {
+    return e.what();
+  }
+  return "";
+}
 
 inline std::filesystem::path minilm_dir() {
   std::filesystem::path dir;

@@ -10,6 +10,8 @@
 
 #include "deltatune/error.h"
 
+#include "test_paths.h"
+
 namespace deltatune::test {
 
 // The GLUE TSVs: $GLUE_DIR (the Makefile sets it to ../shared/data/glue).
@@ -21,16 +23,6 @@ inline std::filesystem::path glue_dir() {
     return {};
   }
   return dir;
-}
-
-// The message of the deltatune::Error `action` throws, or "" when it throws none.
-inline std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace deltatune::test

@@ -17,14 +17,7 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 TEST(EncoderConfig, ReadsMiniLm) {
   auto c = EncoderConfig::from_file(test::minilm_dir() / "config.json");
@@ -60,14 +53,17 @@ TEST(EncoderConfig, MissingFieldIsNamed) {
             "cfg.json: field 'hidden_size' must be a positive integer");
   j = json::parse(io::read_text_file(test::minilm_dir() / "config.json"));
   j["model_type"] = "gpt2";
-  EXPECT_NE(error_of([&] { EncoderConfig::from_json(j, "cfg.json"); }).find("'gpt2' is not supported"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { EncoderConfig::from_json(j, "cfg.json"); }).find("'gpt2' is not supported"),
+      std::string::npos);
 }
 
 TEST(EncoderConfig, NotJsonIsReportedWithPath) {
   test::ScratchDir tmp;
   io::write_text_atomically(tmp.path() / "config.json", "{ nope");
-  EXPECT_NE(error_of([&] { EncoderConfig::from_file(tmp.path() / "config.json"); }).find("config.json: not valid JSON"),
+  EXPECT_NE(error_of([&] {
+              EncoderConfig::from_file(tmp.path() / "config.json");
+            }).find("config.json: not valid JSON"),
             std::string::npos);
 }
 
@@ -87,8 +83,9 @@ fs::path damaged_copy(const fs::path& tmp, const std::string& drop, const std::s
 TEST(Loading, MissingEncoderTensorIsAnError) {
   test::ScratchDir tmp;
   auto dir = damaged_copy(tmp.path(), "bert.encoder.layer.1.attention.self.key.weight", "");
-  EXPECT_NE(error_of([&] { load_classifier(dir); })
-                .find("missing tensor bert.encoder.layer.1.attention.self.key.weight"),
+  EXPECT_NE(error_of([&] {
+              load_classifier(dir);
+            }).find("missing tensor bert.encoder.layer.1.attention.self.key.weight"),
             std::string::npos);
 }
 
@@ -101,7 +98,8 @@ TEST(Loading, ShapeMismatchIsAnError) {
 
 TEST(Loading, MissingWeightsFileIsNamed) {
   test::ScratchDir tmp;
-  fs::copy_file(test::fixtures() / "model" / "tiny_bert" / "config.json", tmp.path() / "config.json");
+  fs::copy_file(test::fixtures() / "model" / "tiny_bert" / "config.json",
+                tmp.path() / "config.json");
   EXPECT_NE(error_of([&] { load_classifier(tmp.path()); }).find("no model.safetensors"),
             std::string::npos);
 }
@@ -131,7 +129,8 @@ TEST(Loading, CorruptPytorchBinIsAClearError) {
     EXPECT_NE(std::string(e.what()).find("not a zip-format PyTorch checkpoint"), std::string::npos);
   }
   // A real archive cut short.
-  std::ifstream in(test::fixtures() / "model" / "tiny_bert" / "pytorch_model.bin", std::ios::binary);
+  std::ifstream in(test::fixtures() / "model" / "tiny_bert" / "pytorch_model.bin",
+                   std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(in)), {});
   io::write_text_atomically(bin, bytes.substr(0, bytes.size() / 2));
   EXPECT_THROW(io::load_torch_state_dict(bin), Error);

@@ -12,6 +12,7 @@
 
 #include "deltatune/data/task.h"
 #include "deltatune/error.h"
+#include "test_paths.h"
 
 namespace deltatune::train {
 namespace {
@@ -19,14 +20,7 @@ namespace {
 using I = std::vector<int64_t>;
 using D = std::vector<double>;
 
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using test::error_of;
 
 // y_true = [1,1,0,1,0,0,1,0,1,1], y_pred = [1,0,0,1,1,0,1,0,0,1].
 // By hand: TP 4, FN 2, FP 1, TN 3 -> accuracy 7/10, F1 = 8/11,
