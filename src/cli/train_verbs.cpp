@@ -14,7 +14,9 @@
 #include "deltatune/error.h"
 #include "deltatune/io/atomic_file.h"
 #include "deltatune/methods/bitfit.h"
+#include "deltatune/methods/delta.h"
 #include "deltatune/text/tokenizer.h"
+#include "deltatune/train/export.h"
 #include "deltatune/train/task_model.h"
 
 namespace deltatune::cli {
@@ -310,6 +312,66 @@ int run_predict(PredictOptions& o) {
   return 0;
 }
 
+int run_export(const std::string& model_dir, const std::string& delta_dir, const std::string& out) {
+  methods::Delta delta = methods::Delta::load(delta_dir);
+  train::BaseModel base = train::load_base(model_dir);
+  train::export_hf_directory(base, delta, out);
+  fmt::print("{} + {} -> {} (Hugging Face {} directory)\n", model_dir, delta_dir, out,
+             base.config.model_type);
+  return 0;
+}
+
+// Mean |b_F - b_0| per layer and bias group (the BitFit paper's figure), as a
+// table, CSV and JSON.
+int run_analyze(const std::string& model_dir, const std::string& delta_dir, std::string out,
+                bool json_output) {
+  methods::Delta delta = methods::Delta::load(delta_dir);
+  train::BaseModel base = train::load_base(model_dir);
+  const std::string expected = delta.meta.value("base_model", json::object()).value("checksum", "");
+  if (expected != base.checksum)
+    throw Error(delta_dir + " was not made on " + model_dir + " (base checksum differs)");
+  auto changes = methods::bias_changes(delta, base.checkpoint, base.config.base_model_prefix());
+  if (changes.empty()) throw Error(delta_dir + " stores no encoder biases to analyse");
+  if (out.empty()) out = (fs::path(delta_dir) / "bias_changes").string();
+  std::string csv = "layer,group,name,size,mean_abs_change\n";
+  json rows = json::array();
+  std::map<int, std::map<std::string, double>> table;
+  std::vector<std::string> groups;
+  for (const auto& c : changes) {
+    csv += fmt::format("{},{},{},{},{:.9g}\n", c.layer, c.group, c.name, c.size, c.mean_abs_change);
+    rows.push_back({{"layer", c.layer},
+                    {"group", c.group},
+                    {"name", c.name},
+                    {"size", c.size},
+                    {"mean_abs_change", c.mean_abs_change}});
+    table[c.layer][c.group] = c.mean_abs_change;
+    if (std::find(groups.begin(), groups.end(), c.group) == groups.end()) groups.push_back(c.group);
+  }
+  io::write_text_atomically(out + ".csv", csv);
+  io::write_text_atomically(out + ".json", rows.dump(2) + "\n");
+  if (json_output) {
+    fmt::print("{}\n", rows.dump());
+    return 0;
+  }
+  fmt::print("mean |b_F - b_0| by layer and bias ({}):\n{:>6}", delta_dir, "layer");
+  for (const auto& g : groups) fmt::print(" {:>13}", g.substr(0, 13));
+  fmt::print("\n");
+  for (const auto& [layer, values] : table) {
+    fmt::print("{:>6}", layer < 0 ? std::string("-") : std::to_string(layer));
+    for (const auto& g : groups) {
+      auto it = values.find(g);
+      if (it == values.end()) {
+        fmt::print(" {:>13}", "");
+      } else {
+        fmt::print(" {:>13.6f}", it->second);
+      }
+    }
+    fmt::print("\n");
+  }
+  fmt::print("wrote {}.csv and {}.json\n", out, out);
+  return 0;
+}
+
 }  // namespace
 
 void register_training_verbs(CLI::App& app, Action& action) {
@@ -364,6 +426,33 @@ void register_training_verbs(CLI::App& app, Action& action) {
   predict->add_option("--text-a", p->text_a, "column of the first text");
   predict->add_option("--text-b", p->text_b, "column of the second text");
   predict->callback([&action, p] { action = [p] { return run_predict(*p); }; });
+
+  struct DeltaVerbOptions {
+    std::string model_dir = default_model_dir();
+    std::string delta_dir, out;
+    bool json_output = false;
+  };
+  auto x = std::make_shared<DeltaVerbOptions>();
+  auto* export_verb =
+      app.add_subcommand("export", "write base + delta as a Hugging Face model directory");
+  export_verb->add_option("--model,-m", x->model_dir, "base model directory")
+      ->capture_default_str();
+  export_verb->add_option("--delta,-d", x->delta_dir, "delta directory")->required();
+  export_verb->add_option("--out,-o", x->out, "new directory to write")->required();
+  export_verb->callback(
+      [&action, x] { action = [x] { return run_export(x->model_dir, x->delta_dir, x->out); }; });
+
+  auto a = std::make_shared<DeltaVerbOptions>();
+  auto* analyze =
+      app.add_subcommand("analyze", "which biases moved: mean |b_F - b_0| per layer and type");
+  analyze->add_option("--model,-m", a->model_dir, "base model directory")->capture_default_str();
+  analyze->add_option("--delta,-d", a->delta_dir, "delta directory")->required();
+  analyze->add_option("--out,-o", a->out,
+                      "output prefix for .csv and .json (default: <delta>/bias_changes)");
+  analyze->add_flag("--json", a->json_output, "print JSON");
+  analyze->callback([&action, a] {
+    action = [a] { return run_analyze(a->model_dir, a->delta_dir, a->out, a->json_output); };
+  });
 }
 
 }  // namespace deltatune::cli

@@ -1,6 +1,10 @@
 #include "deltatune/methods/bitfit.h"
 
+#include <ATen/ATen.h>
+
 #include "deltatune/error.h"
+#include "deltatune/methods/delta.h"
+#include "deltatune/model/parameter_groups.h"
 
 namespace deltatune::methods {
 
@@ -77,6 +81,31 @@ std::string BitFit::describe() const {
   std::string terms;
   for (const auto& g : groups_) terms += (terms.empty() ? "" : ",") + g;
   return "bias terms (" + terms + ") and the classifier train and are stored";
+}
+
+std::vector<BiasChange> bias_changes(const Delta& delta,
+                                     const std::map<std::string, at::Tensor>& base,
+                                     const std::string& base_prefix) {
+  std::vector<BiasChange> out;
+  const std::string dotted = base_prefix + ".";
+  for (const auto& t : delta.tensors) {
+    const std::string group = BitFit::bias_group_of(t.name);
+    if (group.empty() || t.name.rfind("classifier.", 0) == 0) continue;
+    std::string key = t.name;
+    if (!base.count(key) && key.rfind(dotted, 0) == 0) key = key.substr(dotted.size());
+    auto original = base.find(key);
+    if (original == base.end()) continue;
+    at::Tensor before = original->second.to(at::kFloat).flatten();
+    at::Tensor after = before.clone();
+    if (t.sparse()) {
+      after.index_copy_(0, t.indices.to(at::kLong), t.values.to(at::kFloat));
+    } else {
+      after = t.values.to(at::kFloat).flatten();
+    }
+    out.push_back({model::layer_of(t.name), group, t.name,
+                   (after - before).abs().mean().item<double>(), before.numel()});
+  }
+  return out;
 }
 
 }  // namespace deltatune::methods

@@ -36,7 +36,12 @@ model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_lab
   at::manual_seed(seed);
   model::SequenceClassifier task_model(base.config, num_labels);
   model::SequenceClassifierImpl* raw = task_model.get();
-  model::load_state(*task_model, base.checkpoint, base.config.base_model_prefix(),
+  // A base that is itself a task model brings a classifier for its own labels:
+  // a new task gets a fresh one (HF would refuse a size mismatch).
+  std::map<std::string, at::Tensor> encoder_only;
+  for (const auto& [key, value] : base.checkpoint)
+    if (key.rfind("classifier.", 0) != 0) encoder_only.emplace(key, value);
+  model::load_state(*task_model, encoder_only, base.config.base_model_prefix(),
                     base.directory.string(),
                     [raw](const std::string& name) { return raw->is_head_parameter(name); });
   // HF's head initialisation: normal(0, initializer_range) weights, zero biases,

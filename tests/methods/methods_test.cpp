@@ -127,3 +127,42 @@ TEST(Delta, ShapeMismatchAndCorruptFilesAreRefused) {
 
 }  // namespace
 }  // namespace deltatune::methods
+
+namespace deltatune::methods {
+namespace {
+
+TEST(BiasAnalysis, MeanAbsoluteChangePerLayerAndGroup) {
+  auto base_state = model::read_checkpoint(test::fixtures() / "model" / "tiny_bert");
+  auto trained = model::load_classifier(test::fixtures() / "model" / "tiny_bert");
+  auto method = make_method("bitfit");
+  method->attach(*trained.model);
+  {
+    at::NoGradGuard no_grad;
+    auto params = trained.model->named_parameters();
+    params["bert.encoder.layer.1.attention.self.query.bias"].add_(0.25);
+    params["bert.encoder.layer.0.intermediate.dense.bias"].sub_(0.5);
+  }
+  Delta delta;
+  delta.tensors = collect_delta_tensors(*trained.model, base_state,
+                                        method->stored_parameters(*trained.model), "bert");
+  auto changes = bias_changes(delta, base_state, "bert");
+  int checked = 0;
+  for (const auto& c : changes) {
+    if (c.name == "bert.encoder.layer.1.attention.self.query.bias") {
+      EXPECT_EQ(c.layer, 1);
+      EXPECT_EQ(c.group, "query");
+      EXPECT_NEAR(c.mean_abs_change, 0.25, 1e-6);
+      ++checked;
+    } else if (c.name == "bert.encoder.layer.0.intermediate.dense.bias") {
+      EXPECT_EQ(c.group, "intermediate");
+      EXPECT_NEAR(c.mean_abs_change, 0.5, 1e-6);
+      ++checked;
+    } else {
+      EXPECT_EQ(c.mean_abs_change, 0.0) << c.name;
+    }
+  }
+  EXPECT_EQ(checked, 2);
+}
+
+}  // namespace
+}  // namespace deltatune::methods

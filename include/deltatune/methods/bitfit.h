@@ -8,11 +8,14 @@
 // can be chosen, e.g. {query, intermediate}: the paper's b_q + b_m2 variant.
 #pragma once
 
+#include <map>
 #include <set>
 
 #include "deltatune/methods/method.h"
 
 namespace deltatune::methods {
+
+struct Delta;  // delta.h
 
 class BitFit : public Method {
  public:
@@ -33,5 +36,19 @@ class BitFit : public Method {
   bool selected(const std::string& group) const;
   std::set<std::string> groups_;
 };
+
+// The paper's analysis of which biases move: for every stored bias of the
+// encoder, mean over its dimensions of |b_F - b_0| (b_0 from `base`, the
+// base checkpoint, whose keys may lack the task model's `base_prefix`).
+struct BiasChange {
+  int layer = -1;     // encoder layer, -1 outside the layers (embeddings, pooler)
+  std::string group;  // BitFit::bias_group_names()
+  std::string name;
+  double mean_abs_change = 0;
+  int64_t size = 0;
+};
+std::vector<BiasChange> bias_changes(const Delta& delta,
+                                     const std::map<std::string, at::Tensor>& base,
+                                     const std::string& base_prefix);
 
 }  // namespace deltatune::methods
