@@ -294,6 +294,26 @@ int64_t token_id(const std::vector<AddedToken>& added,
   throw Error(dir.string() + ": " + what + " '" + token + "' is not in the vocabulary");
 }
 
+// Id of the special token `key` ("pad_token", ...): the one tokenizer_config.json or
+// special_tokens_map.json names, else `fallback`.
+int64_t special_id(const DirFiles& files, const std::vector<AddedToken>& added,
+                   const std::unordered_map<std::string, int64_t>& vocab, const std::string& key,
+                   const std::string& fallback) {
+  std::string what = key;
+  std::replace(what.begin(), what.end(), '_', ' ');
+  return token_id(added, vocab, special_content(files, key, fallback), files.dir, what);
+}
+
+// Builds a tokenizer, reporting its constructor's errors against `source`.
+template <typename T, typename... Args>
+std::unique_ptr<Tokenizer> construct(const fs::path& source, Args&&... args) {
+  try {
+    return std::make_unique<T>(std::forward<Args>(args)...);
+  } catch (const Error& e) {
+    throw Error(source.string() + ": " + e.what());
+  }
+}
+
 // Settings from tokenizer_config.json applied on top of tokenizer.json, as
 // transformers' BertTokenizerFast does for the keys it is given.
 void apply_bert_config(const DirFiles& files, BertNormalizerOptions& n) {
@@ -358,15 +378,10 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const DirFiles& files) {
     } else {
       root.fail("pre_tokenizer", "missing (WordPiece needs BertPreTokenizer)");
     }
-    const std::string pad_token =
-        special_content(files, "pad_token", padding_token.empty() ? "[PAD]" : padding_token);
-    const int64_t pad = token_id(added, vocab, pad_token, files.dir, "pad token");
-    try {
-      return std::make_unique<WordPieceTokenizer>(std::move(vocab), normalizer, std::move(opts),
-                                                  std::move(added), std::move(post), pad);
-    } catch (const Error& e) {
-      throw Error(path.string() + ": " + e.what());
-    }
+    const int64_t pad = special_id(files, added, vocab, "pad_token",
+                                   padding_token.empty() ? "[PAD]" : padding_token);
+    return construct<WordPieceTokenizer>(path, std::move(vocab), normalizer, std::move(opts),
+                                         std::move(added), std::move(post), pad);
   }
 
   if (type == "BPE") {
@@ -426,15 +441,10 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const DirFiles& files) {
       Fields c(files.config_path(), *files.config);
       opts.add_prefix_space = c.boolean_or("add_prefix_space", opts.add_prefix_space);
     }
-    const std::string pad_token =
-        special_content(files, "pad_token", padding_token.empty() ? "<pad>" : padding_token);
-    const int64_t pad = token_id(added, vocab, pad_token, files.dir, "pad token");
-    try {
-      return std::make_unique<ByteLevelBpeTokenizer>(std::move(vocab), merges, std::move(opts),
-                                                     std::move(added), std::move(post), pad);
-    } catch (const Error& e) {
-      throw Error(path.string() + ": " + e.what());
-    }
+    const int64_t pad = special_id(files, added, vocab, "pad_token",
+                                   padding_token.empty() ? "<pad>" : padding_token);
+    return construct<ByteLevelBpeTokenizer>(path, std::move(vocab), merges, std::move(opts),
+                                            std::move(added), std::move(post), pad);
   }
   model.fail("type", "unsupported model type '" + type + "' (expected WordPiece or BPE)");
 }
@@ -537,19 +547,11 @@ std::unique_ptr<Tokenizer> load_vocab_txt(const DirFiles& files) {
 
   WordPieceOptions opts;
   opts.unk_token = special_content(files, "unk_token", "[UNK]");
-  const int64_t cls =
-      token_id(added, vocab, special_content(files, "cls_token", "[CLS]"), files.dir, "cls token");
-  const int64_t sep =
-      token_id(added, vocab, special_content(files, "sep_token", "[SEP]"), files.dir, "sep token");
-  const int64_t pad =
-      token_id(added, vocab, special_content(files, "pad_token", "[PAD]"), files.dir, "pad token");
-  try {
-    return std::make_unique<WordPieceTokenizer>(std::move(vocab), n, std::move(opts),
-                                                std::move(added), SpecialsTemplate::bert(cls, sep),
-                                                pad);
-  } catch (const Error& e) {
-    throw Error(path.string() + ": " + e.what());
-  }
+  const int64_t cls = special_id(files, added, vocab, "cls_token", "[CLS]");
+  const int64_t sep = special_id(files, added, vocab, "sep_token", "[SEP]");
+  const int64_t pad = special_id(files, added, vocab, "pad_token", "[PAD]");
+  return construct<WordPieceTokenizer>(path, std::move(vocab), n, std::move(opts), std::move(added),
+                                       SpecialsTemplate::bert(cls, sep), pad);
 }
 
 std::unique_ptr<Tokenizer> load_vocab_json_merges(const DirFiles& files) {
@@ -593,19 +595,12 @@ std::unique_ptr<Tokenizer> load_vocab_json_merges(const DirFiles& files) {
       {"pad_token", special_default("<pad>")},        {"cls_token", special_default("<s>")},
       {"mask_token", special_default("<mask>", true)}};
   std::vector<AddedToken> added = slow_added_tokens(files, defaults, vocab);
-  const int64_t cls =
-      token_id(added, vocab, special_content(files, "cls_token", "<s>"), files.dir, "cls token");
-  const int64_t sep =
-      token_id(added, vocab, special_content(files, "sep_token", "</s>"), files.dir, "sep token");
-  const int64_t pad =
-      token_id(added, vocab, special_content(files, "pad_token", "<pad>"), files.dir, "pad token");
-  try {
-    return std::make_unique<ByteLevelBpeTokenizer>(std::move(vocab), merges, std::move(opts),
-                                                   std::move(added),
-                                                   SpecialsTemplate::roberta(cls, sep), pad);
-  } catch (const Error& e) {
-    throw Error(files.dir.string() + ": " + e.what());
-  }
+  const int64_t cls = special_id(files, added, vocab, "cls_token", "<s>");
+  const int64_t sep = special_id(files, added, vocab, "sep_token", "</s>");
+  const int64_t pad = special_id(files, added, vocab, "pad_token", "<pad>");
+  return construct<ByteLevelBpeTokenizer>(files.dir, std::move(vocab), merges, std::move(opts),
+                                          std::move(added), SpecialsTemplate::roberta(cls, sep),
+                                          pad);
 }
 
 }  // namespace
