@@ -266,7 +266,9 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   int64_t loss_count = 0;
   bool stop = false;
 
+  double eval_seconds = 0;
   auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
+    const auto eval_start = std::chrono::steady_clock::now();
     Evaluation eval = evaluate(model, task_, dev, config_.eval_batch_size, config_.bf16);
     json record = eval.to_json();
     record["split"] = "dev";
@@ -292,6 +294,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       result.stopped_early = true;
       stop = true;
     }
+    eval_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - eval_start).count();
   };
 
   auto position_json = [&](int64_t epoch, int64_t next_batch) {
@@ -339,7 +343,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       bar.set_suffix(fmt::format("epoch {}/{} loss {:.4f} {:.0f} tok/s", epoch + 1, epochs,
-                                 loss_window / loss_count, tokens / std::max(elapsed, 1e-9)));
+                                 loss_window / loss_count,
+                                 tokens / std::max(elapsed - eval_seconds, 1e-9)));
       bar.set(optimizer.steps());
       if (optimizer.steps() % 50 == 0) {
         append_metrics({{"split", "train"},
@@ -361,7 +366,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   bar.finish();
   result.steps = optimizer.steps();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  result.train_tokens_per_second = tokens / std::max(result.seconds, 1e-9);
+  // Training throughput counts the training steps only, not the evaluations.
+  result.train_tokens_per_second = tokens / std::max(result.seconds - eval_seconds, 1e-9);
   if (!best_parameters.empty()) restore(model, best_parameters);
   model.eval();
   append_metrics({{"split", "summary"},
