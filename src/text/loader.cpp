@@ -112,6 +112,17 @@ class Fields {
   std::string prefix_;
 };
 
+// An added token's content and flags as HF writes them in tokenizer.json's
+// added_tokens and tokenizer_config.json's added_tokens_decoder (same keys).
+void read_added_token_fields(const Fields& t, AddedToken& a) {
+  a.content = t.str("content");
+  a.single_word = t.boolean_or("single_word", false);
+  a.lstrip = t.boolean_or("lstrip", false);
+  a.rstrip = t.boolean_or("rstrip", false);
+  a.special = t.boolean_or("special", false);
+  a.normalized = t.boolean_or("normalized", !a.special);
+}
+
 std::unordered_map<std::string, int64_t> parse_vocab_object(const Fields& model) {
   const json& v = model.at("vocab");
   if (!v.is_object()) model.fail("vocab", "expected an object of token -> id");
@@ -135,12 +146,7 @@ std::vector<AddedToken> parse_added_tokens(const Fields& root) {
     Fields t(root.file(), arr[i], "added_tokens[" + std::to_string(i) + "]");
     AddedToken a;
     a.id = t.integer("id");
-    a.content = t.str("content");
-    a.single_word = t.boolean_or("single_word", false);
-    a.lstrip = t.boolean_or("lstrip", false);
-    a.rstrip = t.boolean_or("rstrip", false);
-    a.special = t.boolean_or("special", false);
-    a.normalized = t.boolean_or("normalized", !a.special);
+    read_added_token_fields(t, a);
     tokens.push_back(std::move(a));
   }
   return tokens;
@@ -470,12 +476,7 @@ std::vector<AddedToken> slow_added_tokens(
       } catch (const std::exception&) {
         dec.fail(it.key(), "key is not a token id");
       }
-      a.content = t.str("content");
-      a.single_word = t.boolean_or("single_word", false);
-      a.lstrip = t.boolean_or("lstrip", false);
-      a.rstrip = t.boolean_or("rstrip", false);
-      a.special = t.boolean_or("special", false);
-      a.normalized = t.boolean_or("normalized", !a.special);
+      read_added_token_fields(t, a);
       tokens.push_back(std::move(a));
     }
     std::sort(tokens.begin(), tokens.end(),
