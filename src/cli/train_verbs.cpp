@@ -84,6 +84,8 @@ void report_skipped(const data::Dataset& dataset) {
 struct TaskData {
   data::TaskSpec task;
   data::Dataset train, dev;
+  // The task's other evaluation splits, by name (MNLI: dev_mismatched).
+  std::vector<std::pair<std::string, data::Dataset>> other_dev;
 };
 
 TaskData read_task_data(const DataOptions& d, uint64_t seed, bool need_train) {
@@ -114,9 +116,14 @@ TaskData read_task_data(const DataOptions& d, uint64_t seed, bool need_train) {
     }
     options.max_samples = 0;
     out.dev = data::read_glue(glue_dir(d), out.task, out.task.eval_splits.front(), options);
+    for (size_t i = 1; i < out.task.eval_splits.size(); ++i) {
+      const std::string& split = out.task.eval_splits[i];
+      out.other_dev.emplace_back(split, data::read_glue(glue_dir(d), out.task, split, options));
+    }
   }
   if (need_train) report_skipped(out.train);
   report_skipped(out.dev);
+  for (const auto& [split, dataset] : out.other_dev) report_skipped(dataset);
   return out;
 }
 
@@ -191,6 +198,12 @@ int run_train(TrainOptions& o) {
   if (!o.resume && fs::exists(fs::path(o.out) / "metrics.jsonl"))
     fs::remove(fs::path(o.out) / "metrics.jsonl");
   train::Trainer trainer(task_model, *method, task_data.task, c);
+  std::vector<data::EncodedDataset> other_dev_sets;
+  other_dev_sets.reserve(task_data.other_dev.size());
+  for (const auto& [split, dataset] : task_data.other_dev) {
+    other_dev_sets.push_back(data::encode_dataset(dataset, *tokenizer, o.data.max_length));
+    trainer.add_eval_split(split, other_dev_sets.back());
+  }
   train::TrainResult result = trainer.fit(train_set, dev_set, o.resume);
 
   methods::Delta delta =
@@ -247,6 +260,13 @@ int run_eval(EvalOptions& o) {
   auto dev_set = data::encode_dataset(task_data.dev, *tokenizer, max_length);
   train::Evaluation eval =
       train::evaluate(*task_model, task_data.task, dev_set, o.batch_size, o.bf16);
+  for (const auto& [split, dataset] : task_data.other_dev) {
+    train::Evaluation other = train::evaluate(*task_model, task_data.task,
+                                              data::encode_dataset(dataset, *tokenizer, max_length),
+                                              o.batch_size, o.bf16);
+    for (const auto& [metric, value] : other.metrics.values)
+      eval.metrics.values[split + "_" + metric] = value;
+  }
   json out = eval.to_json();
   out["task"] = task_data.task.name;
   out["recorded"] = delta.meta.value("dev", json::object());
@@ -260,6 +280,8 @@ int run_eval(EvalOptions& o) {
     if (out["recorded"].contains(eval.metrics.main_metric))
       fmt::print(" (recorded at training: {:.4f})",
                  out["recorded"][eval.metrics.main_metric].get<double>());
+    for (const auto& [name, value] : eval.metrics.values)
+      if (name != eval.metrics.main_metric) fmt::print(", {} = {:.4f}", name, value);
     fmt::print("\ndelta {}: {} values, {:.1f} KB on disk\n", o.delta_dir, delta.stored_values(),
                delta.stored_bytes() / 1024.0);
   }

@@ -54,7 +54,7 @@ DenseImpl::DenseImpl(int64_t in_features, int64_t out_features, bool with_bias) 
 }
 
 at::Tensor DenseImpl::forward(const at::Tensor& input) {
-  at::Tensor output = model::linear(input, weight, bias);
+  at::Tensor output = model::linear(input, model::weight_operand({weight}), bias);
   for (auto& [name, delta] : deltas_) output = output + delta->forward(input);
   return output;
 }
@@ -72,8 +72,7 @@ void DenseImpl::remove_delta(const std::string& name) {
 // --- Embeddings --------------------------------------------------------------
 
 EmbeddingsImpl::EmbeddingsImpl(const EncoderConfig& config)
-    : positions_from_padding_(config.positions_from_padding()),
-      pad_token_id_(config.pad_token_id) {
+    : positions_from_padding_(config.positions_from_padding()), pad_token_id_(config.pad_token_id) {
   const int64_t width = config.embedding_size;
   word_embeddings = register_module(
       "word_embeddings",
@@ -129,8 +128,9 @@ at::Tensor SelfAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor
   at::Tensor queries, keys, values;
   if (!query->has_deltas() && !key->has_deltas() && !value->has_deltas()) {
     // One GEMM for Q, K and V: the same products as three nn.Linear calls.
-    at::Tensor fused = model::linear(hidden, at::cat({query->weight, key->weight, value->weight}),
-                                  at::cat({query->bias, key->bias, value->bias}));
+    at::Tensor fused =
+        model::linear(hidden, model::weight_operand({query->weight, key->weight, value->weight}),
+                      at::cat({query->bias, key->bias, value->bias}));
     auto parts = fused.chunk(3, -1);
     queries = parts[0], keys = parts[1], values = parts[2];
   } else {
@@ -142,8 +142,9 @@ at::Tensor SelfAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor
   }
   // [B, L, H] -> [B * heads, L, d]
   auto split_heads = [&](const at::Tensor& x) {
-    return x.view({batch, x.size(1), heads_, head_dim_}).transpose(1, 2).reshape(
-        {batch * heads_, x.size(1), head_dim_});
+    return x.view({batch, x.size(1), heads_, head_dim_})
+        .transpose(1, 2)
+        .reshape({batch * heads_, x.size(1), head_dim_});
   };
   at::Tensor q = split_heads(queries), k = split_heads(keys), v = split_heads(values);
   const int64_t key_length = k.size(1);
@@ -160,7 +161,8 @@ at::Tensor SelfAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor
 
 SublayerOutputImpl::SublayerOutputImpl(const EncoderConfig& config, int64_t in_features) {
   dense = register_module("dense", Dense(in_features, config.hidden_size));
-  LayerNorm = register_module("LayerNorm", make_layer_norm(config.hidden_size, config.layer_norm_eps));
+  LayerNorm =
+      register_module("LayerNorm", make_layer_norm(config.hidden_size, config.layer_norm_eps));
   dropout = register_module("dropout", torch::nn::Dropout(config.hidden_dropout_prob));
 }
 

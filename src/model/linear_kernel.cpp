@@ -7,6 +7,9 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #ifdef DELTATUNE_HAVE_ONEDNN
 #include <oneapi/dnnl/dnnl.hpp>
@@ -107,8 +110,8 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
     if (ctx->needs_input_grad(1)) {  // dW = dY^T X
       grad_w = at::zeros({n, k}, grad.options());
       if (m > 0)
-        matmul(grad.data_ptr<float>(), /*a_transposed=*/true, x2d.data_ptr<float>(), false,
-               nullptr, grad_w.data_ptr<float>(), n, m, k);
+        matmul(grad.data_ptr<float>(), /*a_transposed=*/true, x2d.data_ptr<float>(), false, nullptr,
+               grad_w.data_ptr<float>(), n, m, k);
     }
     if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) grad_b = grad.sum(0);
     return {grad_x, grad_w, grad_b};
@@ -118,8 +121,8 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
 bool takes_onednn_path(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   // Under autocast at::linear must run so that it casts to bf16.
   return onednn_enabled().load(std::memory_order_relaxed) && !at::autocast::is_cpu_enabled() &&
-         x.device().is_cpu() &&
-         x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat &&
+         x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+         weight.scalar_type() == at::kFloat &&
          (!bias.defined() || bias.scalar_type() == at::kFloat) && x.dim() >= 2 &&
          weight.dim() == 2 && !x.is_mkldnn() && x.layout() == at::kStrided;
 }
@@ -145,5 +148,76 @@ bool onednn_linear_active() { return false; }
 #endif
 
 void set_onednn_linear(bool enabled) { onednn_enabled().store(enabled); }
+
+namespace {
+
+struct PreparedWeight {
+  std::vector<c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>> sources;
+  std::vector<int64_t> versions;
+  at::Tensor value;
+
+  bool still_valid(const std::vector<at::Tensor>& parts) const {
+    for (size_t i = 0; i < parts.size(); ++i) {
+      auto alive = sources[i].lock();
+      if (alive.get() != parts[i].unsafeGetTensorImpl() || versions[i] != parts[i]._version())
+        return false;
+    }
+    return true;
+  }
+  bool expired() const {
+    for (const auto& s : sources)
+      if (s.expired()) return true;
+    return false;
+  }
+};
+
+using PreparedKey = std::pair<std::vector<const void*>, int>;
+
+std::mutex& prepared_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<PreparedKey, PreparedWeight>& prepared_weights() {
+  static std::map<PreparedKey, PreparedWeight> cache;
+  return cache;
+}
+
+}  // namespace
+
+at::Tensor weight_operand(const std::vector<at::Tensor>& parts) {
+  bool frozen = true;
+  for (const auto& p : parts) frozen = frozen && !p.requires_grad();
+  const bool autocast = at::autocast::is_cpu_enabled() && parts.front().device().is_cpu() &&
+                        parts.front().scalar_type() == at::kFloat;
+  const at::ScalarType dtype =
+      autocast ? at::autocast::get_autocast_cpu_dtype() : parts.front().scalar_type();
+  if (!frozen) return parts.size() == 1 ? parts.front() : at::cat(parts);
+  if (parts.size() == 1 && dtype == parts.front().scalar_type()) return parts.front();
+
+  PreparedKey key{{}, static_cast<int>(dtype)};
+  for (const auto& p : parts) key.first.push_back(p.unsafeGetTensorImpl());
+  std::lock_guard<std::mutex> lock(prepared_mutex());
+  auto& cache = prepared_weights();
+  if (auto found = cache.find(key); found != cache.end() && found->second.still_valid(parts))
+    return found->second.value;
+  for (auto it = cache.begin(); it != cache.end();)
+    it = it->second.expired() ? cache.erase(it) : ++it;
+
+  PreparedWeight prepared;
+  for (const auto& p : parts) {
+    prepared.sources.emplace_back(p.getIntrusivePtr());
+    prepared.versions.push_back(p._version());
+  }
+  {
+    at::NoGradGuard no_grad;
+    const bool autocast_was_on = at::autocast::is_cpu_enabled();
+    at::autocast::set_cpu_enabled(false);  // the cast below is the one wanted, exactly once
+    prepared.value = (parts.size() == 1 ? parts.front() : at::cat(parts)).to(dtype).contiguous();
+    at::autocast::set_cpu_enabled(autocast_was_on);
+  }
+  at::Tensor value = prepared.value;
+  cache[key] = std::move(prepared);
+  return value;
+}
 
 }  // namespace deltatune::model

@@ -189,6 +189,10 @@ void Trainer::save_checkpoint(AdamW& optimizer, const json& position,
   io::write_text_atomically(dir / "state.json", position.dump(2) + "\n");
 }
 
+void Trainer::add_eval_split(std::string name, const data::EncodedDataset& dataset) {
+  extra_eval_.emplace_back(std::move(name), &dataset);
+}
+
 TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedDataset& dev,
                          bool resume) {
   if (train.size() == 0) throw Error("the training set is empty");
@@ -270,6 +274,11 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
     const auto eval_start = std::chrono::steady_clock::now();
     Evaluation eval = evaluate(model, task_, dev, config_.eval_batch_size, config_.bf16);
+    for (const auto& [name, dataset] : extra_eval_) {
+      Evaluation extra = evaluate(model, task_, *dataset, config_.eval_batch_size, config_.bf16);
+      for (const auto& [metric, value] : extra.metrics.values)
+        eval.metrics.values[name + "_" + metric] = value;
+    }
     json record = eval.to_json();
     record["split"] = "dev";
     record["step"] = optimizer.steps();

@@ -1,6 +1,7 @@
 #include "deltatune/model/linear_kernel.h"
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
 
 namespace deltatune::model {
@@ -54,6 +55,55 @@ TEST(LinearKernel, OtherDtypesAndEmptyBatchesFallThrough) {
   at::Tensor bf16 = linear(at::randn({3, 8}).to(at::kBFloat16), w.to(at::kBFloat16), at::Tensor());
   EXPECT_EQ(bf16.scalar_type(), at::kBFloat16);
   EXPECT_EQ(linear(at::randn({0, 8}), w, at::randn({5})).sizes(), (std::vector<int64_t>{0, 5}));
+}
+
+// Autocast on for the scope, as the trainer's bf16 mode sets it.
+struct Bf16Autocast {
+  Bf16Autocast() {
+    at::autocast::set_cpu_enabled(true);
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+  }
+  ~Bf16Autocast() { at::autocast::set_cpu_enabled(false); }
+};
+
+TEST(WeightOperand, FrozenPartsArePreparedOnceAndRedoneWhenAPartChanges) {
+  at::manual_seed(5);
+  at::Tensor q = at::randn({4, 3}), k = at::randn({4, 3}), v = at::randn({4, 3});
+  // fp32, no autocast: the fused Q/K/V weight, built once.
+  at::Tensor fused = weight_operand({q, k, v});
+  EXPECT_TRUE(at::equal(fused, at::cat({q, k, v})));
+  EXPECT_EQ(weight_operand({q, k, v}).data_ptr(), fused.data_ptr());
+  EXPECT_EQ(weight_operand({q}).data_ptr(), q.data_ptr());  // nothing to prepare
+
+  {
+    Bf16Autocast autocast;
+    at::Tensor cast = weight_operand({q});
+    EXPECT_EQ(cast.scalar_type(), at::kBFloat16);
+    EXPECT_TRUE(at::equal(cast, q.to(at::kBFloat16)));
+    EXPECT_EQ(weight_operand({q}).data_ptr(), cast.data_ptr());
+    {
+      at::NoGradGuard no_grad;
+      q.add_(1.0);  // as applying a delta does: a new version
+    }
+    at::Tensor recast = weight_operand({q});
+    EXPECT_TRUE(at::equal(recast, q.to(at::kBFloat16)));
+    // The product under autocast equals at::linear's own casting.
+    at::Tensor x = at::randn({2, 3}), b = at::randn({4});
+    EXPECT_TRUE(at::equal(linear(x, recast, b), at::linear(x, q, b)));
+  }
+  at::Tensor after = weight_operand({q, k, v});
+  EXPECT_TRUE(at::equal(after, at::cat({q, k, v})));
+}
+
+TEST(WeightOperand, TrainablePartsStayDifferentiableAndUncached) {
+  at::Tensor q = at::randn({4, 3}).requires_grad_(true), k = at::randn({4, 3});
+  at::Tensor fused = weight_operand({q, k});
+  EXPECT_TRUE(fused.requires_grad());
+  fused.sum().backward();
+  EXPECT_TRUE(at::equal(q.grad(), at::ones_like(q)));
+  EXPECT_NE(weight_operand({q, k}).data_ptr(), fused.data_ptr());
+  Bf16Autocast autocast;
+  EXPECT_EQ(weight_operand({q}).scalar_type(), at::kFloat);  // autocast casts it per call
 }
 
 }  // namespace

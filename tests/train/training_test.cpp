@@ -112,6 +112,32 @@ TEST(Training, ResumingFromACheckpointEqualsAnUninterruptedRun) {
   EXPECT_EQ(compared, 52u);  // BitFit's trainable tensors on MiniLM
 }
 
+TEST(Training, AnOtherEvaluationSplitIsReportedBesideDevAsMnliMismatchedIs) {
+  const Sst2& d = sst2();
+  // A second split: the first 300 dev sentences, standing in for dev_mismatched.
+  data::EncodedDataset other = d.dev;
+  other.encodings.resize(300);
+  other.labels.resize(300);
+  other.lines.resize(300);
+  BaseModel base = load_base(test::minilm_dir());
+  auto task_model = make_task_model(base, 2, 3);
+  auto method = methods::make_method("bitfit");
+  method->attach(*task_model);
+  Trainer trainer(task_model, *method, d.task, quick_config(20));
+  trainer.add_eval_split("dev_other", other);
+  TrainResult result = trainer.fit(d.train, d.dev);
+
+  const auto& values = result.best.metrics.values;
+  ASSERT_TRUE(values.count("dev_other_accuracy"));
+  // The reported numbers are those of the kept model on each split.
+  const Evaluation on_dev = evaluate(*task_model, d.task, d.dev, 64, false);
+  const Evaluation on_other = evaluate(*task_model, d.task, other, 64, false);
+  EXPECT_DOUBLE_EQ(values.at("accuracy"), on_dev.metrics.main);
+  EXPECT_DOUBLE_EQ(result.best.metrics.main, on_dev.metrics.main);
+  EXPECT_DOUBLE_EQ(values.at("dev_other_accuracy"), on_other.metrics.main);
+  EXPECT_NE(on_dev.examples, on_other.examples);
+}
+
 TEST(Training, RefusesADeltaMadeOnAnotherBase) {
   BaseModel base = load_base(test::minilm_dir());
   methods::Delta delta;

@@ -12,10 +12,21 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 namespace deltatune::model {
 
 // x: [..., in], weight: [out, in], bias: [out] or undefined. Differentiable.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+// The weight operand for `linear` made of `parts` (stacked along dim 0, as
+// Q, K and V fuse into one product). Frozen parts (no requires_grad) are
+// prepared once and reused while every part is alive and unchanged (same
+// version counter): the concatenation, and under CPU autocast the cast to
+// its lower-precision dtype, which autocast itself would redo on every
+// forward pass for weights that need no gradient. With any part trainable the
+// result is an ordinary differentiable concatenation, made fresh each call.
+at::Tensor weight_operand(const std::vector<at::Tensor>& parts);
 
 // Whether fp32 CPU products take the oneDNN path (built with it and enabled).
 bool onednn_linear_active();

@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "deltatune/data/batcher.h"
 #include "deltatune/data/task.h"
@@ -80,6 +82,11 @@ class Trainer {
   TrainResult fit(const data::EncodedDataset& train, const data::EncodedDataset& dev,
                   bool resume = false);
 
+  // Another split evaluated beside `dev` each time (MNLI's dev_mismatched);
+  // its metrics join the evaluation as "<name>_<metric>". Keep-best and early
+  // stopping still follow `dev`'s main metric. `dataset` must outlive fit().
+  void add_eval_split(std::string name, const data::EncodedDataset& dataset);
+
  private:
   void save_checkpoint(class AdamW& optimizer, const nlohmann::json& position,
                        const std::map<std::string, at::Tensor>& best_parameters);
@@ -89,6 +96,7 @@ class Trainer {
   methods::Method& method_;
   data::TaskSpec task_;
   TrainConfig config_;
+  std::vector<std::pair<std::string, const data::EncodedDataset*>> extra_eval_;
 };
 
 }  // namespace deltatune::train

@@ -1,0 +1,424 @@
+#!/usr/bin/env python3
+"""The reference side of deltatune's GLUE accuracy sweep and training benchmark.
+
+HF Transformers in plain PyTorch, done the way the BitFit authors' runner does
+it: `requires_grad` is set on the biases (all, or the chosen groups) and the
+classifier, everything else is frozen; AdamW with gradient clipping at 1.0.
+The recipe and the data are deltatune's, reproduced exactly so that the two
+sides differ only in the implementation:
+
+  * the training subset of --max-train-samples and the batch order of every
+    epoch (length-grouped mega-batches, as HF's LengthGroupedSampler) are the
+    same permutations deltatune draws: MT19937-64 seeded through SplitMix64,
+    re-implemented here and checked against tests/data/shuffle_test.cpp;
+  * the same recipes per method (lr, batch, epochs, schedule, warmup, weight
+    decay with HF Trainer's no-decay rule for biases and LayerNorm weights);
+  * evaluation on the dev set at each epoch end, the best main metric kept.
+
+Only the head initialisation and the dropout masks differ (each side's RNG).
+
+Prints one JSON line like `deltatune train --json` (dev metrics, steps, train
+seconds, training tokens/s without padding, peak RSS in MiB).
+
+  python bench/glue_reference.py --task RTE --method bitfit --seed 0 \
+      --max-train-samples 1000 --epochs 3 --model ~/.cache/deltatune/models/all-MiniLM-L6-v2
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+MASK64 = (1 << 64) - 1
+
+
+# --- deltatune's seeded permutations (src/data/shuffle.cpp) -------------------
+class MT19937_64:
+    """std::mt19937_64 (Matsumoto & Nishimura's mt19937-64.c)."""
+
+    def __init__(self, seed):
+        self.mt = [0] * 312
+        self.mt[0] = seed & MASK64
+        for i in range(1, 312):
+            prev = self.mt[i - 1]
+            self.mt[i] = (6364136223846793005 * (prev ^ (prev >> 62)) + i) & MASK64
+        self.index = 312
+
+    def _twist(self):
+        mt = self.mt
+        for i in range(312):
+            x = (mt[i] & 0xFFFFFFFF80000000) | (mt[(i + 1) % 312] & 0x7FFFFFFF)
+            xa = x >> 1
+            if x & 1:
+                xa ^= 0xB5026F5AA96619E9
+            mt[i] = mt[(i + 156) % 312] ^ xa
+        self.index = 0
+
+    def __call__(self):
+        if self.index >= 312:
+            self._twist()
+        x = self.mt[self.index]
+        self.index += 1
+        x ^= (x >> 29) & 0x5555555555555555
+        x ^= (x << 17) & 0x71D67FFFEDA60000
+        x ^= (x << 37) & 0xFFF7EEE000000000
+        x ^= x >> 43
+        return x & MASK64
+
+
+def splitmix(x):
+    x = (x + 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return x ^ (x >> 31)
+
+
+def make_generator(seed, stream=0):
+    return MT19937_64(splitmix(splitmix(seed) ^ stream))
+
+
+def uniform_below(gen, n):
+    threshold = ((1 << 64) - n) % n
+    while True:
+        x = gen()
+        if x >= threshold:
+            return x % n
+
+
+def shuffle_in_place(values, gen):
+    for i in range(len(values), 1, -1):
+        j = uniform_below(gen, i)
+        values[i - 1], values[j] = values[j], values[i - 1]
+
+
+def shuffled_indices(n, seed, stream=0):
+    order = list(range(n))
+    shuffle_in_place(order, make_generator(seed, stream))
+    return order
+
+
+EPOCH_STREAM_BASE = 1 << 32
+MEGA_BATCH_FACTOR = 50
+
+
+def epoch_batches(lengths, batch_size, seed, epoch):
+    """deltatune's Batcher::global_batches with shuffle and group_by_length on."""
+    n = len(lengths)
+    order = list(range(n))
+    gen = make_generator(seed, EPOCH_STREAM_BASE + epoch)
+    shuffle_in_place(order, gen)
+    mult = max(1, min(MEGA_BATCH_FACTOR, n // (4 * batch_size)))
+    mega = mult * batch_size
+    for start in range(0, n, mega):
+        # Python's sort is stable, as std::stable_sort.
+        order[start:start + mega] = sorted(order[start:start + mega], key=lambda i: -lengths[i])
+    batches = [order[s:s + batch_size] for s in range(0, n, batch_size)]
+    shuffle_in_place(batches, gen)
+    return batches
+
+
+# --- GLUE files (src/data/glue.cpp) ------------------------------------------
+# task: (header, text_a, text_b, label, file labels by id or None for scores,
+#        main metric, eval splits)
+TASKS = {
+    "cola": (False, 3, None, 1, ["0", "1"], "matthews_correlation", ["dev"]),
+    "sst2": (True, "sentence", None, "label", ["0", "1"], "accuracy", ["dev"]),
+    "mrpc": (True, "#1 String", "#2 String", "Quality", ["0", "1"], "f1", ["dev"]),
+    "stsb": (True, "sentence1", "sentence2", "score", None, "pearson", ["dev"]),
+    "qqp": (True, "question1", "question2", "is_duplicate", ["0", "1"], "f1", ["dev"]),
+    "mnli": (True, "sentence1", "sentence2", "gold_label",
+             ["entailment", "neutral", "contradiction"], "accuracy",
+             ["dev_matched", "dev_mismatched"]),
+    "qnli": (True, "question", "sentence", "label", ["entailment", "not_entailment"],
+             "accuracy", ["dev"]),
+    "rte": (True, "sentence1", "sentence2", "label", ["entailment", "not_entailment"],
+            "accuracy", ["dev"]),
+}
+DIRS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "stsb": "STS-B", "qqp": "QQP",
+        "mnli": "MNLI", "qnli": "QNLI", "rte": "RTE"}
+
+
+def task_key(name):
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in TASKS:
+        sys.exit(f"unknown task {name}")
+    return key
+
+
+def read_glue(glue_dir, task, split):
+    header, a, b, label, labels, _, _ = TASKS[task]
+    path = os.path.join(glue_dir, DIRS[task], split + ".tsv")
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    col = lambda c: c  # noqa: E731
+    if header:
+        names = lines[0].rstrip("\r").split("\t")
+        col = names.index
+        lines = lines[1:]
+    examples = []
+    for line in lines:
+        f = line.rstrip("\r").split("\t")
+        text_a = f[col(a)]
+        text_b = f[col(b)] if b is not None else None
+        value = f[col(label)]
+        y = float(value) if labels is None else labels.index(value)
+        examples.append((text_a, text_b, y))
+    return examples
+
+
+# --- metrics -----------------------------------------------------------------
+def metrics_of(task, logits, labels):
+    labels = np.asarray(labels)
+    if TASKS[task][4] is None:
+        p = logits[:, 0].astype(np.float64)
+        y = labels.astype(np.float64)
+        pearson = float(np.corrcoef(p, y)[0, 1])
+        rank = lambda v: _average_ranks(v)  # noqa: E731
+        spearman = float(np.corrcoef(rank(p), rank(y))[0, 1])
+        return {"pearson": pearson, "spearman": spearman}
+    pred = logits.argmax(-1)
+    out = {"accuracy": float((pred == labels).mean())}
+    if task in ("mrpc", "qqp"):
+        tp = float(((pred == 1) & (labels == 1)).sum())
+        fp = float(((pred == 1) & (labels == 0)).sum())
+        fn = float(((pred == 0) & (labels == 1)).sum())
+        out["f1"] = 2 * tp / (2 * tp + fp + fn) if tp > 0 else 0.0
+    if task == "cola":
+        tp = float(((pred == 1) & (labels == 1)).sum())
+        tn = float(((pred == 0) & (labels == 0)).sum())
+        fp = float(((pred == 1) & (labels == 0)).sum())
+        fn = float(((pred == 0) & (labels == 1)).sum())
+        denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        out["matthews_correlation"] = (tp * tn - fp * fn) / denominator if denominator else 0.0
+    return out
+
+
+def _average_ranks(v):
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(len(v))
+    sorted_v = v[order]
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and sorted_v[j + 1] == sorted_v[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0
+        i = j + 1
+    return ranks
+
+
+# --- methods (src/methods) ---------------------------------------------------
+BIAS_GROUPS = {
+    "query": "attention.self.query.bias", "key": "attention.self.key.bias",
+    "value": "attention.self.value.bias", "attention_output": "attention.output.dense.bias",
+    "intermediate": "intermediate.dense.bias", "output": "output.dense.bias",
+    "attention_layernorm": "attention.output.LayerNorm.bias",
+    "output_layernorm": "output.LayerNorm.bias",
+    "embeddings_layernorm": "embeddings.LayerNorm.bias", "pooler": "pooler.dense.bias",
+}
+
+
+def bias_group(name):
+    if name.endswith("attention.output.LayerNorm.bias"):
+        return "attention_layernorm"
+    if name.endswith("attention.output.dense.bias"):
+        return "attention_output"
+    for group, suffix in BIAS_GROUPS.items():
+        if group in ("attention_layernorm", "attention_output"):
+            continue
+        if name.endswith(suffix):
+            return group
+    return None
+
+
+def set_trainable(model, method, bias_terms):
+    for name, p in model.named_parameters():
+        head = name.startswith("classifier.")
+        if method == "full":
+            train = True
+        elif method == "frozen":
+            train = head or ".pooler." in name
+        elif method == "bitfit":
+            group = bias_group(name) if name.endswith(".bias") else None
+            train = head or (group is not None and (not bias_terms or group in bias_terms))
+        else:
+            sys.exit(f"unknown method {method}")
+        p.requires_grad_(train)
+
+
+RECIPES = {  # lr, batch, epochs, schedule, warmup ratio, weight decay
+    "bitfit": (1e-3, 8, 16, "constant", 0.0, 0.0),
+    "frozen": (1e-3, 8, 16, "constant", 0.0, 0.0),
+    "full": (2e-5, 16, 3, "linear", 0.1, 0.01),
+}
+
+
+def no_decay(name):
+    return name.endswith(".bias") or "LayerNorm." in name
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--method", default="bitfit", choices=["bitfit", "frozen", "full"])
+    ap.add_argument("--bias-terms", default="")
+    ap.add_argument("--model", default=os.path.expanduser(
+        os.path.join(os.environ.get("DELTATUNE_HOME", "~/.cache/deltatune"),
+                     "models/all-MiniLM-L6-v2")))
+    ap.add_argument("--glue-dir", default=os.environ.get("GLUE_DIR", ""))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-train-samples", type=int, default=0)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--max-steps", type=int, default=0)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--eval-batch-size", type=int, default=64)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes")
+    ap.add_argument("--no-eval", action="store_true", help="skip evaluation (speed runs)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    if not args.glue_dir:
+        sys.exit("give --glue-dir or set GLUE_DIR")
+
+    torch.set_num_threads(args.threads)
+    task = task_key(args.task)
+    lr, batch, epochs, schedule, warmup, wd = RECIPES[args.method]
+    lr = args.lr if args.lr is not None else lr
+    batch = args.batch_size or batch
+    epochs = args.epochs or epochs
+    bias_terms = [t for t in args.bias_terms.split(",") if t]
+    regression = TASKS[task][4] is None
+    main_metric = TASKS[task][5]
+
+    train = read_glue(args.glue_dir, task, "train")
+    if 0 < args.max_train_samples < len(train):
+        keep = sorted(shuffled_indices(len(train), args.seed)[:args.max_train_samples])
+        train = [train[i] for i in keep]
+    dev_splits = {s: read_glue(args.glue_dir, task, s) for s in TASKS[task][6]}
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+
+    def encode(examples):
+        a = [e[0] for e in examples]
+        b = [e[1] for e in examples] if examples[0][1] is not None else None
+        enc = tokenizer(a, b, truncation=True, max_length=args.max_length)
+        return enc["input_ids"], enc["token_type_ids"], [e[2] for e in examples]
+
+    def collate(ids, types, rows):
+        width = max(len(ids[i]) for i in rows)
+        x = torch.zeros(len(rows), width, dtype=torch.long)
+        t = torch.zeros(len(rows), width, dtype=torch.long)
+        m = torch.zeros(len(rows), width, dtype=torch.long)
+        for k, i in enumerate(rows):
+            x[k, :len(ids[i])] = torch.tensor(ids[i])
+            t[k, :len(ids[i])] = torch.tensor(types[i])
+            m[k, :len(ids[i])] = 1
+        return x, t, m
+
+    train_ids, train_types, train_labels = encode(train)
+    dev_encoded = {s: encode(ex) for s, ex in dev_splits.items()}
+
+    torch.manual_seed(args.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        args.model, num_labels=1 if regression else len(TASKS[task][4]))
+    # HF's head initialisation, drawn after loading so that it depends on the seed.
+    torch.manual_seed(args.seed)
+    model.classifier.weight.data.normal_(0.0, model.config.initializer_range)
+    model.classifier.bias.data.zero_()
+    set_trainable(model, args.method, bias_terms)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and not no_decay(n)]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and no_decay(n)]
+    groups = [{"params": rest, "weight_decay": 0.0}]
+    if decay:
+        groups.insert(0, {"params": decay, "weight_decay": wd if wd > 0 else 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=lr, eps=1e-8)
+
+    lengths = [len(x) for x in train_ids]
+    batches_per_epoch = math.ceil(len(train_ids) / batch)
+    total_steps = args.max_steps or batches_per_epoch * epochs
+    warmup_steps = math.ceil(warmup * total_steps)
+    if schedule == "linear":
+        scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    else:
+        scheduler = transformers.get_constant_schedule(optimizer)
+    trainable = [p for g in groups for p in g["params"]]
+
+    def evaluate():
+        model.eval()
+        results = {}
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            for split, (ids, types, labels) in dev_encoded.items():
+                out = []
+                for s in range(0, len(ids), args.eval_batch_size):
+                    rows = list(range(s, min(len(ids), s + args.eval_batch_size)))
+                    x, t, m = collate(ids, types, rows)
+                    out.append(model(input_ids=x, token_type_ids=t, attention_mask=m).logits.float())
+                results[split] = metrics_of(task, torch.cat(out).numpy(), labels)
+        model.train()
+        merged = dict(results[TASKS[task][6][0]])
+        if len(results) > 1:
+            merged = {f"{s}_{k}": v for s, r in results.items() for k, v in r.items()}
+            merged[main_metric] = float(np.mean([r[main_metric] for r in results.values()]))
+        return merged
+
+    model.train()
+    best, best_step, step, tokens, train_seconds = None, 0, 0, 0, 0.0
+    history = []
+    for epoch in range(epochs):
+        for rows in epoch_batches(lengths, batch, args.seed, epoch):
+            if step >= total_steps:
+                break
+            start = time.perf_counter()
+            x, t, m = collate(train_ids, train_types, rows)
+            y = torch.tensor([train_labels[i] for i in rows],
+                             dtype=torch.float if regression else torch.long)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+                logits = model(input_ids=x, token_type_ids=t, attention_mask=m).logits
+            logits = logits.float()
+            if regression:
+                loss = torch.nn.functional.mse_loss(logits.squeeze(-1), y)
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            train_seconds += time.perf_counter() - start
+            tokens += int(m.sum())
+            step += 1
+        if args.no_eval:
+            continue
+        result = evaluate()
+        history.append({"step": step, **result})
+        if best is None or result[main_metric] > best[main_metric]:
+            best, best_step = result, step
+    summary = {
+        "side": "hf", "torch": torch.__version__, "transformers": transformers.__version__,
+        "task": DIRS[task], "method": args.method + (f"[{args.bias_terms}]" if bias_terms else ""),
+        "seed": args.seed, "train_examples": len(train_ids), "steps": step,
+        "dev": dict(best or {}, main_metric=main_metric), "best_step": best_step,
+        "history": history, "train_seconds": train_seconds,
+        "train_tokens_per_s": tokens / train_seconds if train_seconds else 0.0,
+        "peak_rss_mib": peak_rss_mib(), "bf16": args.bf16, "threads": args.threads,
+        "trainable_parameters": sum(p.numel() for p in trainable),
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
