@@ -155,7 +155,7 @@ def task_key(name):
 def read_glue(glue_dir, task, split):
     header, a, b, label, labels, _, _ = TASKS[task]
     path = os.path.join(glue_dir, DIRS[task], split + ".tsv")
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # MRPC starts with a BOM
         lines = f.read().split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -401,12 +401,13 @@ def main():
             train_seconds += time.perf_counter() - start
             tokens += int(m.sum())
             step += 1
-        if args.no_eval:
-            continue
-        result = evaluate()
-        history.append({"step": step, **result})
-        if best is None or result[main_metric] > best[main_metric]:
-            best, best_step = result, step
+        if not args.no_eval:
+            result = evaluate()
+            history.append({"step": step, **result})
+            if best is None or result[main_metric] > best[main_metric]:
+                best, best_step = result, step
+        if step >= total_steps:
+            break
     summary = {
         "side": "hf", "torch": torch.__version__, "transformers": transformers.__version__,
         "task": DIRS[task], "method": args.method + (f"[{args.bias_terms}]" if bias_terms else ""),

@@ -140,8 +140,14 @@ def main():
                   f"(ETA {eta / 60:.0f} min)", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory() as scratch, ThreadPoolExecutor(args.jobs) as pool:
-        for future in [pool.submit(run_one, run, scratch) for run in todo]:
-            future.result()
+        futures = [pool.submit(run_one, run, scratch) for run in todo]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:  # stop at the first failure
+                future.cancel()
+            raise
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ using Action = std::function<int()>;
 // $DELTATUNE_HOME/models/all-MiniLM-L6-v2 (what scripts/setup.sh fetches).
 std::string default_model_dir();
 
-// train, eval, predict.
-void register_training_verbs(CLI::App& app, Action& action);
+// train, eval, predict, export, analyze; `threads` receives --threads.
+void register_training_verbs(CLI::App& app, Action& action, int& threads);
 
 }  // namespace deltatune::cli

@@ -358,7 +358,7 @@ int main(int argc, char** argv) {
   download->add_flag("--json", common.json_output, "print JSON instead of text");
 
   cli::Action action;
-  cli::register_training_verbs(app, action);
+  cli::register_training_verbs(app, action, common.threads);
 
   CLI11_PARSE(app, argc, argv);
   try {

@@ -2,6 +2,7 @@
 #include <ATen/ATen.h>
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -139,6 +140,9 @@ struct Recipe {
 
 Recipe recipe_for(const std::string& method) {
   if (method == "bitfit" || method == "frozen") return {1e-3, 8, 16, "constant", 0.0, 0.0};
+  if (method == "child-tuning-f" || method == "child-tuning-d")
+    return {4e-5, 16, 3, "linear", 0.1, 0.01};
+  if (method == "fish") return {5e-5, 16, 7, "constant", 0.0, 0.0};
   return {2e-5, 16, 3, "linear", 0.1, 0.01};  // full fine-tuning (HF run_glue-style)
 }
 
@@ -146,6 +150,9 @@ struct TrainOptions {
   std::string model_dir = default_model_dir();
   std::string method = "bitfit";
   std::string bias_terms;
+  std::optional<double> reserve_p, density;
+  std::optional<size_t> fisher_samples;
+  std::optional<std::string> fisher;
   std::string out = "runs/latest";
   DataOptions data;
   train::TrainConfig config;
@@ -154,7 +161,6 @@ struct TrainOptions {
   std::optional<std::string> schedule;
   bool resume = false;
   bool json_output = false;
-  int threads = 0;
 };
 
 std::vector<std::string> split_commas(const std::string& text) {
@@ -181,6 +187,17 @@ int run_train(TrainOptions& o) {
     if (o.method != "bitfit") throw Error("--bias-terms applies to --method bitfit only");
     method_options["bias_terms"] = split_commas(o.bias_terms);
   }
+  auto method_option = [&](const char* flag, const char* key, const auto& value,
+                           std::vector<std::string> methods) {
+    if (!value) return;
+    if (std::find(methods.begin(), methods.end(), o.method) == methods.end())
+      throw Error(std::string(flag) + " does not apply to --method " + o.method);
+    method_options[key] = *value;
+  };
+  method_option("--reserve-p", "reserve_p", o.reserve_p, {"child-tuning-f", "child-tuning-d"});
+  method_option("--density", "density", o.density, {"fish"});
+  method_option("--fisher-samples", "fisher_samples", o.fisher_samples, {"fish"});
+  method_option("--fisher", "fisher", o.fisher, {"fish"});
   auto method = methods::make_method(o.method, method_options);
 
   TaskData task_data = read_task_data(o.data, c.seed, true);
@@ -396,13 +413,24 @@ int run_analyze(const std::string& model_dir, const std::string& delta_dir, std:
 
 }  // namespace
 
-void register_training_verbs(CLI::App& app, Action& action) {
+void register_training_verbs(CLI::App& app, Action& action, int& threads) {
+  const char* threads_help = "intra-op threads (0: OMP_NUM_THREADS, else every core)";
   auto t = std::make_shared<TrainOptions>();
   auto* train = app.add_subcommand("train", "fine-tune a task and write its delta");
   train->add_option("--model,-m", t->model_dir, "base model directory")->capture_default_str();
-  train->add_option("--method", t->method, "full, frozen or bitfit")->capture_default_str();
+  train
+      ->add_option("--method", t->method,
+                   "full, frozen, bitfit, child-tuning-f, child-tuning-d or fish")
+      ->capture_default_str();
   train->add_option("--bias-terms", t->bias_terms,
                     "bitfit: comma-separated bias groups, e.g. query,intermediate (default all)");
+  train->add_option("--reserve-p", t->reserve_p,
+                    "child-tuning-f/-d: share of gradient entries kept (default 0.3)");
+  train->add_option("--density", t->density,
+                    "fish: share of all parameters that train, head included (default 0.005)");
+  train->add_option("--fisher-samples", t->fisher_samples,
+                    "fish: training examples for the Fisher (default 1024)");
+  train->add_option("--fisher", t->fisher, "fish: empirical (gold labels) or expected Fisher");
   train->add_option("--out,-o", t->out, "run directory")->capture_default_str();
   add_data_options(train, t->data, true);
   train->add_option("--lr", t->learning_rate, "learning rate (default: the method's recipe)");
@@ -427,6 +455,7 @@ void register_training_verbs(CLI::App& app, Action& action) {
   train->add_flag("--bf16", t->config.bf16, "bf16 mixed precision (autocast)");
   train->add_flag("--resume", t->resume, "continue the run in --out from its checkpoint");
   train->add_flag("--json", t->json_output, "print the summary as JSON");
+  train->add_option("--threads", threads, threads_help);
   train->callback([&action, t] { action = [t] { return run_train(*t); }; });
 
   auto e = std::make_shared<EvalOptions>();
@@ -437,6 +466,7 @@ void register_training_verbs(CLI::App& app, Action& action) {
   eval->add_option("--batch-size", e->batch_size, "examples per batch")->capture_default_str();
   eval->add_flag("--bf16", e->bf16, "bf16 autocast");
   eval->add_flag("--json", e->json_output, "print JSON");
+  eval->add_option("--threads", threads, threads_help);
   eval->callback([&action, e] { action = [e] { return run_eval(*e); }; });
 
   auto p = std::make_shared<PredictOptions>();
@@ -447,6 +477,7 @@ void register_training_verbs(CLI::App& app, Action& action) {
   predict->add_option("--output", p->output, "JSONL predictions (default: stdout)");
   predict->add_option("--text-a", p->text_a, "column of the first text");
   predict->add_option("--text-b", p->text_b, "column of the second text");
+  predict->add_option("--threads", threads, threads_help);
   predict->callback([&action, p] { action = [p] { return run_predict(*p); }; });
 
   struct DeltaVerbOptions {

@@ -5,6 +5,9 @@
 
 #include "deltatune/error.h"
 #include "deltatune/methods/bitfit.h"
+#include "deltatune/methods/child_tuning_d.h"
+#include "deltatune/methods/child_tuning_f.h"
+#include "deltatune/methods/fish_mask.h"
 #include "deltatune/methods/frozen.h"
 #include "deltatune/methods/full.h"
 
@@ -16,6 +19,17 @@ namespace {
 bool decays(const std::string& name) {
   const bool bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
   return !bias && name.find("LayerNorm.") == std::string::npos;
+}
+
+// options[key], or `fallback` when absent (options may be null).
+template <typename T>
+T option_or(const nlohmann::json& options, const char* key, T fallback) {
+  if (!options.is_object() || !options.contains(key)) return fallback;
+  try {
+    return options.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(std::string("method option '") + key + "' has the wrong type");
+  }
 }
 
 }  // namespace
@@ -66,15 +80,23 @@ Footprint footprint(Method& method, model::SequenceClassifierImpl& model) {
     if (item.key().rfind("classifier.", 0) != 0) f.encoder += n;
     if (item.value().requires_grad()) f.trainable += n;
   }
+  const std::optional<int64_t> budget = method.sparse_budget(model);
   for (const auto& [name, kind] : method.stored_parameters(model)) {
+    if (kind == StorageKind::kSparse && budget) continue;
     const int64_t n = params[name].numel();
     f.stored_values += n;
     f.stored_bytes += n * params[name].element_size();
   }
+  if (budget) {  // fp32 values with int32 indices
+    f.stored_values += *budget;
+    f.stored_bytes += *budget * 8;
+  }
   return f;
 }
 
-std::vector<std::string> method_names() { return {"full", "frozen", "bitfit"}; }
+std::vector<std::string> method_names() {
+  return {"full", "frozen", "bitfit", "child-tuning-f", "child-tuning-d", "fish"};
+}
 
 std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::json& options) {
   if (name == "full") {
@@ -93,6 +115,25 @@ std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::jso
       for (const auto& g : options["bias_terms"]) groups.insert(g.get<std::string>());
     }
     return std::make_unique<BitFit>(groups);
+  }
+  if (name == "child-tuning-f") {
+    check_options(name, options, {"reserve_p"});
+    return std::make_unique<ChildTuningF>(option_or(options, "reserve_p", 0.3));
+  }
+  if (name == "child-tuning-d") {
+    check_options(name, options, {"reserve_p", "fisher_batch_size", "fisher_clip_norm"});
+    return std::make_unique<ChildTuningD>(option_or(options, "reserve_p", 0.3),
+                                          option_or(options, "fisher_batch_size", size_t{16}),
+                                          option_or(options, "fisher_clip_norm", 1.0));
+  }
+  if (name == "fish") {
+    check_options(name, options, {"density", "fisher_samples", "fisher"});
+    const std::string fisher = option_or(options, "fisher", std::string("empirical"));
+    if (fisher != "empirical" && fisher != "expected")
+      throw Error("fish: option 'fisher' must be empirical or expected, not '" + fisher + "'");
+    return std::make_unique<FishMask>(option_or(options, "density", 0.005),
+                                      option_or(options, "fisher_samples", size_t{1024}),
+                                      fisher == "expected");
   }
   std::string known;
   for (const auto& n : method_names()) known += (known.empty() ? "" : ", ") + n;

@@ -214,8 +214,29 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   const int64_t warmup_steps = static_cast<int64_t>(std::ceil(config_.warmup_ratio * total_steps));
   const Schedule schedule = parse_schedule(config_.schedule);
 
+  // Methods that choose what trains from gradients (Fisher) do so here, on the
+  // initial model; on resume that is the same model, so the same choice.
+  {
+    data::BatchOptions one_by_one;
+    one_by_one.batch_size = 1;
+    one_by_one.shuffle = false;
+    one_by_one.group_by_length = false;
+    data::Batcher examples(train, one_by_one);
+    methods::Preparation preparation;
+    preparation.num_examples = train.size();
+    preparation.seed = config_.seed;
+    preparation.forward = [&](const std::vector<std::size_t>& indices) {
+      data::Batch batch = examples.make(indices);
+      return std::make_pair(model.forward(batch.input), batch.labels);
+    };
+    model.eval();
+    method_.prepare(model, preparation);
+    model.train();
+  }
+
   AdamW optimizer(method_.parameter_groups(model, config_.learning_rate, config_.weight_decay),
                   AdamWOptions{0.9, 0.999, config_.adam_eps});
+  for (const auto& [name, mask] : method_.gradient_masks()) optimizer.set_mask(name, mask);
   std::vector<at::Tensor> parameters = trainable_parameters(model);
   if (parameters.empty()) throw Error("the method left no parameter to train");
 

@@ -5,11 +5,14 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "deltatune/methods/fisher.h"
 #include "deltatune/model/encoder.h"
 
 namespace deltatune::methods {
@@ -21,6 +24,14 @@ struct ParameterGroup {
   std::vector<at::Tensor> parameters;
   double learning_rate = 0;
   double weight_decay = 0;
+};
+
+// The training set as a method sees it before training starts (for methods
+// that choose what to train from gradients: Child-Tuning_D, FISH Mask).
+struct Preparation {
+  std::size_t num_examples = 0;
+  ExampleForward forward;  // the model in eval mode (no dropout), grad enabled
+  uint64_t seed = 0;
 };
 
 // How a stored tensor is kept in a delta.
@@ -45,6 +56,19 @@ class Method {
   virtual std::vector<ParameterGroup> parameter_groups(model::SequenceClassifierImpl& model,
                                                        double learning_rate,
                                                        double weight_decay) const;
+
+  // Once before training, after attach(), on the initial model: chooses what
+  // trains (Fisher scores and the like). The default does nothing.
+  virtual void prepare(model::SequenceClassifierImpl& /*model*/, const Preparation& /*data*/) {}
+  // Fixed optimizer masks by parameter name (true: may change), known after
+  // prepare(); masked-out entries stay bit-identical through training.
+  virtual std::map<std::string, at::Tensor> gradient_masks() const { return {}; }
+  // How many entries of the sparse-stored tensors may change (the method's
+  // budget), computed from the model; none when they are not sparse.
+  virtual std::optional<int64_t> sparse_budget(
+      const model::SequenceClassifierImpl& /*model*/) const {
+    return std::nullopt;
+  }
 
   // After backward, before clipping and the optimizer step (gradient masks).
   virtual void on_backward(model::SequenceClassifierImpl& /*model*/, int64_t /*step*/) {}

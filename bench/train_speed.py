@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Training speed and memory: deltatune against HF Transformers, in one run.
+
+For each model (all-MiniLM-L6-v2, and a BERT-base-size model with random
+weights), method (BitFit, full fine-tuning) and precision (fp32; bf16, which is
+autocast on both sides), trains the same MRPC subset for the same number of
+steps with the same recipe, batch order and thread count, and reports:
+training tokens/s (real tokens, training steps only) and peak RSS of the whole
+process. Runs alternate sides and repeat --repeats times; the best tokens/s of
+each is kept (the figure least disturbed by other load). Writes
+bench/results/train-speed-<date>.json and prints a Markdown table of ratios.
+
+  python3 bench/train_speed.py                     # everything, ~25 min on 2 cores
+  python3 bench/train_speed.py --models minilm --steps 40
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from glue_sweep import HOME, PYTHONS, run_child  # noqa: E402
+
+MINILM = os.path.join(HOME, "models", "all-MiniLM-L6-v2")
+
+MAKE_BERT_BASE = r"""
+import os, shutil, sys, torch
+from transformers import BertConfig, BertModel
+out, tokenizer_dir = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+config = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12,
+                    num_attention_heads=12, intermediate_size=3072)
+BertModel(config).save_pretrained(out, safe_serialization=True)
+for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    shutil.copy(os.path.join(tokenizer_dir, f), out)
+"""
+
+
+def bert_base_dir():
+    path = os.path.join(HOME, "models", "bert-base-random")
+    if not os.path.exists(os.path.join(path, "model.safetensors")):
+        tmp = path + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([PYTHONS["hf113"], "-c", MAKE_BERT_BASE, tmp, MINILM], check=True)
+        os.replace(tmp, path)
+    return path
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="minilm,bert-base")
+    ap.add_argument("--methods", default="bitfit,full")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--sides", default="ours,hf113")
+    ap.add_argument("--task", default="MRPC")
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=30, help="optimizer steps per run (MiniLM)")
+    ap.add_argument("--base-steps", type=int, default=10, help="optimizer steps per run (BERT-base)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--deltatune", default=os.path.join(ROOT, "build", "deltatune"))
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    if not os.environ.get("GLUE_DIR"):
+        sys.exit("set GLUE_DIR to the GLUE data root")
+    models = {"minilm": MINILM}
+    if "bert-base" in args.models:
+        models["bert-base"] = bert_base_dir()
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+
+    rows = []
+    for model in args.models.split(","):
+        steps = args.steps if model == "minilm" else args.base_steps
+        for method in args.methods.split(","):
+            for precision in args.precisions.split(","):
+                best = {}
+                for _ in range(args.repeats):
+                    for side in args.sides.split(","):
+                        common = ["--task", args.task, "--method", method, "--model",
+                                  models[model], "--max-train-samples", str(args.samples),
+                                  "--max-steps", str(steps), "--batch-size",
+                                  str(args.batch_size), "--threads", str(args.threads)]
+                        if precision == "bf16":
+                            common.append("--bf16")
+                        if side == "ours":
+                            cmd = [args.deltatune, "train", "--json", "--out",
+                                   f"/tmp/deltatune-speed-{os.getpid()}"] + common
+                        else:
+                            cmd = [PYTHONS[side], os.path.join(HERE, "glue_reference.py")
+                                   ] + common
+                        stdout, _, wall, rss = run_child(cmd, env)
+                        result = json.loads(stdout.strip().splitlines()[-1])
+                        tps = result["train_tokens_per_s"]
+                        print(f"{model} {method} {precision} {side}: {tps:.0f} tok/s, "
+                              f"peak RSS {rss:.0f} MiB", file=sys.stderr, flush=True)
+                        if side not in best or tps > best[side]["tokens_per_s"]:
+                            best[side] = {"tokens_per_s": tps, "peak_rss_mib": rss,
+                                          "steps": result["steps"]}
+                        best[side]["peak_rss_mib"] = min(best[side]["peak_rss_mib"], rss)
+                rows.append({"model": model, "method": method, "precision": precision,
+                             "sides": best})
+    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    out = args.out or os.path.join(HERE, "results", f"train-speed-{stamp}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    meta = {"date": stamp, "threads": args.threads, "task": args.task, "samples": args.samples,
+            "batch_size": args.batch_size, "steps": {"minilm": args.steps,
+                                                     "bert-base": args.base_steps},
+            "command": " ".join(sys.argv)}
+    with open(out, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+    ref_fp32 = {(r["model"], r["method"]): r["sides"].get("hf113", {}).get("tokens_per_s")
+                for r in rows if r["precision"] == "fp32"}
+    print("| model | method | precision | deltatune tok/s | HF tok/s | ratio | vs HF fp32 "
+          "| deltatune RSS MiB | HF RSS MiB | RSS ratio |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ours, hf = r["sides"].get("ours"), r["sides"].get("hf113")
+        if not ours or not hf:
+            continue
+        base = ref_fp32.get((r["model"], r["method"]))
+        print(f"| {r['model']} | {r['method']} | {r['precision']} | {ours['tokens_per_s']:.0f} "
+              f"| {hf['tokens_per_s']:.0f} | {ours['tokens_per_s'] / hf['tokens_per_s']:.2f}x "
+              f"| {ours['tokens_per_s'] / base:.2f}x | {ours['peak_rss_mib']:.0f} "
+              f"| {hf['peak_rss_mib']:.0f} | {ours['peak_rss_mib'] / hf['peak_rss_mib']:.2f} |")
+    print(f"results: {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+// FISH Mask (Sung et al., NeurIPS 2021): the empirical Fisher from per-sample
+// gradients on N training examples (or the expected-label "true" Fisher); the
+// k = density * |θ| entries with the largest scores over the whole model train,
+// fixed for the run, with the classifier always in and counted inside k.
+// Everything else stays bit-identical; the delta is the sparse entries + head.
+#pragma once
+
+#include "deltatune/methods/method.h"
+
+namespace deltatune::methods {
+
+class FishMask : public Method {
+ public:
+  FishMask(double density, std::size_t fisher_samples, bool expected_labels);
+  std::string name() const override { return "fish"; }
+  nlohmann::json config() const override;
+  void attach(model::SequenceClassifierImpl& model) override;
+  void prepare(model::SequenceClassifierImpl& model, const Preparation& data) override;
+  std::map<std::string, at::Tensor> gradient_masks() const override { return masks_; }
+  std::optional<int64_t> sparse_budget(const model::SequenceClassifierImpl& model) const override;
+  std::vector<std::pair<std::string, StorageKind>> stored_parameters(
+      const model::SequenceClassifierImpl& model) const override;
+  std::string describe() const override;
+
+ private:
+  double density_;
+  std::size_t fisher_samples_;
+  bool expected_labels_;
+  std::map<std::string, at::Tensor> masks_;
+};
+
+}  // namespace deltatune::methods

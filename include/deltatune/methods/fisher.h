@@ -1,0 +1,51 @@
+// Shared machinery of the Fisher-selected methods (Child-Tuning_D, FISH Mask):
+// the diagonal of the Fisher information, estimated from squared gradients,
+// and global top-k masks over many tensors.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace deltatune::methods {
+
+// One forward pass over chosen training examples (indices into the training
+// set): logits [n, labels] (or [n, 1] for regression) and the gold labels
+// (class ids, or float scores).
+using ExampleForward =
+    std::function<std::pair<at::Tensor, at::Tensor>(const std::vector<std::size_t>&)>;
+
+struct FisherOptions {
+  std::size_t examples = 0;    // how many training examples (0: all)
+  std::size_t batch_size = 1;  // examples per squared gradient (1: per-sample, as FISH)
+  // Labels drawn from the model instead of gold (the "true" Fisher): each
+  // class's squared gradient of log p(c|x) weighted by p(c|x).
+  bool expected_labels = false;
+  double clip_norm = 0;  // each gradient clipped to this L2 norm first (Child-Tuning_D); 0: off
+  uint64_t seed = 0;     // which examples, when fewer than all
+};
+
+// F_i = (1/G) Σ_g (∂ log p(y | x) / ∂θ_i)^2 over G gradients of `batch_size`
+// examples each (METHODS.md, Child-Tuning_D and FISH): the log-likelihood is
+// cross-entropy for classification and the squared error for regression.
+// Returns one tensor per parameter, shaped like it. Grad mode is used on the
+// given tensors only; their .grad() is left undefined.
+std::map<std::string, at::Tensor> diagonal_fisher(
+    const std::vector<std::pair<std::string, at::Tensor>>& parameters, std::size_t num_examples,
+    const ExampleForward& forward, const FisherOptions& options);
+
+// 0/1 masks (bool, shaped like each score) selecting exactly k entries with the
+// largest scores over all tensors together (one global threshold; ties go to
+// the lower flat index). Throws if k exceeds the number of entries.
+std::map<std::string, at::Tensor> top_k_masks(const std::map<std::string, at::Tensor>& scores,
+                                              int64_t k);
+
+// Entries a set of masks lets change.
+int64_t count_selected(const std::map<std::string, at::Tensor>& masks);
+
+}  // namespace deltatune::methods

@@ -1,0 +1,36 @@
+#include "deltatune/methods/child_tuning_f.h"
+
+#include <ATen/ATen.h>
+#include <fmt/core.h>
+
+#include "deltatune/error.h"
+
+namespace deltatune::methods {
+
+ChildTuningF::ChildTuningF(double reserve_p) : reserve_p_(reserve_p) {
+  if (!(reserve_p > 0 && reserve_p <= 1))
+    throw Error(fmt::format("child-tuning-f: reserve_p must be in (0, 1], not {}", reserve_p));
+}
+
+void ChildTuningF::attach(model::SequenceClassifierImpl& model) {
+  for (auto& p : model.parameters(true)) p.requires_grad_(true);
+}
+
+void ChildTuningF::on_backward(model::SequenceClassifierImpl& model, int64_t /*step*/) {
+  at::NoGradGuard no_grad;
+  for (auto& p : model.parameters(true)) {
+    at::Tensor grad = p.mutable_grad();
+    if (!grad.defined()) continue;
+    // M / p_F with M ~ Bernoulli(p_F), from the default generator (seeded, checkpointed).
+    grad.mul_(at::empty_like(grad).bernoulli_(reserve_p_).div_(reserve_p_));
+  }
+}
+
+std::string ChildTuningF::describe() const {
+  return fmt::format(
+      "every parameter trains; each step keeps a random {:.0f}% of gradient entries (scaled "
+      "by 1/p); dense delta",
+      100 * reserve_p_);
+}
+
+}  // namespace deltatune::methods

@@ -1,0 +1,140 @@
+#include "deltatune/methods/fisher.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "deltatune/data/shuffle.h"
+#include "deltatune/error.h"
+
+namespace deltatune::methods {
+
+namespace {
+
+// Gradients of `loss` with respect to `inputs`, zeros where one is unused.
+std::vector<at::Tensor> gradients(const at::Tensor& loss, const std::vector<at::Tensor>& inputs,
+                                  bool retain) {
+  auto grads = torch::autograd::grad({loss}, inputs, {}, retain, false, /*allow_unused=*/true);
+  for (size_t i = 0; i < grads.size(); ++i)
+    if (!grads[i].defined()) grads[i] = at::zeros_like(inputs[i]);
+  return grads;
+}
+
+void clip_to_norm(std::vector<at::Tensor>& grads, double max_norm) {
+  if (max_norm <= 0) return;
+  double squares = 0;
+  for (const auto& g : grads) squares += g.pow(2).sum().item<double>();
+  const double norm = std::sqrt(squares);
+  // torch.nn.utils.clip_grad_norm_'s factor.
+  const double factor = max_norm / (norm + 1e-6);
+  if (factor >= 1) return;
+  for (auto& g : grads) g.mul_(factor);
+}
+
+}  // namespace
+
+std::map<std::string, at::Tensor> diagonal_fisher(
+    const std::vector<std::pair<std::string, at::Tensor>>& parameters, std::size_t num_examples,
+    const ExampleForward& forward, const FisherOptions& options) {
+  if (parameters.empty()) throw Error("Fisher estimation: no parameters to score");
+  if (num_examples == 0) throw Error("Fisher estimation: no training examples");
+  if (options.batch_size == 0) throw Error("Fisher estimation: batch size must be positive");
+  std::vector<std::size_t> order;
+  const std::size_t used =
+      options.examples == 0 ? num_examples : std::min(options.examples, num_examples);
+  if (used < num_examples) {
+    order = data::shuffled_indices(num_examples, options.seed);
+    order.resize(used);
+  } else {
+    order.resize(num_examples);
+    for (std::size_t i = 0; i < num_examples; ++i) order[i] = i;
+  }
+
+  std::vector<at::Tensor> inputs, sums;
+  std::vector<bool> required;
+  for (const auto& [name, p] : parameters) {
+    required.push_back(p.requires_grad());
+    inputs.push_back(p);
+    sums.push_back(at::zeros_like(p, p.options().dtype(at::kFloat)));
+  }
+  for (auto& p : inputs) p.requires_grad_(true);
+
+  int64_t gradients_taken = 0;
+  try {
+    for (std::size_t start = 0; start < used; start += options.batch_size) {
+      std::vector<std::size_t> batch(order.begin() + start,
+                                     order.begin() + std::min(used, start + options.batch_size));
+      auto [logits, labels] = forward(batch);
+      logits = logits.to(at::kFloat);
+      auto accumulate = [&](std::vector<at::Tensor> grads, double weight) {
+        clip_to_norm(grads, options.clip_norm);
+        for (size_t i = 0; i < grads.size(); ++i)
+          sums[i].add_(grads[i].to(at::kFloat).pow(2), weight);
+      };
+      if (logits.size(-1) == 1) {  // regression: Gaussian log-likelihood, up to scale
+        at::Tensor loss = at::mse_loss(logits.squeeze(-1), labels.to(at::kFloat));
+        accumulate(gradients(loss, inputs, false), 1.0);
+      } else if (!options.expected_labels) {
+        at::Tensor loss = at::cross_entropy_loss(logits, labels);
+        accumulate(gradients(loss, inputs, false), 1.0);
+      } else {
+        // E_{c ~ p(c|x)} of the squared gradient: one backward per class,
+        // each weighted by its (detached) mean probability over the batch.
+        at::Tensor log_probs = at::log_softmax(logits, -1);
+        at::Tensor probs = log_probs.detach().exp();
+        const int64_t classes = logits.size(-1);
+        for (int64_t c = 0; c < classes; ++c) {
+          at::Tensor loss = -log_probs.select(-1, c).mean();
+          const double weight = probs.select(-1, c).mean().item<double>();
+          accumulate(gradients(loss, inputs, c + 1 < classes), weight);
+        }
+      }
+      ++gradients_taken;
+    }
+  } catch (...) {
+    for (size_t i = 0; i < inputs.size(); ++i) inputs[i].requires_grad_(required[i]);
+    throw;
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) inputs[i].requires_grad_(required[i]);
+
+  std::map<std::string, at::Tensor> fisher;
+  for (size_t i = 0; i < parameters.size(); ++i)
+    fisher[parameters[i].first] = sums[i].div_(static_cast<double>(gradients_taken));
+  return fisher;
+}
+
+std::map<std::string, at::Tensor> top_k_masks(const std::map<std::string, at::Tensor>& scores,
+                                              int64_t k) {
+  std::vector<at::Tensor> flat;
+  int64_t total = 0;
+  for (const auto& [name, s] : scores) {
+    flat.push_back(s.detach().to(at::kFloat).flatten());
+    total += s.numel();
+  }
+  if (k < 0 || k > total)
+    throw Error("cannot select " + std::to_string(k) + " of " + std::to_string(total) + " entries");
+  at::Tensor all = flat.empty() ? at::empty({0}) : at::cat(flat);
+  at::Tensor selected = at::zeros({total}, at::kBool);
+  if (k > 0) {
+    // A stable descending sort: equal scores keep their flat order.
+    at::Tensor order = std::get<1>(all.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+    selected.index_fill_(0, order.slice(0, 0, k), true);
+  }
+  std::map<std::string, at::Tensor> masks;
+  int64_t offset = 0;
+  for (const auto& [name, s] : scores) {
+    masks[name] = selected.slice(0, offset, offset + s.numel()).view(s.sizes()).clone();
+    offset += s.numel();
+  }
+  return masks;
+}
+
+int64_t count_selected(const std::map<std::string, at::Tensor>& masks) {
+  int64_t n = 0;
+  for (const auto& [name, m] : masks) n += m.ne(0).sum().item<int64_t>();
+  return n;
+}
+
+}  // namespace deltatune::methods
