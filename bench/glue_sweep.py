@@ -56,9 +56,11 @@ def command(side, args, task, method, seed, run_dir):
     common = ["--task", task, "--seed", str(seed), "--max-train-samples", str(args.samples),
               "--epochs", str(args.epochs[method]), "--max-length", str(args.max_length)]
     common += ["--threads", str(args.threads)]
-    if side == "ours":
+    if side in ("ours", "ours-bf16"):
         cmd = [args.deltatune, "train", "--model", args.model, "--method", name, "--json",
                "--out", run_dir] + common
+        if side == "ours-bf16":
+            cmd.append("--bf16")
         if bias_terms:
             cmd += ["--bias-terms", bias_terms]
         return cmd
@@ -90,7 +92,7 @@ def main():
         sys.exit("set GLUE_DIR to the GLUE data root")
     sides = args.sides.split(",")
     for side in sides:
-        if side != "ours" and not os.path.exists(PYTHONS[side]):
+        if not side.startswith("ours") and not os.path.exists(PYTHONS[side]):
             sys.exit(f"{PYTHONS[side]} is missing: run tools/setup_python.sh"
                      f"{' latest' if side == 'hflatest' else ''}")
 
@@ -125,7 +127,7 @@ def main():
             "peak_rss_mib": round(rss, 1), "train_tokens_per_s": result.get("train_tokens_per_s"),
             "date": time.strftime("%Y-%m-%d"),
         }
-        if side != "ours":
+        if not side.startswith("ours"):
             record["versions"] = {"torch": result["torch"], "transformers": result["transformers"]}
         main_metric = result["dev"]["main_metric"]
         with lock:

@@ -11,7 +11,8 @@ import json
 import statistics
 from collections import defaultdict
 
-SIDE_NAMES = {"ours": "deltatune", "hf113": "HF (torch 1.13)", "hflatest": "HF (newest torch)"}
+SIDE_NAMES = {"ours": "deltatune", "ours-bf16": "deltatune bf16", "hf113": "HF (torch 1.13)",
+              "hflatest": "HF (newest torch)"}
 
 
 def main():
@@ -51,7 +52,7 @@ def main():
             verdicts, gaps = [], []
             ours = row.get("ours")
             for ref in sides:
-                if ref == "ours" or ours is None or row.get(ref) is None:
+                if ref.startswith("ours") or ours is None or row.get(ref) is None:
                     continue
                 gap = ours[0] - row[ref][0]
                 tolerance = max(1.0, ours[1], row[ref][1])

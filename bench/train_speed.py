@@ -55,7 +55,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="minilm,bert-base")
     ap.add_argument("--methods", default="bitfit,full")
-    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--precisions", default="fp32,bf16,bf16-plain",
+                    help="bf16-plain: deltatune with plain autocast (frozen weights cast on "
+                         "every forward pass, DELTATUNE_PREPARED_WEIGHTS=0); deltatune only")
     ap.add_argument("--sides", default="ours,hf113")
     ap.add_argument("--task", default="MRPC")
     ap.add_argument("--samples", type=int, default=1000)
@@ -82,11 +84,16 @@ def main():
                 best = {}
                 for _ in range(args.repeats):
                     for side in args.sides.split(","):
+                        if precision == "bf16-plain" and side != "ours":
+                            continue
+                        run_env = dict(env)
+                        if precision == "bf16-plain":
+                            run_env["DELTATUNE_PREPARED_WEIGHTS"] = "0"
                         common = ["--task", args.task, "--method", method, "--model",
                                   models[model], "--max-train-samples", str(args.samples),
                                   "--max-steps", str(steps), "--batch-size",
                                   str(args.batch_size), "--threads", str(args.threads)]
-                        if precision == "bf16":
+                        if precision.startswith("bf16"):
                             common.append("--bf16")
                         if side == "ours":
                             cmd = [args.deltatune, "train", "--json", "--out",
@@ -94,7 +101,7 @@ def main():
                         else:
                             cmd = [PYTHONS[side], os.path.join(HERE, "glue_reference.py")
                                    ] + common
-                        stdout, _, wall, rss = run_child(cmd, env)
+                        stdout, _, wall, rss = run_child(cmd, run_env)
                         result = json.loads(stdout.strip().splitlines()[-1])
                         tps = result["train_tokens_per_s"]
                         print(f"{model} {method} {precision} {side}: {tps:.0f} tok/s, "
@@ -120,14 +127,19 @@ def main():
     print("| model | method | precision | deltatune tok/s | HF tok/s | ratio | vs HF fp32 "
           "| deltatune RSS MiB | HF RSS MiB | RSS ratio |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    ref_bf16 = {(r["model"], r["method"]): r["sides"].get("hf113")
+                for r in rows if r["precision"] == "bf16"}
     for r in rows:
         ours, hf = r["sides"].get("ours"), r["sides"].get("hf113")
+        if r["precision"] == "bf16-plain":
+            hf = ref_bf16.get((r["model"], r["method"]))
         if not ours or not hf:
             continue
         base = ref_fp32.get((r["model"], r["method"]))
+        vs_fp32 = f"{ours['tokens_per_s'] / base:.2f}x" if base else "-"
         print(f"| {r['model']} | {r['method']} | {r['precision']} | {ours['tokens_per_s']:.0f} "
               f"| {hf['tokens_per_s']:.0f} | {ours['tokens_per_s'] / hf['tokens_per_s']:.2f}x "
-              f"| {ours['tokens_per_s'] / base:.2f}x | {ours['peak_rss_mib']:.0f} "
+              f"| {vs_fp32} | {ours['peak_rss_mib']:.0f} "
               f"| {hf['peak_rss_mib']:.0f} | {ours['peak_rss_mib'] / hf['peak_rss_mib']:.2f} |")
     print(f"results: {out}", file=sys.stderr)
 

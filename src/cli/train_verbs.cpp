@@ -16,6 +16,7 @@
 #include "deltatune/io/atomic_file.h"
 #include "deltatune/methods/bitfit.h"
 #include "deltatune/methods/delta.h"
+#include "deltatune/methods/diff_pruning.h"
 #include "deltatune/text/tokenizer.h"
 #include "deltatune/train/export.h"
 #include "deltatune/train/task_model.h"
@@ -143,6 +144,7 @@ Recipe recipe_for(const std::string& method) {
   if (method == "child-tuning-f" || method == "child-tuning-d")
     return {4e-5, 16, 3, "linear", 0.1, 0.01};
   if (method == "fish") return {5e-5, 16, 7, "constant", 0.0, 0.0};
+  if (method == "diff-pruning") return {1e-5, 8, 3, "constant", 0.0, 0.0};  // stage 1
   return {2e-5, 16, 3, "linear", 0.1, 0.01};  // full fine-tuning (HF run_glue-style)
 }
 
@@ -153,6 +155,8 @@ struct TrainOptions {
   std::optional<double> reserve_p, density;
   std::optional<size_t> fisher_samples;
   std::optional<std::string> fisher;
+  double finetune_lr = 5e-5;    // diff-pruning stage 3
+  int64_t finetune_epochs = 3;  // diff-pruning stage 3
   std::string out = "runs/latest";
   DataOptions data;
   train::TrainConfig config;
@@ -195,7 +199,7 @@ int run_train(TrainOptions& o) {
     method_options[key] = *value;
   };
   method_option("--reserve-p", "reserve_p", o.reserve_p, {"child-tuning-f", "child-tuning-d"});
-  method_option("--density", "density", o.density, {"fish"});
+  method_option("--density", "density", o.density, {"fish", "diff-pruning"});
   method_option("--fisher-samples", "fisher_samples", o.fisher_samples, {"fish"});
   method_option("--fisher", "fisher", o.fisher, {"fish"});
   auto method = methods::make_method(o.method, method_options);
@@ -214,14 +218,43 @@ int run_train(TrainOptions& o) {
              c.batch_size, c.epochs, c.bf16 ? ", bf16" : "");
   if (!o.resume && fs::exists(fs::path(o.out) / "metrics.jsonl"))
     fs::remove(fs::path(o.out) / "metrics.jsonl");
-  train::Trainer trainer(task_model, *method, task_data.task, c);
   std::vector<data::EncodedDataset> other_dev_sets;
   other_dev_sets.reserve(task_data.other_dev.size());
-  for (const auto& [split, dataset] : task_data.other_dev) {
+  for (const auto& [split, dataset] : task_data.other_dev)
     other_dev_sets.push_back(data::encode_dataset(dataset, *tokenizer, o.data.max_length));
-    trainer.add_eval_split(split, other_dev_sets.back());
+  auto run_stage = [&](const train::TrainConfig& config, bool resume) {
+    train::Trainer trainer(task_model, *method, task_data.task, config);
+    for (size_t i = 0; i < other_dev_sets.size(); ++i)
+      trainer.add_eval_split(task_data.other_dev[i].first, other_dev_sets[i]);
+    return trainer.fit(train_set, dev_set, resume);
+  };
+
+  train::TrainResult result;
+  json stages = json::array();
+  if (auto* diff = dynamic_cast<methods::DiffPruning*>(method.get())) {
+    // Stage 1 (w and log-alpha) in <out>/stage1, the projection, then the
+    // fixed-mask fine-tuning in <out>.
+    if (o.resume) throw Error("--resume is not supported for diff-pruning");
+    train::TrainConfig relaxed = c;
+    relaxed.run_dir = fs::path(o.out) / "stage1";
+    train::TrainResult first = run_stage(relaxed, false);
+    stages.push_back({{"stage", "relaxed"}, {"dev", first.best.to_json()}, {"steps", first.steps}});
+    const int64_t kept = diff->project(*task_model);
+    train::Evaluation projected =
+        train::evaluate(*task_model, task_data.task, dev_set, c.eval_batch_size, c.bf16);
+    stages.push_back({{"stage", "projected"}, {"kept", kept}, {"dev", projected.to_json()}});
+    fmt::print(stderr, "diff-pruning: stage 1 dev {} {:.4f}; projected to {} entries: {:.4f}\n",
+               first.best.metrics.main_metric, first.best.metrics.main, kept,
+               projected.metrics.main);
+    train::TrainConfig fixed = c;
+    fixed.learning_rate = o.finetune_lr;
+    fixed.epochs = o.finetune_epochs;
+    result = run_stage(fixed, false);
+    stages.push_back(
+        {{"stage", "fixed_mask"}, {"dev", result.best.to_json()}, {"steps", result.steps}});
+  } else {
+    result = run_stage(c, o.resume);
   }
-  train::TrainResult result = trainer.fit(train_set, dev_set, o.resume);
 
   methods::Delta delta =
       train::build_delta(base, *task_model, *method, task_data.task, o.data.max_length, c, result);
@@ -237,6 +270,7 @@ int run_train(TrainOptions& o) {
                   {"delta", delta_dir.string()},
                   {"delta_bytes", delta.stored_bytes()},
                   {"delta_values", delta.stored_values()}};
+  if (!stages.empty()) summary["stages"] = stages;
   io::write_text_atomically(fs::path(o.out) / "summary.json", summary.dump(2) + "\n");
   if (o.json_output) {
     fmt::print("{}\n", summary.dump());
@@ -420,17 +454,26 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   train->add_option("--model,-m", t->model_dir, "base model directory")->capture_default_str();
   train
       ->add_option("--method", t->method,
-                   "full, frozen, bitfit, child-tuning-f, child-tuning-d or fish")
+                   "full, frozen, bitfit, child-tuning-f, child-tuning-d, fish or diff-pruning")
       ->capture_default_str();
   train->add_option("--bias-terms", t->bias_terms,
                     "bitfit: comma-separated bias groups, e.g. query,intermediate (default all)");
   train->add_option("--reserve-p", t->reserve_p,
                     "child-tuning-f/-d: share of gradient entries kept (default 0.3)");
   train->add_option("--density", t->density,
-                    "fish: share of all parameters that train, head included (default 0.005)");
+                    "fish: share of all parameters that train, head included; diff-pruning: "
+                    "share of non-head entries kept (default 0.005)");
   train->add_option("--fisher-samples", t->fisher_samples,
                     "fish: training examples for the Fisher (default 1024)");
   train->add_option("--fisher", t->fisher, "fish: empirical (gold labels) or expected Fisher");
+  train
+      ->add_option("--finetune-lr", t->finetune_lr,
+                   "diff-pruning: learning rate of the fixed-mask stage (--lr is stage 1's)")
+      ->capture_default_str();
+  train
+      ->add_option("--finetune-epochs", t->finetune_epochs,
+                   "diff-pruning: epochs of the fixed-mask stage (--epochs is stage 1's)")
+      ->capture_default_str();
   train->add_option("--out,-o", t->out, "run directory")->capture_default_str();
   add_data_options(train, t->data, true);
   train->add_option("--lr", t->learning_rate, "learning rate (default: the method's recipe)");

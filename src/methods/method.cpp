@@ -7,6 +7,7 @@
 #include "deltatune/methods/bitfit.h"
 #include "deltatune/methods/child_tuning_d.h"
 #include "deltatune/methods/child_tuning_f.h"
+#include "deltatune/methods/diff_pruning.h"
 #include "deltatune/methods/fish_mask.h"
 #include "deltatune/methods/frozen.h"
 #include "deltatune/methods/full.h"
@@ -95,7 +96,7 @@ Footprint footprint(Method& method, model::SequenceClassifierImpl& model) {
 }
 
 std::vector<std::string> method_names() {
-  return {"full", "frozen", "bitfit", "child-tuning-f", "child-tuning-d", "fish"};
+  return {"full", "frozen", "bitfit", "child-tuning-f", "child-tuning-d", "fish", "diff-pruning"};
 }
 
 std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::json& options) {
@@ -134,6 +135,16 @@ std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::jso
     return std::make_unique<FishMask>(option_or(options, "density", 0.005),
                                       option_or(options, "fisher_samples", size_t{1024}),
                                       fisher == "expected");
+  }
+  if (name == "diff-pruning") {
+    check_options(name, options, {"density", "l0_penalty", "alpha_init", "left", "right"});
+    DiffPruningOptions o;
+    o.density = option_or(options, "density", o.density);
+    o.l0_penalty = option_or(options, "l0_penalty", o.l0_penalty);
+    o.alpha_init = option_or(options, "alpha_init", o.alpha_init);
+    o.left = option_or(options, "left", o.left);
+    o.right = option_or(options, "right", o.right);
+    return std::make_unique<DiffPruning>(o);
   }
   std::string known;
   for (const auto& n : method_names()) known += (known.empty() ? "" : ", ") + n;

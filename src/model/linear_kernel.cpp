@@ -191,7 +191,12 @@ at::Tensor weight_operand(const std::vector<at::Tensor>& parts) {
                         parts.front().scalar_type() == at::kFloat;
   const at::ScalarType dtype =
       autocast ? at::autocast::get_autocast_cpu_dtype() : parts.front().scalar_type();
-  if (!frozen) return parts.size() == 1 ? parts.front() : at::cat(parts);
+  // DELTATUNE_PREPARED_WEIGHTS=0 turns the reuse off (plain autocast), for comparisons.
+  static const bool reuse = [] {
+    const char* env = std::getenv("DELTATUNE_PREPARED_WEIGHTS");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  if (!frozen || !reuse) return parts.size() == 1 ? parts.front() : at::cat(parts);
   if (parts.size() == 1 && dtype == parts.front().scalar_type()) return parts.front();
 
   PreparedKey key{{}, static_cast<int>(dtype)};

@@ -44,13 +44,6 @@ class AutocastScope {
   bool previous_ = false;
 };
 
-std::vector<at::Tensor> trainable_parameters(model::SequenceClassifierImpl& model) {
-  std::vector<at::Tensor> out;
-  for (auto& p : model.parameters(true))
-    if (p.requires_grad()) out.push_back(p);
-  return out;
-}
-
 std::map<std::string, at::Tensor> snapshot_trainable(model::SequenceClassifierImpl& model) {
   std::map<std::string, at::Tensor> out;
   for (auto& item : model.named_parameters(true))
@@ -237,7 +230,10 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   AdamW optimizer(method_.parameter_groups(model, config_.learning_rate, config_.weight_decay),
                   AdamWOptions{0.9, 0.999, config_.adam_eps});
   for (const auto& [name, mask] : method_.gradient_masks()) optimizer.set_mask(name, mask);
-  std::vector<at::Tensor> parameters = trainable_parameters(model);
+  // Clipping covers what the optimizer steps on (for Diff Pruning: w, log-alpha, head).
+  std::vector<at::Tensor> parameters;
+  for (const auto& group : optimizer.groups())
+    parameters.insert(parameters.end(), group.parameters.begin(), group.parameters.end());
   if (parameters.empty()) throw Error("the method left no parameter to train");
 
   TrainResult result;
@@ -294,6 +290,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   double eval_seconds = 0;
   auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
     const auto eval_start = std::chrono::steady_clock::now();
+    method_.before_forward(model, false);
     Evaluation eval = evaluate(model, task_, dev, config_.eval_batch_size, config_.bf16);
     for (const auto& [name, dataset] : extra_eval_) {
       Evaluation extra = evaluate(model, task_, *dataset, config_.eval_batch_size, config_.bf16);
@@ -352,6 +349,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       data::Batch batch = batcher.make(plan.batches[static_cast<size_t>(b)]);
       tokens += real_tokens(batch);
       at::Tensor logits;
+      method_.before_forward(model, true);
       {
         AutocastScope autocast(config_.bf16);
         logits = model.forward(batch.input);

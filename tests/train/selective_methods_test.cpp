@@ -7,6 +7,7 @@
 
 #include "deltatune/data/glue.h"
 #include "deltatune/methods/child_tuning_d.h"
+#include "deltatune/methods/diff_pruning.h"
 #include "deltatune/methods/method.h"
 #include "deltatune/text/tokenizer.h"
 #include "deltatune/train/task_model.h"
@@ -173,6 +174,52 @@ TEST(SelectiveMethods, ChildTuningFKeepsAShareReserveOfGradientEntriesScaledUp) 
   }
   ASSERT_GT(nonzero, 1000000);
   EXPECT_NEAR(static_cast<double>(kept) / nonzero, 0.25, 0.002);
+}
+
+TEST(SelectiveMethods, DiffPruningEndsWithExactlyTheTargetNumberOfChangedEntries) {
+  const Data& d = sst2_sample();
+  BaseModel base = load_base(test::minilm_dir());
+  auto task_model = make_task_model(base, 2, 1);
+  methods::DiffPruningOptions options;
+  options.density = 0.001;
+  methods::DiffPruning method(options);
+  method.attach(*task_model);
+
+  // Stage 1 at a high rate so that the diffs and log-alphas move in 6 steps.
+  TrainConfig relaxed = short_run(1e-3);
+  relaxed.batch_size = 8;
+  TrainResult first = Trainer(task_model, method, d.task, relaxed).fit(d.train, d.dev);
+  EXPECT_GT(first.steps, 0);
+  int64_t moved = 0;
+  for (const auto& [name, changed] : changed_entries(base, *task_model))
+    moved += changed.sum().item<int64_t>();
+  EXPECT_GT(moved, 1000000);  // relaxed: (nearly) every entry carries a diff
+
+  const int64_t k = method.project(*task_model);
+  int64_t non_head = 0;
+  for (const auto& item : task_model->named_parameters(true))
+    if (item.key().rfind("classifier.", 0) != 0) non_head += item.value().numel();
+  EXPECT_EQ(k, std::llround(0.001 * non_head));
+  auto count_changed = [&] {
+    int64_t n = 0;
+    for (const auto& [name, changed] : changed_entries(base, *task_model)) {
+      EXPECT_EQ(
+          changed.logical_and(method.gradient_masks().at(name).logical_not()).sum().item<int64_t>(),
+          0)
+          << name;
+      n += changed.sum().item<int64_t>();
+    }
+    return n;
+  };
+  EXPECT_EQ(count_changed(), k);
+
+  TrainConfig fixed = short_run(5e-5);
+  TrainResult last = Trainer(task_model, method, d.task, fixed).fit(d.train, d.dev);
+  EXPECT_EQ(last.steps, 6);
+  EXPECT_EQ(count_changed(), k);
+  methods::Delta delta = build_delta(base, *task_model, method, d.task, 48, fixed, last);
+  auto restored = model_from_delta(base, delta);
+  EXPECT_EQ(evaluate(*restored, d.task, d.dev, 64, false).metrics.main, last.best.metrics.main);
 }
 
 }  // namespace

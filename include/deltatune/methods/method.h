@@ -70,6 +70,11 @@ class Method {
     return std::nullopt;
   }
 
+  // Before every training forward pass (training = true) and before each
+  // evaluation inside training (false): methods that reparameterise the
+  // weights (Diff Pruning) write what the pass should see.
+  virtual void before_forward(model::SequenceClassifierImpl& /*model*/, bool /*training*/) {}
+
   // After backward, before clipping and the optimizer step (gradient masks).
   virtual void on_backward(model::SequenceClassifierImpl& /*model*/, int64_t /*step*/) {}
   // Added to the task loss (regularisers); undefined when none.

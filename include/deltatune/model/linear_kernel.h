@@ -26,6 +26,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 // its lower-precision dtype, which autocast itself would redo on every
 // forward pass for weights that need no gradient. With any part trainable the
 // result is an ordinary differentiable concatenation, made fresh each call.
+// DELTATUNE_PREPARED_WEIGHTS=0 in the environment turns the reuse off.
 at::Tensor weight_operand(const std::vector<at::Tensor>& parts);
 
 // Whether fp32 CPU products take the oneDNN path (built with it and enabled).

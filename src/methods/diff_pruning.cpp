@@ -1,0 +1,162 @@
+#include "deltatune/methods/diff_pruning.h"
+
+#include <ATen/ATen.h>
+#include <fmt/core.h>
+
+#include <cmath>
+
+#include "deltatune/error.h"
+
+namespace deltatune::methods {
+
+namespace {
+bool is_classifier(const std::string& name) { return name.rfind("classifier.", 0) == 0; }
+}  // namespace
+
+DiffPruning::DiffPruning(DiffPruningOptions options) : options_(options) {
+  if (!(options.density > 0 && options.density <= 1))
+    throw Error(fmt::format("diff-pruning: density must be in (0, 1], not {}", options.density));
+  if (!(options.left < 0 && options.right > 1))
+    throw Error("diff-pruning: the stretch interval needs l < 0 and r > 1");
+  if (options.l0_penalty < 0) throw Error("diff-pruning: l0_penalty must be >= 0");
+}
+
+nlohmann::json DiffPruning::config() const {
+  return {{"density", options_.density},
+          {"l0_penalty", options_.l0_penalty},
+          {"alpha_init", options_.alpha_init},
+          {"left", options_.left},
+          {"right", options_.right}};
+}
+
+void DiffPruning::attach(model::SequenceClassifierImpl& model) {
+  at::NoGradGuard no_grad;
+  for (auto& item : model.named_parameters(true)) {
+    item.value().requires_grad_(true);  // θ receives dL/dθ; w and α train
+    if (is_classifier(item.key())) continue;
+    Diff d;
+    d.parameter = item.value();
+    d.base = item.value().detach().clone();
+    d.w = at::zeros_like(d.base).requires_grad_(true);
+    d.log_alpha = at::full_like(d.base, options_.alpha_init).requires_grad_(true);
+    diffs_[item.key()] = std::move(d);
+  }
+}
+
+std::vector<ParameterGroup> DiffPruning::parameter_groups(model::SequenceClassifierImpl& model,
+                                                          double learning_rate,
+                                                          double weight_decay) const {
+  if (projected_) return Method::parameter_groups(model, learning_rate, weight_decay);
+  ParameterGroup diffs{"diff", {}, {}, learning_rate, 0.0};
+  ParameterGroup alphas{"log_alpha", {}, {}, learning_rate, 0.0};
+  for (const auto& [name, d] : diffs_) {
+    diffs.names.push_back("diff::" + name);
+    diffs.parameters.push_back(d.w);
+    alphas.names.push_back("log_alpha::" + name);
+    alphas.parameters.push_back(d.log_alpha);
+  }
+  ParameterGroup head{"head", {}, {}, learning_rate, 0.0};
+  for (auto& item : model.named_parameters(true))
+    if (is_classifier(item.key())) {
+      head.names.push_back(item.key());
+      head.parameters.push_back(item.value());
+    }
+  return {diffs, alphas, head};
+}
+
+void DiffPruning::fold_gradient(Diff& d) const {
+  at::Tensor g = d.parameter.grad();
+  if (!g.defined() || !d.z.defined()) return;
+  at::NoGradGuard no_grad;
+  at::Tensor dw = g * d.z, dalpha = g * d.w * d.dz;
+  if (d.w.grad().defined()) {
+    d.w.mutable_grad().add_(dw);
+    d.log_alpha.mutable_grad().add_(dalpha);
+  } else {
+    d.w.mutable_grad() = dw;
+    d.log_alpha.mutable_grad() = dalpha;
+  }
+  d.parameter.mutable_grad() = at::Tensor();
+}
+
+void DiffPruning::before_forward(model::SequenceClassifierImpl& /*model*/, bool training) {
+  if (projected_) return;
+  at::NoGradGuard no_grad;
+  const double span = options_.right - options_.left;
+  for (auto& [name, d] : diffs_) {
+    fold_gradient(d);  // a previous micro-batch's gradient, with its own z
+    at::Tensor s;
+    if (training) {
+      at::Tensor u = at::empty_like(d.log_alpha).uniform_(1e-6, 1.0 - 1e-6);
+      s = at::sigmoid(u.log() - (-u).log1p() + d.log_alpha);
+    } else {
+      s = at::sigmoid(d.log_alpha);
+    }
+    at::Tensor stretched = s * span + options_.left;
+    d.z = stretched.clamp(0.0, 1.0);
+    // dz/dα = (r - l) s (1 - s) inside (0, 1), 0 where clamped.
+    d.dz = training ? (s * (1 - s) * span) * stretched.gt(0).logical_and(stretched.lt(1))
+                    : at::Tensor();
+    d.parameter.copy_(d.base + d.z * d.w);
+  }
+}
+
+void DiffPruning::on_backward(model::SequenceClassifierImpl& /*model*/, int64_t /*step*/) {
+  if (projected_) return;
+  at::NoGradGuard no_grad;
+  const double shift = std::log(-options_.left / options_.right);
+  for (auto& [name, d] : diffs_) {
+    fold_gradient(d);
+    if (!d.log_alpha.grad().defined()) continue;
+    // d/dα of λ σ(α - log(-l/r)).
+    at::Tensor p = at::sigmoid(d.log_alpha - shift);
+    d.log_alpha.mutable_grad().add_(p * (1 - p), options_.l0_penalty);
+  }
+}
+
+std::optional<int64_t> DiffPruning::sparse_budget(
+    const model::SequenceClassifierImpl& model) const {
+  int64_t total = 0;
+  for (const auto& item : model.named_parameters(true))
+    if (!is_classifier(item.key())) total += item.value().numel();
+  return std::llround(options_.density * static_cast<double>(total));
+}
+
+int64_t DiffPruning::project(model::SequenceClassifierImpl& model) {
+  if (projected_) throw Error("diff-pruning: already projected");
+  at::NoGradGuard no_grad;
+  const double span = options_.right - options_.left;
+  std::map<std::string, at::Tensor> magnitude, delta;
+  for (auto& [name, d] : diffs_) {
+    at::Tensor z = (at::sigmoid(d.log_alpha) * span + options_.left).clamp(0.0, 1.0);
+    delta[name] = z * d.w;
+    magnitude[name] = delta[name].abs();
+  }
+  const int64_t k = *sparse_budget(model);
+  masks_ = top_k_masks(magnitude, k);
+  for (auto& [name, d] : diffs_) {
+    d.parameter.copy_(d.base + delta[name] * masks_[name]);
+    d.parameter.mutable_grad() = at::Tensor();
+  }
+  diffs_.clear();  // w, α, θ_0 and the sampled masks are no longer needed
+  projected_ = true;
+  return k;
+}
+
+std::vector<std::pair<std::string, StorageKind>> DiffPruning::stored_parameters(
+    const model::SequenceClassifierImpl& model) const {
+  std::vector<std::pair<std::string, StorageKind>> stored;
+  for (const auto& item : model.named_parameters(true))
+    stored.emplace_back(item.key(),
+                        is_classifier(item.key()) ? StorageKind::kDense : StorageKind::kSparse);
+  return stored;
+}
+
+std::string DiffPruning::describe() const {
+  return fmt::format(
+      "w and log-alpha for every parameter train (L0-relaxed), then the top {:.2f}% of |diff| "
+      "fine-tune with a fixed mask; sparse delta",
+      100 * options_.density);
+}
+
+}  // namespace deltatune::methods
