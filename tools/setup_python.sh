@@ -110,10 +110,19 @@ venv="$DELTATUNE_HOME/venv-torch113"
 reqs="$here/requirements-hf.txt"
 stamp="$venv/.deltatune-requirements.sha256"
 
+# Debian's python3-torch (the same LibTorch 1.13 as the C++ build) and venv
+# support, installed on first use like scripts/setup.sh does.
+missing=()
+/usr/bin/python3 -c 'import torch' 2>/dev/null || missing+=(python3-torch)
+/usr/bin/python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]} (apt-get)"
+  sudo_cmd=(); [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get install -y -q "${missing[@]}" >&2 \
+    || die "could not install ${missing[*]} (apt-get install ${missing[*]})"
+fi
 /usr/bin/python3 -c 'import torch' 2>/dev/null \
   || die "Debian's torch is not importable by /usr/bin/python3 (apt-get install python3-torch)"
-/usr/bin/python3 -c 'import ensurepip' 2>/dev/null \
-  || die "python3-venv is missing (apt-get install python3-venv)"
 
 want=$(sha256sum "$reqs" | cut -d' ' -f1)
 py="$venv/bin/python"
