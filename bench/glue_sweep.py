@@ -32,7 +32,14 @@ METHODS = {
     "bitfit-qi": ("bitfit", "query,intermediate"),
     "full": ("full", ""),
     "frozen": ("frozen", ""),
+    "child-tuning-f": ("child-tuning-f", ""),
+    "child-tuning-d": ("child-tuning-d", ""),
+    "fish": ("fish", ""),
+    "diff-pruning": ("diff-pruning", ""),
+    "far": ("far", ""),
 }
+# Methods deltatune runs that the reference runner does not implement.
+OURS_ONLY = {"child-tuning-f", "child-tuning-d", "fish", "diff-pruning", "far"}
 
 
 def run_child(cmd, env):
@@ -63,6 +70,8 @@ def command(side, args, task, method, seed, run_dir):
             cmd.append("--bf16")
         if bias_terms:
             cmd += ["--bias-terms", bias_terms]
+        if name == "diff-pruning":  # the fixed-mask stage as long as the relaxed one
+            cmd += ["--finetune-epochs", str(args.epochs[method])]
         return cmd
     cmd = [PYTHONS[side], os.path.join(HERE, "glue_reference.py"), "--model", args.model,
            "--method", name] + common
@@ -79,15 +88,18 @@ def main():
     ap.add_argument("--methods", default="bitfit,bitfit-qi,full,frozen")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--samples", type=int, default=1000, help="training examples per run")
-    ap.add_argument("--epochs", default="bitfit=2,bitfit-qi=2,frozen=2,full=2",
-                    help="epochs per method (method=N,...)")
+    ap.add_argument("--epochs", default="2",
+                    help="epochs of every method (N), or per method (method=N,...)")
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--jobs", type=int, default=2, help="runs at once")
     ap.add_argument("--threads", type=int, default=1, help="threads per run")
     ap.add_argument("--deltatune", default=os.path.join(ROOT, "build", "deltatune"))
     ap.add_argument("--model", default=os.path.join(HOME, "models", "all-MiniLM-L6-v2"))
     args = ap.parse_args()
-    args.epochs = {k: int(v) for k, v in (kv.split("=") for kv in args.epochs.split(","))}
+    if "=" in args.epochs:
+        args.epochs = {k: int(v) for k, v in (kv.split("=") for kv in args.epochs.split(","))}
+    else:
+        args.epochs = {m: int(args.epochs) for m in METHODS}
     if not os.environ.get("GLUE_DIR"):
         sys.exit("set GLUE_DIR to the GLUE data root")
     sides = args.sides.split(",")
@@ -106,7 +118,7 @@ def main():
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     runs = [(seed, task, method, side) for seed in map(int, args.seeds.split(","))
             for task in args.tasks.split(",") for method in args.methods.split(",")
-            for side in sides]
+            for side in sides if side.startswith("ours") or method not in OURS_ONLY]
     todo = [r for r in runs if (r[3], r[1], r[2], r[0]) not in done]
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already in {args.out}", file=sys.stderr)
     sweep_start = time.perf_counter()

@@ -109,6 +109,10 @@ def main():
                         if side not in best or tps > best[side]["tokens_per_s"]:
                             best[side] = {"tokens_per_s": tps, "peak_rss_mib": rss,
                                           "steps": result["steps"]}
+                            if "stages" in result:
+                                best[side]["stages"] = {
+                                    st["stage"]: st.get("train_tokens_per_s")
+                                    for st in result["stages"] if "steps" in st}
                         best[side]["peak_rss_mib"] = min(best[side]["peak_rss_mib"], rss)
                 rows.append({"model": model, "method": method, "precision": precision,
                              "sides": best})
@@ -141,7 +145,30 @@ def main():
               f"| {hf['tokens_per_s']:.0f} | {ours['tokens_per_s'] / hf['tokens_per_s']:.2f}x "
               f"| {vs_fp32} | {ours['peak_rss_mib']:.0f} "
               f"| {hf['peak_rss_mib']:.0f} | {ours['peak_rss_mib'] / hf['peak_rss_mib']:.2f} |")
+    print_method_table(rows)
     print(f"results: {out}", file=sys.stderr)
+
+
+def print_method_table(rows):
+    """deltatune's methods against its own full fine-tuning and BitFit on the
+    same batches: tokens/s (for methods with stages, the last stage's, others
+    listed), time per step relative to full fine-tuning, peak RSS."""
+    ours = {(r["model"], r["precision"], r["method"]): r["sides"]["ours"]
+            for r in rows if "ours" in r["sides"]}
+    if len({m for (_, _, m) in ours}) < 3:
+        return
+    print()
+    print("| model | precision | method | tok/s | time/step vs full | time/step vs BitFit "
+          "| peak RSS MiB | RSS vs full | stages tok/s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
+    for (model, precision, method), o in ours.items():
+        full = ours.get((model, precision, "full"))
+        bitfit = ours.get((model, precision, "bitfit"))
+        vs = lambda ref: f"{ref['tokens_per_s'] / o['tokens_per_s']:.2f}" if ref else "-"
+        rss = f"{o['peak_rss_mib'] / full['peak_rss_mib']:.2f}" if full else "-"
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in o.get("stages", {}).items() if v)
+        print(f"| {model} | {precision} | {method} | {o['tokens_per_s']:.0f} | {vs(full)} "
+              f"| {vs(bitfit)} | {o['peak_rss_mib']:.0f} | {rss} | {stages or '-'} |")
 
 
 if __name__ == "__main__":

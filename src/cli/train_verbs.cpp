@@ -17,6 +17,7 @@
 #include "deltatune/methods/bitfit.h"
 #include "deltatune/methods/delta.h"
 #include "deltatune/methods/diff_pruning.h"
+#include "deltatune/methods/far.h"
 #include "deltatune/text/tokenizer.h"
 #include "deltatune/train/export.h"
 #include "deltatune/train/task_model.h"
@@ -145,6 +146,7 @@ Recipe recipe_for(const std::string& method) {
     return {4e-5, 16, 3, "linear", 0.1, 0.01};
   if (method == "fish") return {5e-5, 16, 7, "constant", 0.0, 0.0};
   if (method == "diff-pruning") return {1e-5, 8, 3, "constant", 0.0, 0.0};  // stage 1
+  // FAR: full fine-tuning's recipe, priming included.
   return {2e-5, 16, 3, "linear", 0.1, 0.01};  // full fine-tuning (HF run_glue-style)
 }
 
@@ -155,6 +157,7 @@ struct TrainOptions {
   std::optional<double> reserve_p, density;
   std::optional<size_t> fisher_samples;
   std::optional<std::string> fisher;
+  std::optional<double> priming, learned_fraction;
   double finetune_lr = 5e-5;    // diff-pruning stage 3
   int64_t finetune_epochs = 3;  // diff-pruning stage 3
   std::string out = "runs/latest";
@@ -202,6 +205,8 @@ int run_train(TrainOptions& o) {
   method_option("--density", "density", o.density, {"fish", "diff-pruning"});
   method_option("--fisher-samples", "fisher_samples", o.fisher_samples, {"fish"});
   method_option("--fisher", "fisher", o.fisher, {"fish"});
+  method_option("--priming", "priming_fraction", o.priming, {"far"});
+  method_option("--learned-fraction", "learned_fraction", o.learned_fraction, {"far"});
   auto method = methods::make_method(o.method, method_options);
 
   TaskData task_data = read_task_data(o.data, c.seed, true);
@@ -238,7 +243,10 @@ int run_train(TrainOptions& o) {
     train::TrainConfig relaxed = c;
     relaxed.run_dir = fs::path(o.out) / "stage1";
     train::TrainResult first = run_stage(relaxed, false);
-    stages.push_back({{"stage", "relaxed"}, {"dev", first.best.to_json()}, {"steps", first.steps}});
+    stages.push_back({{"stage", "relaxed"},
+                      {"dev", first.best.to_json()},
+                      {"steps", first.steps},
+                      {"train_tokens_per_s", first.train_tokens_per_second}});
     const int64_t kept = diff->project(*task_model);
     train::Evaluation projected =
         train::evaluate(*task_model, task_data.task, dev_set, c.eval_batch_size, c.bf16);
@@ -250,8 +258,46 @@ int run_train(TrainOptions& o) {
     fixed.learning_rate = o.finetune_lr;
     fixed.epochs = o.finetune_epochs;
     result = run_stage(fixed, false);
-    stages.push_back(
-        {{"stage", "fixed_mask"}, {"dev", result.best.to_json()}, {"steps", result.steps}});
+    stages.push_back({{"stage", "fixed_mask"},
+                      {"dev", result.best.to_json()},
+                      {"steps", result.steps},
+                      {"train_tokens_per_s", result.train_tokens_per_second}});
+  } else if (auto* far = dynamic_cast<methods::Far*>(method.get())) {
+    // Priming (every FFN weight) in <out>/priming for the first p of the
+    // steps, the split, then the learned nodes for the rest of one schedule
+    // and one pass order over the data.
+    if (o.resume) throw Error("--resume is not supported for far");
+    const int64_t total = train::planned_steps(train_set, c);
+    const int64_t priming_steps =
+        std::max<int64_t>(1, std::llround(far->options().priming_fraction * total));
+    if (priming_steps >= total)
+      throw Error(
+          fmt::format("far: priming takes all {} steps; train longer or lower --priming", total));
+    train::TrainConfig priming = c;
+    priming.run_dir = fs::path(o.out) / "priming";
+    priming.max_steps = priming_steps;
+    priming.schedule_steps = total;
+    train::TrainResult first = run_stage(priming, false);
+    stages.push_back({{"stage", "priming"},
+                      {"dev", first.best.to_json()},
+                      {"steps", first.steps},
+                      {"train_tokens_per_s", first.train_tokens_per_second}});
+    const int64_t learned = far->reconfigure(*task_model);
+    fmt::print(stderr, "far: priming dev {} {:.4f} after {} steps; {} learned FFN nodes\n",
+               first.best.metrics.main_metric, first.best.metrics.main, first.steps, learned);
+    train::TrainConfig rest = c;
+    rest.max_steps = total - priming_steps;
+    rest.prior_steps = priming_steps;
+    rest.schedule_steps = total;
+    result = run_stage(rest, false);
+    far->restore_layout(*task_model);
+    // The delta holds the ordinary layout; its metric is the one recorded.
+    result.best = train::evaluate(*task_model, task_data.task, dev_set, c.eval_batch_size, c.bf16);
+    stages.push_back({{"stage", "learned_nodes"},
+                      {"learned_nodes", learned},
+                      {"dev", result.best.to_json()},
+                      {"steps", result.steps},
+                      {"train_tokens_per_s", result.train_tokens_per_second}});
   } else {
     result = run_stage(c, o.resume);
   }
@@ -453,8 +499,9 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   auto* train = app.add_subcommand("train", "fine-tune a task and write its delta");
   train->add_option("--model,-m", t->model_dir, "base model directory")->capture_default_str();
   train
-      ->add_option("--method", t->method,
-                   "full, frozen, bitfit, child-tuning-f, child-tuning-d, fish or diff-pruning")
+      ->add_option(
+          "--method", t->method,
+          "full, frozen, bitfit, child-tuning-f, child-tuning-d, fish, diff-pruning or far")
       ->capture_default_str();
   train->add_option("--bias-terms", t->bias_terms,
                     "bitfit: comma-separated bias groups, e.g. query,intermediate (default all)");
@@ -466,6 +513,10 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   train->add_option("--fisher-samples", t->fisher_samples,
                     "fish: training examples for the Fisher (default 1024)");
   train->add_option("--fisher", t->fisher, "fish: empirical (gold labels) or expected Fisher");
+  train->add_option("--priming", t->priming,
+                    "far: share of the steps that prime every FFN weight (default 0.1)");
+  train->add_option("--learned-fraction", t->learned_fraction,
+                    "far: share of each FFN's nodes that train after priming (default 0.1)");
   train
       ->add_option("--finetune-lr", t->finetune_lr,
                    "diff-pruning: learning rate of the fixed-mask stage (--lr is stage 1's)")

@@ -8,6 +8,7 @@
 #include "deltatune/methods/child_tuning_d.h"
 #include "deltatune/methods/child_tuning_f.h"
 #include "deltatune/methods/diff_pruning.h"
+#include "deltatune/methods/far.h"
 #include "deltatune/methods/fish_mask.h"
 #include "deltatune/methods/frozen.h"
 #include "deltatune/methods/full.h"
@@ -81,6 +82,7 @@ Footprint footprint(Method& method, model::SequenceClassifierImpl& model) {
     if (item.key().rfind("classifier.", 0) != 0) f.encoder += n;
     if (item.value().requires_grad()) f.trainable += n;
   }
+  if (auto settled = method.settled_trainable(model)) f.trainable = *settled;
   const std::optional<int64_t> budget = method.sparse_budget(model);
   for (const auto& [name, kind] : method.stored_parameters(model)) {
     if (kind == StorageKind::kSparse && budget) continue;
@@ -96,7 +98,8 @@ Footprint footprint(Method& method, model::SequenceClassifierImpl& model) {
 }
 
 std::vector<std::string> method_names() {
-  return {"full", "frozen", "bitfit", "child-tuning-f", "child-tuning-d", "fish", "diff-pruning"};
+  return {"full",           "frozen", "bitfit",       "child-tuning-f",
+          "child-tuning-d", "fish",   "diff-pruning", "far"};
 }
 
 std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::json& options) {
@@ -145,6 +148,13 @@ std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::jso
     o.left = option_or(options, "left", o.left);
     o.right = option_or(options, "right", o.right);
     return std::make_unique<DiffPruning>(o);
+  }
+  if (name == "far") {
+    check_options(name, options, {"priming_fraction", "learned_fraction"});
+    FarOptions o;
+    o.priming_fraction = option_or(options, "priming_fraction", o.priming_fraction);
+    o.learned_fraction = option_or(options, "learned_fraction", o.learned_fraction);
+    return std::make_unique<Far>(o);
   }
   std::string known;
   for (const auto& n : method_names()) known += (known.empty() ? "" : ", ") + n;

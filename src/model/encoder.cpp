@@ -11,15 +11,15 @@
 
 namespace deltatune::model {
 
-namespace {
-
-at::Tensor activate(const at::Tensor& x, const std::string& name) {
+at::Tensor activation(const at::Tensor& x, const std::string& name) {
   if (name == "gelu") return at::gelu(x);
   if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast")
     return at::gelu(x, "tanh");
   if (name == "relu") return at::relu(x);
   return at::silu(x);  // "silu" / "swish"; config.cpp admits no other name
 }
+
+namespace {
 
 torch::nn::LayerNorm make_layer_norm(int64_t size, double eps) {
   return torch::nn::LayerNorm(torch::nn::LayerNormOptions({size}).eps(eps));
@@ -167,7 +167,11 @@ SublayerOutputImpl::SublayerOutputImpl(const EncoderConfig& config, int64_t in_f
 }
 
 at::Tensor SublayerOutputImpl::forward(const at::Tensor& hidden, const at::Tensor& residual) {
-  at::Tensor h = dropout->forward(dense->forward(hidden));
+  return finish(dense->forward(hidden), residual);
+}
+
+at::Tensor SublayerOutputImpl::finish(const at::Tensor& projected, const at::Tensor& residual) {
+  at::Tensor h = dropout->forward(projected);
   if (adapter_) h = adapter_->forward(h);
   return layer_norm(LayerNorm, h + residual);
 }
@@ -196,7 +200,7 @@ IntermediateImpl::IntermediateImpl(const EncoderConfig& config) : activation_(co
 }
 
 at::Tensor IntermediateImpl::forward(const at::Tensor& hidden) {
-  return activate(dense->forward(hidden), activation_);
+  return activation(dense->forward(hidden), activation_);
 }
 
 LayerImpl::LayerImpl(const EncoderConfig& config) {
@@ -209,7 +213,19 @@ at::Tensor LayerImpl::forward(const at::Tensor& hidden, const at::Tensor& additi
                               const at::Tensor& prefix_keys, const at::Tensor& prefix_values) {
   at::Tensor attended = attention->output->forward(
       attention->self->forward(hidden, additive_mask, prefix_keys, prefix_values), hidden);
+  if (feed_forward_) return output->finish(feed_forward_->forward(attended), attended);
   return output->forward(intermediate->forward(attended), attended);
+}
+
+void LayerImpl::set_feed_forward(std::shared_ptr<FeedForward> feed_forward) {
+  clear_feed_forward();
+  feed_forward_ = register_module("feed_forward", std::move(feed_forward));
+}
+
+void LayerImpl::clear_feed_forward() {
+  if (!feed_forward_) return;
+  unregister_module("feed_forward");
+  feed_forward_.reset();
 }
 
 PoolerImpl::PoolerImpl(const EncoderConfig& config) {

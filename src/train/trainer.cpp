@@ -62,6 +62,19 @@ void restore(model::SequenceClassifierImpl& model,
   }
 }
 
+data::BatchOptions training_batches(const TrainConfig& config) {
+  data::BatchOptions options;
+  options.batch_size = static_cast<size_t>(config.batch_size);
+  options.shuffle = true;
+  options.group_by_length = config.group_by_length;
+  options.seed = config.seed;
+  return options;
+}
+
+int64_t steps_per_epoch(int64_t batches_per_epoch, const TrainConfig& config) {
+  return std::max<int64_t>(1, batches_per_epoch / config.gradient_accumulation);
+}
+
 int64_t real_tokens(const data::Batch& batch) {
   return batch.input.attention_mask.sum().item<int64_t>();
 }
@@ -83,7 +96,9 @@ json TrainConfig::to_json() const {
           {"early_stopping_patience", early_stopping_patience},
           {"seed", seed},
           {"bf16", bf16},
-          {"group_by_length", group_by_length}};
+          {"group_by_length", group_by_length},
+          {"prior_steps", prior_steps},
+          {"schedule_steps", schedule_steps}};
 }
 
 json Evaluation::to_json() const {
@@ -148,6 +163,12 @@ Evaluation evaluate(model::SequenceClassifierImpl& model, const data::TaskSpec& 
   return result;
 }
 
+int64_t planned_steps(const data::EncodedDataset& train, const TrainConfig& config) {
+  if (config.max_steps > 0) return config.max_steps;
+  data::Batcher batcher(train, training_batches(config));
+  return steps_per_epoch(static_cast<int64_t>(batcher.batches_per_epoch()), config) * config.epochs;
+}
+
 Trainer::Trainer(model::SequenceClassifier model, methods::Method& method, data::TaskSpec task,
                  TrainConfig config)
     : model_(std::move(model)),
@@ -192,19 +213,13 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   auto& model = *model_;
   if (!config_.run_dir.empty()) fs::create_directories(config_.run_dir);
 
-  data::BatchOptions batch_options;
-  batch_options.batch_size = static_cast<size_t>(config_.batch_size);
-  batch_options.shuffle = true;
-  batch_options.group_by_length = config_.group_by_length;
-  batch_options.seed = config_.seed;
-  data::Batcher batcher(train, batch_options);
+  data::Batcher batcher(train, training_batches(config_));
   const int64_t batches_per_epoch = static_cast<int64_t>(batcher.batches_per_epoch());
-  const int64_t steps_per_epoch =
-      std::max<int64_t>(1, batches_per_epoch / config_.gradient_accumulation);
-  const int64_t total_steps =
-      config_.max_steps > 0 ? config_.max_steps : steps_per_epoch * config_.epochs;
-  const int64_t epochs = (total_steps + steps_per_epoch - 1) / steps_per_epoch;
-  const int64_t warmup_steps = static_cast<int64_t>(std::ceil(config_.warmup_ratio * total_steps));
+  const int64_t epoch_steps = steps_per_epoch(batches_per_epoch, config_);
+  const int64_t total_steps = planned_steps(train, config_);
+  const int64_t run_steps = config_.schedule_steps > 0 ? config_.schedule_steps : total_steps;
+  const int64_t epochs = (config_.prior_steps + total_steps + epoch_steps - 1) / epoch_steps;
+  const int64_t warmup_steps = static_cast<int64_t>(std::ceil(config_.warmup_ratio * run_steps));
   const Schedule schedule = parse_schedule(config_.schedule);
 
   // Methods that choose what trains from gradients (Fisher) do so here, on the
@@ -240,7 +255,9 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   std::map<std::string, at::Tensor> best_parameters;
   double best_main = -std::numeric_limits<double>::infinity();
   int64_t evals_without_improvement = 0;
-  int64_t start_epoch = 0, start_batch = 0;
+  const int64_t prior_batches = config_.prior_steps * config_.gradient_accumulation;
+  int64_t start_epoch = prior_batches / batches_per_epoch;
+  int64_t start_batch = prior_batches % batches_per_epoch;
 
   if (resume) {
     const fs::path dir = config_.run_dir / "checkpoint";
@@ -365,7 +382,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
 
       method_.on_backward(model, optimizer.steps());
       if (config_.max_grad_norm > 0) clip_grad_norm(parameters, config_.max_grad_norm);
-      optimizer.step(lr_multiplier(schedule, optimizer.steps(), warmup_steps, total_steps));
+      optimizer.step(lr_multiplier(schedule, config_.prior_steps + optimizer.steps(), warmup_steps,
+                                   run_steps));
       optimizer.zero_grad();
 
       const double elapsed =

@@ -58,6 +58,26 @@ TEST(BitFit, SubsetTrainsQueryAndIntermediateBiases) {
         << n;
 }
 
+TEST(Far, PrimesTheFfnAndCountsItsLearnedNodesInTheFootprint) {
+  auto loaded = minilm();
+  auto method = make_method("far", {{"learned_fraction", 0.25}});
+  method->attach(*loaded.model);
+  // Priming: W1, b1, W2, b2 of the 6 FFNs and the head.
+  EXPECT_EQ(count(*loaded.model, trainable(*loaded.model)),
+            6 * (1536 * 384 + 1536 + 384 * 1536 + 384) + 770);
+  auto fresh = minilm();
+  Footprint f = footprint(*make_method("far", {{"learned_fraction", 0.25}}), *fresh.model);
+  // After priming: 384 of 1536 nodes per layer (row of W1, bias, column of
+  // W2), every b2, the head; the nodes stored sparse (value + int32 index).
+  const int64_t nodes = 6 * 384 * (2 * 384 + 1);
+  EXPECT_EQ(f.trainable, nodes + 6 * 384 + 770);
+  EXPECT_EQ(f.stored_values, nodes + 6 * 384 + 770);
+  EXPECT_EQ(f.stored_bytes, nodes * 8 + (6 * 384 + 770) * 4);
+  EXPECT_THROW(make_method("far", {{"priming_fraction", 1.0}}), Error);
+  EXPECT_THROW(make_method("far", {{"learned_fraction", 0.0}}), Error);
+  EXPECT_THROW(make_method("far", {{"nodes", 3}}), Error);
+}
+
 TEST(Methods, FullAndFrozenAndUnknownOptions) {
   auto loaded = minilm();
   make_method("frozen")->attach(*loaded.model);

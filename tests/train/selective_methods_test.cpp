@@ -8,6 +8,7 @@
 #include "deltatune/data/glue.h"
 #include "deltatune/methods/child_tuning_d.h"
 #include "deltatune/methods/diff_pruning.h"
+#include "deltatune/methods/far.h"
 #include "deltatune/methods/method.h"
 #include "deltatune/text/tokenizer.h"
 #include "deltatune/train/task_model.h"
@@ -220,6 +221,142 @@ TEST(SelectiveMethods, DiffPruningEndsWithExactlyTheTargetNumberOfChangedEntries
   methods::Delta delta = build_delta(base, *task_model, method, d.task, 48, fixed, last);
   auto restored = model_from_delta(base, delta);
   EXPECT_EQ(evaluate(*restored, d.task, d.dev, 64, false).metrics.main, last.best.metrics.main);
+}
+
+// W1, b1, W2 of layer `i`, by the model's names.
+struct FeedForwardNames {
+  std::string up_weight, up_bias, down_weight, down_bias;
+};
+FeedForwardNames ffn_names(int64_t i) {
+  const std::string p = "bert.encoder.layer." + std::to_string(i) + ".";
+  return {p + "intermediate.dense.weight", p + "intermediate.dense.bias", p + "output.dense.weight",
+          p + "output.dense.bias"};
+}
+
+// Priming for 3 steps at a rate that moves the FFN, as the CLI's first stage.
+methods::Far primed_far(model::SequenceClassifier& task_model, const Data& d) {
+  methods::FarOptions options;
+  options.learned_fraction = 0.1;
+  methods::Far method(options);
+  method.attach(*task_model);
+  TrainConfig priming = short_run(1e-3);
+  priming.max_steps = 3;
+  priming.schedule_steps = 8;
+  Trainer(task_model, method, d.task, priming).fit(d.train, d.dev);
+  return method;
+}
+
+TEST(SelectiveMethods, FarSplitsEveryFfnIntoLearnedAndFrozenNodesThatComputeTheUnsplitLayer) {
+  const Data& d = sst2_sample();
+  BaseModel base = load_base(test::minilm_dir());
+  auto task_model = make_task_model(base, 2, 1);
+  methods::Far method = primed_far(task_model, d);
+  const int64_t layers = task_model->config().num_hidden_layers;
+  const int64_t nodes = task_model->config().intermediate_size;
+  const int64_t k = method.learned_per_layer(*task_model);
+  EXPECT_EQ(k, std::llround(0.1 * nodes));
+
+  // The learning metric, computed here from the base checkpoint.
+  auto params = task_model->named_parameters(true);
+  std::map<std::string, at::Tensor> primed;
+  std::vector<at::Tensor> expected_learned;
+  for (int64_t i = 0; i < layers; ++i) {
+    const FeedForwardNames n = ffn_names(i);
+    for (const auto& name : {n.up_weight, n.up_bias, n.down_weight})
+      primed[name] = params[name].detach().clone();
+    auto initial = [&](const std::string& name) { return base.checkpoint.at(name.substr(5)); };
+    at::Tensor metric = (primed[n.up_weight] - initial(n.up_weight)).abs().sum(1) +
+                        (primed[n.up_bias] - initial(n.up_bias)).abs() +
+                        (primed[n.down_weight] - initial(n.down_weight)).abs().sum(0);
+    ASSERT_GT(metric.max().item<float>(), 0.0f);
+    at::Tensor top = std::get<1>(metric.topk(k));
+    expected_learned.push_back(std::get<0>(top.sort()));
+  }
+
+  EXPECT_EQ(method.reconfigure(*task_model), k * layers);
+  for (int64_t i = 0; i < layers; ++i)
+    EXPECT_TRUE(method.learned_nodes()[i].equal(expected_learned[i])) << "layer " << i;
+  // What trains now: the learned nodes, every b2 and the head, and nothing else.
+  int64_t trainable = 0;
+  for (const auto& item : task_model->named_parameters(true))
+    if (item.value().requires_grad()) trainable += item.value().numel();
+  EXPECT_EQ(trainable, *method.settled_trainable(*task_model));
+  EXPECT_FALSE(task_model->named_parameters(true)[ffn_names(0).up_weight].requires_grad());
+  ASSERT_NE(task_model->named_parameters(true).find(
+                "bert.encoder.layer.0.feed_forward.learned_up.weight"),
+            nullptr);
+
+  at::Tensor split_logits = predict_logits(*task_model, d.dev, 64, false);
+  method.restore_layout(*task_model);
+  at::Tensor plain_logits = predict_logits(*task_model, d.dev, 64, false);
+  EXPECT_TRUE(at::allclose(split_logits, plain_logits, 1e-5, 1e-5))
+      << (split_logits - plain_logits).abs().max().item<float>();
+
+  // Back in the ordinary layout: learned nodes as primed, frozen nodes as the base.
+  params = task_model->named_parameters(true);
+  for (int64_t i = 0; i < layers; ++i) {
+    const FeedForwardNames n = ffn_names(i);
+    at::Tensor learned = expected_learned[i];
+    at::Tensor frozen_mask = at::ones({nodes}, at::kBool).index_fill_(0, learned, false);
+    at::Tensor frozen = frozen_mask.nonzero().squeeze(1);
+    auto initial = [&](const std::string& name) { return base.checkpoint.at(name.substr(5)); };
+    EXPECT_TRUE(params[n.up_weight]
+                    .index_select(0, learned)
+                    .equal(primed[n.up_weight].index_select(0, learned)));
+    EXPECT_TRUE(params[n.up_weight].index_select(0, frozen).equal(
+        initial(n.up_weight).index_select(0, frozen)));
+    EXPECT_TRUE(params[n.up_bias].index_select(0, frozen).equal(
+        initial(n.up_bias).index_select(0, frozen)));
+    EXPECT_TRUE(params[n.down_weight]
+                    .index_select(1, learned)
+                    .equal(primed[n.down_weight].index_select(1, learned)));
+    EXPECT_TRUE(params[n.down_weight].index_select(1, frozen).equal(
+        initial(n.down_weight).index_select(1, frozen)));
+  }
+}
+
+TEST(SelectiveMethods, FarTrainsOnlyItsLearnedNodesAfterPrimingAndItsDeltaReproducesTheModel) {
+  const Data& d = sst2_sample();
+  BaseModel base = load_base(test::minilm_dir());
+  auto task_model = make_task_model(base, 2, 1);
+  methods::Far method = primed_far(task_model, d);
+  method.reconfigure(*task_model);
+  std::vector<at::Tensor> learned = method.learned_nodes();
+  TrainConfig rest = short_run(1e-3);
+  rest.max_steps = 5;
+  rest.prior_steps = 3;
+  rest.schedule_steps = 8;
+  TrainResult result = Trainer(task_model, method, d.task, rest).fit(d.train, d.dev);
+  EXPECT_EQ(result.steps, 5);
+  // The frozen sub-layers computed no weight gradient.
+  auto params = task_model->named_parameters(true);
+  for (int64_t i = 0; i < task_model->config().num_hidden_layers; ++i) {
+    EXPECT_FALSE(params[ffn_names(i).up_weight].grad().defined());
+    EXPECT_FALSE(params[ffn_names(i).down_weight].grad().defined());
+  }
+  method.restore_layout(*task_model);
+
+  // Outside the learned nodes, b2 and the head nothing differs from the base.
+  int64_t changed_learned = 0;
+  for (const auto& [name, changed] : changed_entries(base, *task_model)) {
+    at::Tensor allowed = at::zeros_like(changed);
+    for (int64_t i = 0; i < task_model->config().num_hidden_layers; ++i) {
+      const FeedForwardNames n = ffn_names(i);
+      if (name == n.up_weight || name == n.up_bias) allowed.index_fill_(0, learned[i], true);
+      if (name == n.down_weight) allowed.index_fill_(1, learned[i], true);
+      if (name == n.down_bias) allowed.fill_(true);
+    }
+    EXPECT_EQ(changed.logical_and(allowed.logical_not()).sum().item<int64_t>(), 0) << name;
+    if (name.find("intermediate.dense.weight") != std::string::npos)
+      changed_learned += changed.sum().item<int64_t>();
+  }
+  EXPECT_GT(changed_learned, 0);
+
+  methods::Delta delta = build_delta(base, *task_model, method, d.task, 48, rest, result);
+  EXPECT_LE(delta.stored_values(), *method.settled_trainable(*task_model));
+  auto restored = model_from_delta(base, delta);
+  EXPECT_EQ(evaluate(*restored, d.task, d.dev, 64, false).metrics.main,
+            evaluate(*task_model, d.task, d.dev, 64, false).metrics.main);
 }
 
 }  // namespace

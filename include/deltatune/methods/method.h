@@ -70,6 +70,13 @@ class Method {
     return std::nullopt;
   }
 
+  // How many values train once the method has settled, when that differs
+  // from what attach() leaves trainable (FAR: its learned nodes after priming).
+  virtual std::optional<int64_t> settled_trainable(
+      const model::SequenceClassifierImpl& /*model*/) const {
+    return std::nullopt;
+  }
+
   // Before every training forward pass (training = true) and before each
   // evaluation inside training (false): methods that reparameterise the
   // weights (Diff Pruning) write what the pass should see.

@@ -91,6 +91,8 @@ class SublayerOutputImpl : public torch::nn::Module {
  public:
   SublayerOutputImpl(const EncoderConfig& config, int64_t in_features);
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& residual);
+  // The same after the dense: dropout -> [adapter] -> LayerNorm(. + residual).
+  at::Tensor finish(const at::Tensor& projected, const at::Tensor& residual);
   void set_adapter(const std::string& name, std::shared_ptr<SublayerAdapter> adapter);
   void clear_adapter();
   Dense dense{nullptr};
@@ -127,11 +129,22 @@ class LayerImpl : public torch::nn::Module {
   explicit LayerImpl(const EncoderConfig& config);
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
                      const at::Tensor& prefix_keys, const at::Tensor& prefix_values);
+  // Routes the FFN through `feed_forward` (registered as "feed_forward")
+  // instead of intermediate.dense and output.dense; clear_ restores them.
+  void set_feed_forward(std::shared_ptr<FeedForward> feed_forward);
+  void clear_feed_forward();
+  const std::shared_ptr<FeedForward>& feed_forward() const { return feed_forward_; }
   Attention attention{nullptr};
   Intermediate intermediate{nullptr};
   SublayerOutput output{nullptr};
+
+ private:
+  std::shared_ptr<FeedForward> feed_forward_;
 };
 TORCH_MODULE(Layer);
+
+// The FFN activation named by config.hidden_act ("gelu", "gelu_new", "relu", ...).
+at::Tensor activation(const at::Tensor& x, const std::string& name);
 
 class PoolerImpl : public torch::nn::Module {
  public:
@@ -188,7 +201,7 @@ class SequenceClassifierImpl : public torch::nn::Module {
  public:
   SequenceClassifierImpl(const EncoderConfig& config, int64_t num_labels);
   at::Tensor forward(const EncoderInput& input);  // logits [B, num_labels]
-  at::Tensor head(const EncoderOutput& encoded);   // logits from encoder output
+  at::Tensor head(const EncoderOutput& encoded);  // logits from encoder output
   int64_t num_labels() const { return num_labels_; }
   const EncoderConfig& config() const { return encoder->config(); }
   // True for the task head's parameters: "classifier.*", and for BERT the
@@ -200,7 +213,7 @@ class SequenceClassifierImpl : public torch::nn::Module {
  private:
   int64_t num_labels_;
   torch::nn::Dropout dropout_{nullptr};
-  Dense bert_classifier_{nullptr};           // BERT: "classifier"
+  Dense bert_classifier_{nullptr};              // BERT: "classifier"
   ClassificationHead two_layer_head_{nullptr};  // RoBERTa / ELECTRA: "classifier"
 };
 TORCH_MODULE(SequenceClassifier);

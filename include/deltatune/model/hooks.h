@@ -43,4 +43,13 @@ class EmbeddingInserter : public torch::nn::Module {
                                                     const at::Tensor& attention_mask) = 0;
 };
 
+// Replaces a layer's feed-forward pair x -> W2 act(W1 x + b1) + b2
+// (intermediate.dense, the activation and output.dense), ahead of the
+// output's dropout, adapter, residual and LayerNorm. FAR installs its FFN
+// split into learned and frozen sub-layers here.
+class FeedForward : public torch::nn::Module {
+ public:
+  virtual at::Tensor forward(const at::Tensor& hidden) = 0;
+};
+
 }  // namespace deltatune::model

@@ -40,6 +40,11 @@ struct TrainConfig {
   bool group_by_length = true;
   bool progress = true;
   std::filesystem::path run_dir;  // metrics.jsonl and checkpoint/ go here; empty: none
+  // When this run is a later stage of a longer one (FAR after priming): the
+  // optimizer steps the earlier stages took, and the whole run's steps. The
+  // learning-rate schedule and the data order continue from there.
+  int64_t prior_steps = 0;
+  int64_t schedule_steps = 0;  // 0: this run's own steps
   nlohmann::json to_json() const;
 };
 
@@ -71,6 +76,10 @@ at::Tensor predict_logits(model::SequenceClassifierImpl& model, const data::Enco
 // predict_logits, then the task's metrics and mean loss against the labels.
 Evaluation evaluate(model::SequenceClassifierImpl& model, const data::TaskSpec& task,
                     const data::EncodedDataset& dataset, int64_t batch_size, bool bf16);
+
+// The optimizer steps fit() takes on `train` under `config` (max_steps, or
+// every epoch's batches over gradient accumulation).
+int64_t planned_steps(const data::EncodedDataset& train, const TrainConfig& config);
 
 class Trainer {
  public:
