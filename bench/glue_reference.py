@@ -240,11 +240,19 @@ def bias_group(name):
     return None
 
 
+def is_ffn(name):
+    """W1, b1, W2, b2 of a BERT layer's FFN (FAR's priming set)."""
+    return ".encoder.layer." in name and (".intermediate.dense." in name or (
+        ".output.dense." in name and ".attention." not in name))
+
+
 def set_trainable(model, method, bias_terms):
     for name, p in model.named_parameters():
         head = name.startswith("classifier.")
-        if method == "full":
+        if method in ("full", "child-tuning-f", "child-tuning-d", "fish"):
             train = True
+        elif method == "far":
+            train = head or is_ffn(name)
         elif method == "frozen":
             train = head or ".pooler." in name
         elif method == "bitfit":
@@ -259,7 +267,109 @@ RECIPES = {  # lr, batch, epochs, schedule, warmup ratio, weight decay
     "bitfit": (1e-3, 8, 16, "constant", 0.0, 0.0),
     "frozen": (1e-3, 8, 16, "constant", 0.0, 0.0),
     "full": (2e-5, 16, 3, "linear", 0.1, 0.01),
+    "child-tuning-f": (4e-5, 16, 3, "linear", 0.1, 0.01),
+    "child-tuning-d": (4e-5, 16, 3, "linear", 0.1, 0.01),
+    "fish": (5e-5, 16, 7, "constant", 0.0, 0.0),
+    "far": (2e-5, 16, 3, "linear", 0.1, 0.01),
 }
+
+
+def lr_lambda(schedule, warmup_steps, total_steps, offset=0):
+    """HF's get_linear_schedule_with_warmup / get_constant_schedule factor at
+    step s + offset (FAR's second optimizer continues the run's schedule)."""
+    def factor(s):
+        s += offset
+        if schedule != "linear":
+            return 1.0
+        if s < warmup_steps:
+            return s / max(1, warmup_steps)
+        return max(0.0, (total_steps - s) / max(1, total_steps - warmup_steps))
+    return factor
+
+
+# --- the selective methods, the authors' way --------------------------------
+def squared_gradients(model, names, batches, batch_loss, clip_norm):
+    """Sum over `batches` of each parameter's squared gradient, in eval mode.
+    With clip_norm, each tensor's gradient is clipped on its own first, as
+    Child-Tuning's calculate_fisher calls clip_grad_norm_(params, ...)."""
+    params = dict(model.named_parameters())
+    sums = {n: torch.zeros_like(params[n]) for n in names}
+    model.eval()
+    for rows in batches:
+        model.zero_grad(set_to_none=True)
+        batch_loss(rows).backward()
+        for n in names:
+            if params[n].grad is None:
+                continue
+            if clip_norm:
+                torch.nn.utils.clip_grad_norm_([params[n]], clip_norm)
+            sums[n] += params[n].grad ** 2
+    model.zero_grad(set_to_none=True)
+    model.train()
+    return sums
+
+
+def child_tuning_d_masks(model, n_train, batch_loss, reserve_p, batch_size, clip_norm):
+    """AliceMind's calculate_fisher: encoder-layer parameters ('layer' in the
+    name), the global (1 - p) percentile of the Fisher, mask = F >= it."""
+    names = [n for n, _ in model.named_parameters() if "layer" in n]
+    batches = [list(range(s, min(n_train, s + batch_size))) for s in range(0, n_train, batch_size)]
+    fisher = squared_gradients(model, names, batches, batch_loss, clip_norm)
+    for n in fisher:
+        fisher[n] /= len(batches)
+    polar = np.percentile(torch.cat([f.flatten() for f in fisher.values()]).numpy(),
+                          (1 - reserve_p) * 100)
+    return {n: (f >= polar) for n, f in fisher.items()}
+
+
+def fish_masks(model, n_train, batch_loss, density, samples, seed):
+    """FISH's calculate_the_importance_label + create_mask_gradient: squared
+    gold-label gradients at batch size 1; the classifier always trains and
+    counts inside the budget; one global top-k over everything else."""
+    rows = list(range(n_train))
+    if samples < n_train:
+        rows = shuffled_indices(n_train, seed)[:samples]
+    params = dict(model.named_parameters())
+    names = [n for n in params if not n.startswith("classifier.")]
+    fisher = squared_gradients(model, names, [[r] for r in rows], batch_loss, 0)
+    total = sum(p.numel() for p in params.values())
+    head = sum(p.numel() for n, p in params.items() if n.startswith("classifier."))
+    keep = round(density * total) - head
+    flat = torch.cat([fisher[n].flatten() for n in names])
+    selected = torch.zeros(flat.numel(), dtype=torch.bool)
+    selected[torch.topk(flat, keep).indices] = True
+    masks, offset = {}, 0
+    for n in names:
+        masks[n] = selected[offset:offset + fisher[n].numel()].view_as(fisher[n])
+        offset += fisher[n].numel()
+    return masks
+
+
+def far_reconfigure(model, initial, learned_fraction):
+    """FAR after priming: per layer, each FFN node's L1 change since the start
+    (row of W1, entry of b1, column of W2); the top r learned, the rest reset
+    to their initial values. Returns {name: mask of entries that may train}."""
+    params = dict(model.named_parameters())
+    masks, learned_total = {}, 0
+    layers = sorted({n.split(".encoder.layer.")[1].split(".")[0] for n in initial})
+    for layer in layers:
+        prefix = next(n for n in params if f".encoder.layer.{layer}." in n).split(
+            f".encoder.layer.{layer}.")[0] + f".encoder.layer.{layer}."
+        w1, b1 = prefix + "intermediate.dense.weight", prefix + "intermediate.dense.bias"
+        w2 = prefix + "output.dense.weight"
+        with torch.no_grad():
+            metric = ((params[w1] - initial[w1]).abs().sum(1) + (params[b1] - initial[b1]).abs() +
+                      (params[w2] - initial[w2]).abs().sum(0))
+            nodes = metric.numel()
+            k = min(nodes, max(1, round(learned_fraction * nodes)))
+            learned = torch.zeros(nodes, dtype=torch.bool)
+            learned[torch.topk(metric, k).indices] = True
+            learned_total += k
+            for name, node_mask in ((w1, learned[:, None].expand_as(params[w1])),
+                                    (b1, learned), (w2, learned[None, :].expand_as(params[w2]))):
+                params[name].copy_(torch.where(node_mask, params[name], initial[name]))
+                masks[name] = node_mask.clone()
+    return masks, learned_total
 
 
 def no_decay(name):
@@ -273,7 +383,12 @@ def peak_rss_mib():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", required=True)
-    ap.add_argument("--method", default="bitfit", choices=["bitfit", "frozen", "full"])
+    ap.add_argument("--method", default="bitfit", choices=sorted(RECIPES))
+    ap.add_argument("--reserve-p", type=float, default=0.3, help="child-tuning-f/-d")
+    ap.add_argument("--density", type=float, default=0.005, help="fish")
+    ap.add_argument("--fisher-samples", type=int, default=1024, help="fish")
+    ap.add_argument("--priming", type=float, default=0.1, help="far")
+    ap.add_argument("--learned-fraction", type=float, default=0.1, help="far")
     ap.add_argument("--bias-terms", default="")
     ap.add_argument("--model", default=os.path.expanduser(
         os.path.join(os.environ.get("DELTATUNE_HOME", "~/.cache/deltatune"),
@@ -340,22 +455,50 @@ def main():
     model.classifier.weight.data.normal_(0.0, model.config.initializer_range)
     model.classifier.bias.data.zero_()
     set_trainable(model, args.method, bias_terms)
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and not no_decay(n)]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and no_decay(n)]
-    groups = [{"params": rest, "weight_decay": 0.0}]
-    if decay:
-        groups.insert(0, {"params": decay, "weight_decay": wd if wd > 0 else 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=lr, eps=1e-8)
+
+    def make_optimizer(offset=0):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        decay = [p for n, p in named if not no_decay(n)]
+        rest = [p for n, p in named if no_decay(n)]
+        groups = [{"params": rest, "weight_decay": 0.0}]
+        if decay:
+            groups.insert(0, {"params": decay, "weight_decay": wd if wd > 0 else 0.0})
+        opt = torch.optim.AdamW(groups, lr=lr, eps=1e-8)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(schedule, warmup_steps, total_steps, offset))
+        return opt, sched, [p for g in groups for p in g["params"]]
 
     lengths = [len(x) for x in train_ids]
     batches_per_epoch = math.ceil(len(train_ids) / batch)
     total_steps = args.max_steps or batches_per_epoch * epochs
     warmup_steps = math.ceil(warmup * total_steps)
-    if schedule == "linear":
-        scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
-    else:
-        scheduler = transformers.get_constant_schedule(optimizer)
-    trainable = [p for g in groups for p in g["params"]]
+    optimizer, scheduler, trainable = make_optimizer()
+
+    def batch_loss(rows):
+        x, t, m = collate(train_ids, train_types, rows)
+        y = torch.tensor([train_labels[i] for i in rows],
+                         dtype=torch.float if regression else torch.long)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(input_ids=x, token_type_ids=t, attention_mask=m).logits
+        logits = logits.float()
+        if regression:
+            return torch.nn.functional.mse_loss(logits.squeeze(-1), y)
+        return torch.nn.functional.cross_entropy(logits, y)
+
+    # Masks by parameter: applied to gradients after backward (FISH, FAR) or
+    # after clipping (Child-Tuning_D, as ChildTuningAdamW does inside step()).
+    params = dict(model.named_parameters())
+    masks_after_backward, masks_after_clip = {}, {}
+    if args.method == "child-tuning-d":
+        masks_after_clip = child_tuning_d_masks(model, len(train_ids), batch_loss, args.reserve_p,
+                                                batch, 1.0)
+    elif args.method == "fish":
+        masks_after_backward = fish_masks(model, len(train_ids), batch_loss, args.density,
+                                          args.fisher_samples, args.seed)
+    priming_steps, frozen_values, far_reconfigured = 0, {}, args.method != "far"
+    if args.method == "far":
+        priming_steps = max(1, round(args.priming * total_steps))
+        initial = {n: p.detach().clone() for n, p in model.named_parameters() if is_ffn(n)}
 
     def evaluate():
         model.eval()
@@ -383,25 +526,41 @@ def main():
             if step >= total_steps:
                 break
             start = time.perf_counter()
-            x, t, m = collate(train_ids, train_types, rows)
-            y = torch.tensor([train_labels[i] for i in rows],
-                             dtype=torch.float if regression else torch.long)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
-                logits = model(input_ids=x, token_type_ids=t, attention_mask=m).logits
-            logits = logits.float()
-            if regression:
-                loss = torch.nn.functional.mse_loss(logits.squeeze(-1), y)
-            else:
-                loss = torch.nn.functional.cross_entropy(logits, y)
+            loss = batch_loss(rows)
             loss.backward()
+            for n, mask in masks_after_backward.items():
+                if params[n].grad is not None:
+                    params[n].grad.mul_(mask)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            for n, mask in masks_after_clip.items():
+                if params[n].grad is not None:
+                    params[n].grad.mul_(mask)
+            if args.method == "child-tuning-f":
+                for p in trainable:
+                    if p.grad is not None:
+                        p.grad.mul_(torch.bernoulli(torch.full_like(p.grad, args.reserve_p))
+                                    / args.reserve_p)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():  # FAR: frozen nodes stay as reset (no decay either)
+                for n, values in frozen_values.items():
+                    params[n].copy_(torch.where(masks_after_backward[n], params[n], values))
+            m = torch.tensor([[len(train_ids[i])] for i in rows])
             train_seconds += time.perf_counter() - start
             tokens += int(m.sum())
             step += 1
-        if not args.no_eval:
+            if not far_reconfigured and step == priming_steps:
+                # The learned nodes train on from here with a fresh optimizer,
+                # the schedule continuing; the frozen ones keep their reset values.
+                masks_after_backward, learned_nodes = far_reconfigure(
+                    model, initial, args.learned_fraction)
+                frozen_values = {n: params[n].detach().clone() for n in masks_after_backward}
+                for n, p in params.items():
+                    p.grad = None
+                optimizer, scheduler, trainable = make_optimizer(offset=priming_steps)
+                far_reconfigured = True
+        if not args.no_eval and far_reconfigured:
             result = evaluate()
             history.append({"step": step, **result})
             if best is None or result[main_metric] > best[main_metric]:

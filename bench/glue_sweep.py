@@ -39,7 +39,7 @@ METHODS = {
     "far": ("far", ""),
 }
 # Methods deltatune runs that the reference runner does not implement.
-OURS_ONLY = {"child-tuning-f", "child-tuning-d", "fish", "diff-pruning", "far"}
+OURS_ONLY = {"diff-pruning"}
 
 
 def run_child(cmd, env):

@@ -16,7 +16,7 @@ void ChildTuningF::attach(model::SequenceClassifierImpl& model) {
   for (auto& p : model.parameters(true)) p.requires_grad_(true);
 }
 
-void ChildTuningF::on_backward(model::SequenceClassifierImpl& model, int64_t /*step*/) {
+void ChildTuningF::before_step(model::SequenceClassifierImpl& model, int64_t /*step*/) {
   at::NoGradGuard no_grad;
   for (auto& p : model.parameters(true)) {
     at::Tensor grad = p.mutable_grad();

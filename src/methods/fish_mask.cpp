@@ -58,6 +58,15 @@ void FishMask::prepare(model::SequenceClassifierImpl& model, const Preparation& 
   masks_ = top_k_masks(fisher, *sparse_budget(model));
 }
 
+void FishMask::on_backward(model::SequenceClassifierImpl& model, int64_t /*step*/) {
+  at::NoGradGuard no_grad;
+  auto params = model.named_parameters(true);
+  for (const auto& [name, mask] : masks_) {
+    at::Tensor grad = params[name].mutable_grad();
+    if (grad.defined()) grad.mul_(mask);
+  }
+}
+
 std::vector<std::pair<std::string, StorageKind>> FishMask::stored_parameters(
     const model::SequenceClassifierImpl& model) const {
   std::vector<std::pair<std::string, StorageKind>> stored;

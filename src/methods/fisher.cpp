@@ -22,15 +22,15 @@ std::vector<at::Tensor> gradients(const at::Tensor& loss, const std::vector<at::
   return grads;
 }
 
+// Each tensor's gradient to at most max_norm on its own, with
+// torch.nn.utils.clip_grad_norm_'s factor, as Child-Tuning's calculate_fisher
+// calls clip_grad_norm_(params, max_grad_norm) per parameter.
 void clip_to_norm(std::vector<at::Tensor>& grads, double max_norm) {
   if (max_norm <= 0) return;
-  double squares = 0;
-  for (const auto& g : grads) squares += g.pow(2).sum().item<double>();
-  const double norm = std::sqrt(squares);
-  // torch.nn.utils.clip_grad_norm_'s factor.
-  const double factor = max_norm / (norm + 1e-6);
-  if (factor >= 1) return;
-  for (auto& g : grads) g.mul_(factor);
+  for (auto& g : grads) {
+    const double factor = max_norm / (g.norm().item<double>() + 1e-6);
+    if (factor < 1) g.mul_(factor);
+  }
 }
 
 }  // namespace

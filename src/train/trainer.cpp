@@ -382,6 +382,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
 
       method_.on_backward(model, optimizer.steps());
       if (config_.max_grad_norm > 0) clip_grad_norm(parameters, config_.max_grad_norm);
+      method_.before_step(model, optimizer.steps());
       optimizer.step(lr_multiplier(schedule, config_.prior_steps + optimizer.steps(), warmup_steps,
                                    run_steps));
       optimizer.zero_grad();

@@ -67,6 +67,25 @@ TEST(Fisher, BatchGradientsAreSquaredAfterAveragingAndClipped) {
   EXPECT_NEAR(clipped.at("w").sum().item<double>(), 1e-6, 1e-9);
 }
 
+TEST(Fisher, ClippingIsPerParameterTensorAsChildTuningDoesIt) {
+  // W as two parameters, one row each: each tensor's gradient is clipped to
+  // the norm on its own, so each contributes clip^2 (global clipping would
+  // share one clip^2 between them).
+  LinearSoftmax m;
+  at::Tensor w0 = m.w[0].clone().unsqueeze(0), w1 = m.w[1].clone().unsqueeze(0);
+  ExampleForward forward = [&](const std::vector<std::size_t>& rows) {
+    std::vector<int64_t> index(rows.begin(), rows.end());
+    at::Tensor pick = at::tensor(index, at::kLong);
+    return std::make_pair(at::matmul(m.x.index_select(0, pick), at::cat({w0, w1}).t()),
+                          m.y.index_select(0, pick));
+  };
+  FisherOptions options;
+  options.clip_norm = 1e-3;
+  auto clipped = diagonal_fisher({{"w0", w0}, {"w1", w1}}, 3, forward, options);
+  EXPECT_NEAR(clipped.at("w0").sum().item<double>(), 1e-6, 1e-9);
+  EXPECT_NEAR(clipped.at("w1").sum().item<double>(), 1e-6, 1e-9);
+}
+
 TEST(Fisher, ExpectedLabelFisherWeightsEveryClassByItsProbability) {
   LinearSoftmax m;
   FisherOptions options;

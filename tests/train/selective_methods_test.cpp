@@ -162,7 +162,7 @@ TEST(SelectiveMethods, ChildTuningFKeepsAShareReserveOfGradientEntriesScaledUp) 
   for (const auto& item : task_model->named_parameters(true))
     before[item.key()] = item.value().grad().clone();
   at::manual_seed(7);
-  method->on_backward(*task_model, 0);
+  method->before_step(*task_model, 0);
   int64_t kept = 0, nonzero = 0;
   for (const auto& item : task_model->named_parameters(true)) {
     const at::Tensor& g0 = before.at(item.key());

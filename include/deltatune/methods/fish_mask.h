@@ -17,6 +17,10 @@ class FishMask : public Method {
   void attach(model::SequenceClassifierImpl& model) override;
   void prepare(model::SequenceClassifierImpl& model, const Preparation& data) override;
   std::map<std::string, at::Tensor> gradient_masks() const override { return masks_; }
+  // Zeroes masked-out gradient entries right after backward, before clipping,
+  // as the authors' SparseUpdateTrainer.training_step does (so the clipping
+  // norm is the masked gradient's).
+  void on_backward(model::SequenceClassifierImpl& model, int64_t step) override;
   std::optional<int64_t> sparse_budget(const model::SequenceClassifierImpl& model) const override;
   std::vector<std::pair<std::string, StorageKind>> stored_parameters(
       const model::SequenceClassifierImpl& model) const override;

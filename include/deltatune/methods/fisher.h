@@ -26,7 +26,7 @@ struct FisherOptions {
   // Labels drawn from the model instead of gold (the "true" Fisher): each
   // class's squared gradient of log p(c|x) weighted by p(c|x).
   bool expected_labels = false;
-  double clip_norm = 0;  // each gradient clipped to this L2 norm first (Child-Tuning_D); 0: off
+  double clip_norm = 0;  // each tensor's gradient clipped to this L2 norm first (CT_D); 0: off
   uint64_t seed = 0;     // which examples, when fewer than all
 };
 

@@ -84,6 +84,9 @@ class Method {
 
   // After backward, before clipping and the optimizer step (gradient masks).
   virtual void on_backward(model::SequenceClassifierImpl& /*model*/, int64_t /*step*/) {}
+  // After clipping, right before the optimizer step (Child-Tuning_F's masks,
+  // which ChildTuningAdamW applies inside step(), after the trainer clipped).
+  virtual void before_step(model::SequenceClassifierImpl& /*model*/, int64_t /*step*/) {}
   // Added to the task loss (regularisers); undefined when none.
   virtual at::Tensor extra_loss(model::SequenceClassifierImpl& /*model*/) { return {}; }
 
