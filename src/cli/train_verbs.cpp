@@ -18,6 +18,7 @@
 #include "deltatune/methods/delta.h"
 #include "deltatune/methods/diff_pruning.h"
 #include "deltatune/methods/far.h"
+#include "deltatune/methods/peft_format.h"
 #include "deltatune/text/tokenizer.h"
 #include "deltatune/train/export.h"
 #include "deltatune/train/task_model.h"
@@ -146,6 +147,9 @@ Recipe recipe_for(const std::string& method) {
     return {4e-5, 16, 3, "linear", 0.1, 0.01};
   if (method == "fish") return {5e-5, 16, 7, "constant", 0.0, 0.0};
   if (method == "diff-pruning") return {1e-5, 8, 3, "constant", 0.0, 0.0};  // stage 1
+  // LoRA: the paper's RoBERTa-base GLUE recipe (MNLI's lr and epochs; per task
+  // it used 4e-4..5e-4 and 25..80 epochs), r = alpha = 8 on query and value.
+  if (method == "lora") return {5e-4, 16, 30, "linear", 0.06, 0.0};
   // FAR: full fine-tuning's recipe, priming included.
   return {2e-5, 16, 3, "linear", 0.1, 0.01};  // full fine-tuning (HF run_glue-style)
 }
@@ -158,6 +162,9 @@ struct TrainOptions {
   std::optional<size_t> fisher_samples;
   std::optional<std::string> fisher;
   std::optional<double> priming, learned_fraction;
+  std::optional<int64_t> lora_rank;
+  std::optional<double> lora_alpha, lora_dropout;
+  std::string target_modules;
   double finetune_lr = 5e-5;    // diff-pruning stage 3
   int64_t finetune_epochs = 3;  // diff-pruning stage 3
   std::string out = "runs/latest";
@@ -207,6 +214,13 @@ int run_train(TrainOptions& o) {
   method_option("--fisher", "fisher", o.fisher, {"fish"});
   method_option("--priming", "priming_fraction", o.priming, {"far"});
   method_option("--learned-fraction", "learned_fraction", o.learned_fraction, {"far"});
+  method_option("--lora-rank", "rank", o.lora_rank, {"lora"});
+  method_option("--lora-alpha", "alpha", o.lora_alpha, {"lora"});
+  method_option("--lora-dropout", "dropout", o.lora_dropout, {"lora"});
+  if (!o.target_modules.empty()) {
+    if (o.method != "lora") throw Error("--target-modules does not apply to --method " + o.method);
+    method_options["target_modules"] = split_commas(o.target_modules);
+  }
   auto method = methods::make_method(o.method, method_options);
 
   TaskData task_data = read_task_data(o.data, c.seed, true);
@@ -277,6 +291,7 @@ int run_train(TrainOptions& o) {
     priming.run_dir = fs::path(o.out) / "priming";
     priming.max_steps = priming_steps;
     priming.schedule_steps = total;
+    priming.keep_best = false;
     train::TrainResult first = run_stage(priming, false);
     stages.push_back({{"stage", "priming"},
                       {"dev", first.best.to_json()},
@@ -306,6 +321,11 @@ int run_train(TrainOptions& o) {
       train::build_delta(base, *task_model, *method, task_data.task, o.data.max_length, c, result);
   const fs::path delta_dir = fs::path(o.out) / "delta";
   delta.save(delta_dir);
+  std::optional<fs::path> peft_dir;
+  if (method->name() == "lora") {  // the same adapter in PEFT's format
+    peft_dir = fs::path(o.out) / "peft";
+    methods::save_peft_adapter(delta, *peft_dir);
+  }
   json summary = {{"task", task_data.task.name},
                   {"method", method->name()},
                   {"dev", result.best.to_json()},
@@ -317,6 +337,7 @@ int run_train(TrainOptions& o) {
                   {"delta_bytes", delta.stored_bytes()},
                   {"delta_values", delta.stored_values()}};
   if (!stages.empty()) summary["stages"] = stages;
+  if (peft_dir) summary["peft_adapter"] = peft_dir->string();
   io::write_text_atomically(fs::path(o.out) / "summary.json", summary.dump(2) + "\n");
   if (o.json_output) {
     fmt::print("{}\n", summary.dump());
@@ -346,7 +367,11 @@ int run_eval(EvalOptions& o) {
   train::BaseModel base = train::load_base(o.model_dir);
   auto task_model = train::model_from_delta(base, delta);
   data::TaskSpec task = train::task_of(delta);
-  if (o.data.task.empty() && o.data.dev_file.empty()) o.data.task = task.name;
+  if (o.data.task.empty() && o.data.dev_file.empty()) {
+    if (task.name.empty())
+      throw Error(o.delta_dir + ": the adapter does not record its task: give --task or --dev");
+    o.data.task = task.name;
+  }
   TaskData task_data = read_task_data(o.data, 0, false);
   if (task_data.task.num_labels() != task_model->num_labels())
     throw Error("task " + task_data.task.name + " has " +
@@ -501,7 +526,7 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   train
       ->add_option(
           "--method", t->method,
-          "full, frozen, bitfit, child-tuning-f, child-tuning-d, fish, diff-pruning or far")
+          "full, frozen, bitfit, child-tuning-f, child-tuning-d, fish, diff-pruning, far or lora")
       ->capture_default_str();
   train->add_option("--bias-terms", t->bias_terms,
                     "bitfit: comma-separated bias groups, e.g. query,intermediate (default all)");
@@ -517,6 +542,14 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
                     "far: share of the steps that prime every FFN weight (default 0.1)");
   train->add_option("--learned-fraction", t->learned_fraction,
                     "far: share of each FFN's nodes that train after priming (default 0.1)");
+  train->add_option("--lora-rank", t->lora_rank, "lora: rank r (default 8)");
+  train->add_option("--lora-alpha", t->lora_alpha,
+                    "lora: alpha; the update is scaled by alpha/r (default 8)");
+  train->add_option("--lora-dropout", t->lora_dropout,
+                    "lora: dropout on the branch input (default 0)");
+  train->add_option(
+      "--target-modules", t->target_modules,
+      "lora: comma-separated Dense layer names or name suffixes (default query,value)");
   train
       ->add_option("--finetune-lr", t->finetune_lr,
                    "diff-pruning: learning rate of the fixed-mask stage (--lr is stage 1's)")

@@ -1,5 +1,7 @@
 #include "deltatune/methods/delta.h"
 
+#include "deltatune/methods/peft_format.h"
+
 #include <ATen/ATen.h>
 
 #include "deltatune/error.h"
@@ -80,7 +82,10 @@ void Delta::save(const fs::path& dir) const {
 
 Delta Delta::load(const fs::path& dir) {
   const fs::path json_path = dir / "delta.json";
-  if (!fs::exists(json_path)) throw Error(dir.string() + ": not a delta (no delta.json)");
+  if (!fs::exists(json_path)) {
+    if (is_peft_adapter(dir)) return load_peft_adapter(dir);
+    throw Error(dir.string() + ": not a delta (no delta.json, nor a PEFT adapter_config.json)");
+  }
   json document;
   try {
     document = json::parse(io::read_text_file(json_path));

@@ -12,6 +12,7 @@
 #include "deltatune/methods/fish_mask.h"
 #include "deltatune/methods/frozen.h"
 #include "deltatune/methods/full.h"
+#include "deltatune/methods/lora.h"
 
 namespace deltatune::methods {
 
@@ -155,6 +156,15 @@ std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::jso
     o.priming_fraction = option_or(options, "priming_fraction", o.priming_fraction);
     o.learned_fraction = option_or(options, "learned_fraction", o.learned_fraction);
     return std::make_unique<Far>(o);
+  }
+  if (name == "lora") {
+    check_options(name, options, {"rank", "alpha", "dropout", "target_modules"});
+    LoraOptions o;
+    o.rank = option_or(options, "rank", o.rank);
+    o.alpha = option_or(options, "alpha", o.alpha);
+    o.dropout = option_or(options, "dropout", o.dropout);
+    o.target_modules = option_or(options, "target_modules", o.target_modules);
+    return std::make_unique<Lora>(o);
   }
   std::string known;
   for (const auto& n : method_names()) known += (known.empty() ? "" : ", ") + n;

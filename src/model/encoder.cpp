@@ -55,7 +55,8 @@ DenseImpl::DenseImpl(int64_t in_features, int64_t out_features, bool with_bias) 
 
 at::Tensor DenseImpl::forward(const at::Tensor& input) {
   at::Tensor output = model::linear(input, model::weight_operand({weight}), bias);
-  for (auto& [name, delta] : deltas_) output = output + delta->forward(input);
+  for (auto& [name, delta] : deltas_)
+    if (at::Tensor added = delta->forward(input); added.defined()) output = output + added;
   return output;
 }
 

@@ -108,7 +108,8 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
       grad_x = grad_x.view(sizes);
     }
     if (ctx->needs_input_grad(1)) {  // dW = dY^T X
-      grad_w = at::zeros({n, k}, grad.options());
+      // The product overwrites every entry; only an empty batch needs zeros.
+      grad_w = m > 0 ? at::empty({n, k}, grad.options()) : at::zeros({n, k}, grad.options());
       if (m > 0)
         matmul(grad.data_ptr<float>(), /*a_transposed=*/true, x2d.data_ptr<float>(), false, nullptr,
                grad_w.data_ptr<float>(), n, m, k);

@@ -33,7 +33,8 @@ const char* kTokenizerFiles[] = {
 void export_hf_directory(const BaseModel& base, const methods::Delta& delta, const fs::path& out) {
   if (fs::exists(out) && !fs::is_empty(out))
     throw Error(out.string() + " exists and is not empty: choose a new directory");
-  auto task_model = model_from_delta(base, delta);
+  // LoRA and the like: their modules merge into the weights HF loads.
+  auto task_model = model_from_delta(base, delta, /*fold=*/true);
 
   model::EncoderConfig config = base.config;
   const auto labels = delta.meta.value("label_names", std::vector<std::string>{});

@@ -95,17 +95,31 @@ methods::Delta build_delta(const BaseModel& base, model::SequenceClassifierImpl&
   return delta;
 }
 
-model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta) {
+std::unique_ptr<methods::Method> method_of(const methods::Delta& delta) {
+  const json& method = delta.meta.value("method", json::object());
+  if (!method.contains("name")) throw Error("delta.json: missing field 'method.name'");
+  return methods::make_method(method["name"].get<std::string>(),
+                              method.value("config", json::object()));
+}
+
+model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta,
+                                           bool fold) {
   const json& identity = delta.meta.value("base_model", json::object());
   const std::string expected = identity.value("checksum", "");
-  if (expected != base.checksum)
+  // A PEFT adapter records only the base's name, not its weights: it is not
+  // checked here (a base of another shape still fails on the first tensor).
+  const bool verifiable = identity.value("verifiable", true);
+  if (verifiable && expected != base.checksum)
     throw Error("delta was made on base '" + identity.value("name", std::string("?")) +
                 "' (weights " + expected.substr(0, 12) + "...), not on " + base.directory.string() +
                 " (weights " + base.checksum.substr(0, 12) + "...)");
   const int64_t labels = delta.meta.value("num_labels", int64_t{0});
   if (labels < 1) throw Error("delta.json: missing field 'num_labels'");
   model::SequenceClassifier task_model = make_task_model(base, labels, 0);
+  auto method = method_of(delta);
+  method->attach_modules(*task_model);
   methods::apply_delta(delta, *task_model);
+  if (fold) method->fold_into_weights(*task_model);
   task_model->eval();
   return task_model;
 }
@@ -116,10 +130,15 @@ data::TaskSpec task_of(const methods::Delta& delta) {
   try {
     return data::find_glue_task(name);
   } catch (const Error&) {
-    const bool regression = task.value("type", "") == "regression";
+    const int64_t num_labels = delta.meta.value("num_labels", int64_t{0});
+    const bool regression =
+        task.value("type", "") == "regression" || (!task.contains("type") && num_labels == 1);
+    auto labels = delta.meta.value("label_names", std::vector<std::string>{});
+    if (labels.empty() && !regression)  // a PEFT adapter names no labels
+      for (int64_t i = 0; i < num_labels; ++i) labels.push_back("LABEL_" + std::to_string(i));
     return data::custom_task(
-        name, regression ? data::TaskType::kRegression : data::TaskType::kClassification,
-        delta.meta.value("label_names", std::vector<std::string>{}), task.value("is_pair", false));
+        name, regression ? data::TaskType::kRegression : data::TaskType::kClassification, labels,
+        task.value("is_pair", false));
   }
 }
 

@@ -97,6 +97,7 @@ json TrainConfig::to_json() const {
           {"seed", seed},
           {"bf16", bf16},
           {"group_by_length", group_by_length},
+          {"keep_best", keep_best},
           {"prior_steps", prior_steps},
           {"schedule_steps", schedule_steps}};
 }
@@ -322,7 +323,11 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     record["elapsed_s"] =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     append_metrics(record);
-    if (eval.metrics.main > best_main || best_parameters.empty()) {
+    if (!config_.keep_best) {
+      best_main = eval.metrics.main;
+      result.best = eval;
+      result.best_step = optimizer.steps();
+    } else if (eval.metrics.main > best_main || best_parameters.empty()) {
       best_main = eval.metrics.main;
       best_parameters = snapshot_trainable(model);
       result.best = eval;
@@ -333,7 +338,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     }
     bar.set_suffix(fmt::format("dev {} {:.4f} (best {:.4f})", eval.metrics.main_metric,
                                eval.metrics.main, best_main));
-    if (config_.early_stopping_patience > 0 &&
+    if (config_.keep_best && config_.early_stopping_patience > 0 &&
         evals_without_improvement >= config_.early_stopping_patience) {
       result.stopped_early = true;
       stop = true;

@@ -242,6 +242,7 @@ methods::Far primed_far(model::SequenceClassifier& task_model, const Data& d) {
   TrainConfig priming = short_run(1e-3);
   priming.max_steps = 3;
   priming.schedule_steps = 8;
+  priming.keep_best = false;
   Trainer(task_model, method, d.task, priming).fit(d.train, d.dev);
   return method;
 }

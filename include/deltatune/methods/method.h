@@ -52,6 +52,14 @@ class Method {
   // through the model's hook points. Called once, on a freshly loaded model.
   virtual void attach(model::SequenceClassifierImpl& model) = 0;
 
+  // The modules a stored delta of this method needs beyond the base model's
+  // parameters (LoRA's factors), without touching requires_grad: added to a
+  // fresh model before a delta is applied. attach() includes it.
+  virtual void attach_modules(model::SequenceClassifierImpl& /*model*/) {}
+  // Folds those modules into the ordinary weights and removes them, leaving a
+  // plain model computing the same function (export to a HF directory).
+  virtual void fold_into_weights(model::SequenceClassifierImpl& /*model*/) {}
+
   // Optimizer groups over the parameters attach() left trainable.
   virtual std::vector<ParameterGroup> parameter_groups(model::SequenceClassifierImpl& model,
                                                        double learning_rate,

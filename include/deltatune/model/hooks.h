@@ -14,6 +14,7 @@
 namespace deltatune::model {
 
 // Added to a Dense layer's output: y = x W^T + b + delta(x)  (LoRA's B A x).
+// An undefined result adds nothing (a LoRA merged into W).
 class DenseDelta : public torch::nn::Module {
  public:
   virtual at::Tensor forward(const at::Tensor& input) = 0;

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 
 #include "deltatune/data/task.h"
@@ -35,9 +36,15 @@ methods::Delta build_delta(const BaseModel& base, model::SequenceClassifierImpl&
                            const methods::Method& method, const data::TaskSpec& task,
                            size_t max_length, const TrainConfig& config, const TrainResult& result);
 
+// The method a delta was trained with, rebuilt from delta.json.
+std::unique_ptr<methods::Method> method_of(const methods::Delta& delta);
+
 // The task model a delta describes: refuses a delta made on another base
-// (checksum mismatch), then applies it.
-model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta);
+// (checksum mismatch), adds the method's modules (LoRA's), then applies it.
+// With `fold`, those modules are then merged into the ordinary weights (a
+// plain HF model, for export).
+model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta,
+                                           bool fold = false);
 
 // The task a delta was trained for (GLUE name or the custom spec it recorded).
 data::TaskSpec task_of(const methods::Delta& delta);

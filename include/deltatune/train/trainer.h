@@ -38,6 +38,9 @@ struct TrainConfig {
   uint64_t seed = 0;
   bool bf16 = false;  // bf16 autocast for forward passes; parameters and optimizer stay fp32
   bool group_by_length = true;
+  // false: the run ends with its last parameters and reports its last
+  // evaluation (FAR's priming, whose end state is what the split starts from).
+  bool keep_best = true;
   bool progress = true;
   std::filesystem::path run_dir;  // metrics.jsonl and checkpoint/ go here; empty: none
   // When this run is a later stage of a longer one (FAR after priming): the
