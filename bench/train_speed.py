@@ -58,9 +58,7 @@ def main():
     ap.add_argument("--precisions", default="fp32,bf16,bf16-plain",
                     help="bf16-plain: deltatune with plain autocast (frozen weights cast on "
                          "every forward pass, DELTATUNE_PREPARED_WEIGHTS=0); deltatune only")
-    ap.add_argument("--sides", default="ours,hf113",
-                    help="ours, ours-glibc (deltatune with glibc's default malloc "
-                         "thresholds), hf113, hflatest")
+    ap.add_argument("--sides", default="ours,hf113")
     ap.add_argument("--task", default="MRPC")
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=30, help="optimizer steps per run (MiniLM)")
@@ -89,8 +87,6 @@ def main():
                         if precision == "bf16-plain" and side != "ours":
                             continue
                         run_env = dict(env)
-                        if side == "ours-glibc":  # glibc's default malloc thresholds
-                            run_env["DELTATUNE_MALLOC_TUNING"] = "0"
                         if precision == "bf16-plain":
                             run_env["DELTATUNE_PREPARED_WEIGHTS"] = "0"
                         common = ["--task", args.task, "--method", method, "--model",
@@ -150,24 +146,7 @@ def main():
               f"| {vs_fp32} | {ours['peak_rss_mib']:.0f} "
               f"| {hf['peak_rss_mib']:.0f} | {ours['peak_rss_mib'] / hf['peak_rss_mib']:.2f} |")
     print_method_table(rows)
-    print_malloc_table(rows)
     print(f"results: {out}", file=sys.stderr)
-
-
-def print_malloc_table(rows):
-    """deltatune with its malloc thresholds against glibc's defaults."""
-    pairs = [r for r in rows if "ours" in r["sides"] and "ours-glibc" in r["sides"]]
-    if not pairs:
-        return
-    print()
-    print("| model | method | precision | tok/s tuned | tok/s glibc | speed-up | RSS MiB tuned "
-          "| RSS MiB glibc |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for r in pairs:
-        a, b = r["sides"]["ours"], r["sides"]["ours-glibc"]
-        print(f"| {r['model']} | {r['method']} | {r['precision']} | {a['tokens_per_s']:.0f} "
-              f"| {b['tokens_per_s']:.0f} | {a['tokens_per_s'] / b['tokens_per_s']:.2f}x "
-              f"| {a['peak_rss_mib']:.0f} | {b['peak_rss_mib']:.0f} |")
 
 
 def print_method_table(rows):

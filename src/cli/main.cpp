@@ -3,8 +3,6 @@
 #include <ATen/Parallel.h>
 
 #include <fmt/core.h>
-#include <malloc.h>
-
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <filesystem>
@@ -308,25 +306,7 @@ int run_download(const std::string& repo_id, std::string out, const std::string&
 
 }  // namespace
 
-namespace {
-
-// Training allocates and frees the same activation buffers (up to tens of MB)
-// every step. glibc serves blocks above its mmap threshold with fresh mmap()s
-// and trims freed heap tops, so each step faults in and the kernel zeroes
-// those pages again (~12% of a BitFit step in perf). Keeping them in the heap
-// reuses them instead; peak RSS is what the step needs either way.
-// DELTATUNE_MALLOC_TUNING=0 keeps glibc's defaults (for comparisons).
-void keep_freed_buffers() {
-  const char* setting = std::getenv("DELTATUNE_MALLOC_TUNING");
-  if (setting != nullptr && std::string(setting) == "0") return;
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's maximum on 64-bit
-  mallopt(M_TRIM_THRESHOLD, 512 << 20);
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  keep_freed_buffers();
   CLI::App app{"deltatune: parameter-efficient fine-tuning of BERT-family encoders"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "deltatune 0.1.0");

@@ -122,6 +122,14 @@ std::optional<int64_t> DiffPruning::sparse_budget(
   return std::llround(options_.density * static_cast<double>(total));
 }
 
+std::optional<int64_t> DiffPruning::settled_trainable(
+    const model::SequenceClassifierImpl& model) const {
+  int64_t non_head = 0, head = 0;
+  for (const auto& item : model.named_parameters(true))
+    (is_classifier(item.key()) ? head : non_head) += item.value().numel();
+  return 2 * non_head + head;
+}
+
 int64_t DiffPruning::project(model::SequenceClassifierImpl& model) {
   if (projected_) throw Error("diff-pruning: already projected");
   at::NoGradGuard no_grad;

@@ -72,17 +72,19 @@ void check_options(const std::string& method, const nlohmann::json& options,
 }
 
 Footprint footprint(Method& method, model::SequenceClassifierImpl& model) {
-  method.attach(model);
   Footprint f;
-  f.method = method.name();
-  f.description = method.describe();
-  auto params = model.named_parameters(true);
-  for (const auto& item : params) {
+  // Sizes of the task model itself, before the method adds modules (LoRA's).
+  for (const auto& item : model.named_parameters(true)) {
     const int64_t n = item.value().numel();
     f.total += n;
     if (item.key().rfind("classifier.", 0) != 0) f.encoder += n;
-    if (item.value().requires_grad()) f.trainable += n;
   }
+  method.attach(model);
+  f.method = method.name();
+  f.description = method.describe();
+  auto params = model.named_parameters(true);
+  for (const auto& item : params)
+    if (item.value().requires_grad()) f.trainable += item.value().numel();
   if (auto settled = method.settled_trainable(model)) f.trainable = *settled;
   const std::optional<int64_t> budget = method.sparse_budget(model);
   for (const auto& [name, kind] : method.stored_parameters(model)) {
@@ -99,8 +101,8 @@ Footprint footprint(Method& method, model::SequenceClassifierImpl& model) {
 }
 
 std::vector<std::string> method_names() {
-  return {"full",           "frozen", "bitfit",       "child-tuning-f",
-          "child-tuning-d", "fish",   "diff-pruning", "far"};
+  return {"full",         "frozen", "bitfit", "child-tuning-f", "child-tuning-d", "fish",
+          "diff-pruning", "far",    "lora"};
 }
 
 std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::json& options) {

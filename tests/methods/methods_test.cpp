@@ -78,6 +78,18 @@ TEST(Far, PrimesTheFfnAndCountsItsLearnedNodesInTheFootprint) {
   EXPECT_THROW(make_method("far", {{"nodes", 3}}), Error);
 }
 
+TEST(Footprint, LoraCountsItsFactorsAndDiffPruningItsDoubledParameters) {
+  auto for_lora = minilm();
+  Footprint lora = footprint(*make_method("lora"), *for_lora.model);
+  EXPECT_EQ(lora.encoder, 22713216);  // the task model's own encoder, without the factors
+  EXPECT_EQ(lora.trainable, 12 * 8 * (384 + 384) + 770);
+  EXPECT_EQ(lora.stored_values, lora.trainable);
+  auto for_diff = minilm();
+  Footprint diff = footprint(*make_method("diff-pruning"), *for_diff.model);
+  EXPECT_EQ(diff.trainable, 2 * 22713216 + 770);  // w and log-alpha per entry, and the head
+  EXPECT_EQ(diff.stored_values, std::llround(0.005 * 22713216) + 770);
+}
+
 TEST(Methods, FullAndFrozenAndUnknownOptions) {
   auto loaded = minilm();
   make_method("frozen")->attach(*loaded.model);

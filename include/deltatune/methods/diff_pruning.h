@@ -38,6 +38,9 @@ class DiffPruning : public Method {
   void on_backward(model::SequenceClassifierImpl& model, int64_t step) override;
   std::map<std::string, at::Tensor> gradient_masks() const override { return masks_; }
   std::optional<int64_t> sparse_budget(const model::SequenceClassifierImpl& model) const override;
+  // w and log-alpha for every non-head entry, plus the head: ~200% (stage 1).
+  std::optional<int64_t> settled_trainable(
+      const model::SequenceClassifierImpl& model) const override;
   std::vector<std::pair<std::string, StorageKind>> stored_parameters(
       const model::SequenceClassifierImpl& model) const override;
   std::string describe() const override;
