@@ -546,9 +546,8 @@ def main():
             with torch.no_grad():  # FAR: frozen nodes stay as reset (no decay either)
                 for n, values in frozen_values.items():
                     params[n].copy_(torch.where(masks_after_backward[n], params[n], values))
-            m = torch.tensor([[len(train_ids[i])] for i in rows])
             train_seconds += time.perf_counter() - start
-            tokens += int(m.sum())
+            tokens += sum(len(train_ids[i]) for i in rows)
             step += 1
             if not far_reconfigured and step == priming_steps:
                 # The learned nodes train on from here with a fresh optimizer,

@@ -250,6 +250,12 @@ int run_train(TrainOptions& o) {
 
   train::TrainResult result;
   json stages = json::array();
+  auto stage_record = [](const char* stage, const train::TrainResult& r) {
+    return json{{"stage", stage},
+                {"dev", r.best.to_json()},
+                {"steps", r.steps},
+                {"train_tokens_per_s", r.train_tokens_per_second}};
+  };
   if (auto* diff = dynamic_cast<methods::DiffPruning*>(method.get())) {
     // Stage 1 (w and log-alpha) in <out>/stage1, the projection, then the
     // fixed-mask fine-tuning in <out>.
@@ -257,10 +263,7 @@ int run_train(TrainOptions& o) {
     train::TrainConfig relaxed = c;
     relaxed.run_dir = fs::path(o.out) / "stage1";
     train::TrainResult first = run_stage(relaxed, false);
-    stages.push_back({{"stage", "relaxed"},
-                      {"dev", first.best.to_json()},
-                      {"steps", first.steps},
-                      {"train_tokens_per_s", first.train_tokens_per_second}});
+    stages.push_back(stage_record("relaxed", first));
     const int64_t kept = diff->project(*task_model);
     train::Evaluation projected =
         train::evaluate(*task_model, task_data.task, dev_set, c.eval_batch_size, c.bf16);
@@ -272,10 +275,7 @@ int run_train(TrainOptions& o) {
     fixed.learning_rate = o.finetune_lr;
     fixed.epochs = o.finetune_epochs;
     result = run_stage(fixed, false);
-    stages.push_back({{"stage", "fixed_mask"},
-                      {"dev", result.best.to_json()},
-                      {"steps", result.steps},
-                      {"train_tokens_per_s", result.train_tokens_per_second}});
+    stages.push_back(stage_record("fixed_mask", result));
   } else if (auto* far = dynamic_cast<methods::Far*>(method.get())) {
     // Priming (every FFN weight) in <out>/priming for the first p of the
     // steps, the split, then the learned nodes for the rest of one schedule
@@ -293,10 +293,7 @@ int run_train(TrainOptions& o) {
     priming.schedule_steps = total;
     priming.keep_best = false;
     train::TrainResult first = run_stage(priming, false);
-    stages.push_back({{"stage", "priming"},
-                      {"dev", first.best.to_json()},
-                      {"steps", first.steps},
-                      {"train_tokens_per_s", first.train_tokens_per_second}});
+    stages.push_back(stage_record("priming", first));
     const int64_t learned = far->reconfigure(*task_model);
     fmt::print(stderr, "far: priming dev {} {:.4f} after {} steps; {} learned FFN nodes\n",
                first.best.metrics.main_metric, first.best.metrics.main, first.steps, learned);
@@ -308,11 +305,9 @@ int run_train(TrainOptions& o) {
     far->restore_layout(*task_model);
     // The delta holds the ordinary layout; its metric is the one recorded.
     result.best = train::evaluate(*task_model, task_data.task, dev_set, c.eval_batch_size, c.bf16);
-    stages.push_back({{"stage", "learned_nodes"},
-                      {"learned_nodes", learned},
-                      {"dev", result.best.to_json()},
-                      {"steps", result.steps},
-                      {"train_tokens_per_s", result.train_tokens_per_second}});
+    json last = stage_record("learned_nodes", result);
+    last["learned_nodes"] = learned;
+    stages.push_back(last);
   } else {
     result = run_stage(c, o.resume);
   }

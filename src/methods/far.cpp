@@ -60,7 +60,8 @@ struct FeedForwardTensors {
   at::Tensor up_weight, up_bias, down_weight, down_bias;
 };
 
-FeedForwardTensors ffn_of(model::SequenceClassifierImpl& model, int64_t layer) {
+// Handles on layer `layer`'s FFN tensors (in-place changes reach the model).
+FeedForwardTensors ffn_of(const model::SequenceClassifierImpl& model, int64_t layer) {
   model::Layer l = model.encoder->layer(layer);
   return {l->intermediate->dense->weight, l->intermediate->dense->bias, l->output->dense->weight,
           l->output->dense->bias};
@@ -69,16 +70,15 @@ FeedForwardTensors ffn_of(model::SequenceClassifierImpl& model, int64_t layer) {
 // The model's names of every layer's W1, b1, W2 (sparse) and b2 (dense).
 std::vector<std::pair<std::string, StorageKind>> ffn_names(
     const model::SequenceClassifierImpl& model) {
-  auto& m = const_cast<model::SequenceClassifierImpl&>(model);
   std::map<const void*, StorageKind> kinds;
-  for (int64_t i = 0; i < m.encoder->num_layers(); ++i) {
-    FeedForwardTensors t = ffn_of(m, i);
+  for (int64_t i = 0; i < model.encoder->num_layers(); ++i) {
+    FeedForwardTensors t = ffn_of(model, i);
     for (const at::Tensor* w : {&t.up_weight, &t.up_bias, &t.down_weight})
       kinds[w->unsafeGetTensorImpl()] = StorageKind::kSparse;
     kinds[t.down_bias.unsafeGetTensorImpl()] = StorageKind::kDense;
   }
   std::vector<std::pair<std::string, StorageKind>> names;
-  for (const auto& item : m.named_parameters(true)) {
+  for (const auto& item : model.named_parameters(true)) {
     auto it = kinds.find(item.value().unsafeGetTensorImpl());
     if (it != kinds.end()) names.emplace_back(item.key(), it->second);
   }
@@ -212,7 +212,7 @@ std::optional<int64_t> Far::sparse_budget(const model::SequenceClassifierImpl& m
 
 std::optional<int64_t> Far::settled_trainable(const model::SequenceClassifierImpl& model) const {
   int64_t dense = 0;
-  auto params = const_cast<model::SequenceClassifierImpl&>(model).named_parameters(true);
+  auto params = model.named_parameters(true);
   for (const auto& [name, kind] : stored_parameters(model))
     if (kind == StorageKind::kDense) dense += params[name].numel();
   return *sparse_budget(model) + dense;

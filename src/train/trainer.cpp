@@ -217,7 +217,9 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   data::Batcher batcher(train, training_batches(config_));
   const int64_t batches_per_epoch = static_cast<int64_t>(batcher.batches_per_epoch());
   const int64_t epoch_steps = steps_per_epoch(batches_per_epoch, config_);
-  const int64_t total_steps = planned_steps(train, config_);
+  // planned_steps(), from this batcher.
+  const int64_t total_steps =
+      config_.max_steps > 0 ? config_.max_steps : epoch_steps * config_.epochs;
   const int64_t run_steps = config_.schedule_steps > 0 ? config_.schedule_steps : total_steps;
   const int64_t epochs = (config_.prior_steps + total_steps + epoch_steps - 1) / epoch_steps;
   const int64_t warmup_steps = static_cast<int64_t>(std::ceil(config_.warmup_ratio * run_steps));
