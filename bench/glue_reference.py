@@ -255,12 +255,83 @@ def set_trainable(model, method, bias_terms):
             train = head or is_ffn(name)
         elif method == "frozen":
             train = head or ".pooler." in name
+        elif method == "adapters":
+            train = head or ".adapter." in name or "LayerNorm." in name
+        elif method in PEFT_METHODS:
+            continue  # PEFT sets what trains
         elif method == "bitfit":
             group = bias_group(name) if name.endswith(".bias") else None
             train = head or (group is not None and (not bias_terms or group in bias_terms))
         else:
             sys.exit(f"unknown method {method}")
         p.requires_grad_(train)
+
+
+# --- PEFT's methods and Houlsby adapters ------------------------------------------
+# The words deltatune's `--prompt-init labels` starts a prompt from
+# (src/cli/train_verbs.cpp label_words).
+LABEL_WORDS = {"cola": ["unacceptable", "acceptable"], "sst2": ["negative", "positive"],
+               "mrpc": ["different", "equivalent"], "qqp": ["different", "duplicate"],
+               "stsb": ["similarity"]}
+
+
+class HoulsbyAdapter(torch.nn.Module):
+    """h + W_up gelu(W_down h + b_down) + b_up, weights N(0, 1e-3) truncated at
+    2 std, biases 0 (adapter-bert's feedforward_adapter)."""
+
+    def __init__(self, hidden, bottleneck, init_std=1e-3):
+        super().__init__()
+        self.down = torch.nn.Linear(hidden, bottleneck)
+        self.up = torch.nn.Linear(bottleneck, hidden)
+        for layer in (self.down, self.up):
+            torch.nn.init.trunc_normal_(layer.weight, std=init_std, a=-2 * init_std,
+                                        b=2 * init_std)
+            torch.nn.init.zeros_(layer.bias)
+
+    def forward(self, h):
+        return h + self.up(torch.nn.functional.gelu(self.down(h)))
+
+
+def add_houlsby_adapters(model, bottleneck):
+    """An adapter after each layer's attention-output and FFN-output dropout,
+    before the residual and LayerNorm (BertSelfOutput, BertOutput)."""
+    for layer in model.base_model.encoder.layer:
+        for sub in (layer.attention.output, layer.output):
+            sub.adapter = HoulsbyAdapter(model.config.hidden_size, bottleneck)
+
+            def forward(hidden_states, input_tensor, sub=sub):
+                h = sub.adapter(sub.dropout(sub.dense(hidden_states)))
+                return sub.LayerNorm(h + input_tensor)
+            sub.forward = forward
+
+
+def wrap_with_peft(model, method, args, tokenizer, task):
+    """LoRA, prefix or prompt tuning through PEFT with deltatune's settings:
+    the prefix trained through PEFT's MLP (deltatune --projection-size, with
+    --prefix-positions shifted), the prompt before [CLS] starting from the
+    class-label words (deltatune --prompt-placement start --prompt-init labels)."""
+    import peft
+    if method == "lora":
+        config = peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=8, lora_alpha=8,
+                                 lora_dropout=0.0, target_modules=["query", "value"])
+    elif method == "prefix-tuning":
+        config = peft.PrefixTuningConfig(task_type=peft.TaskType.SEQ_CLS,
+                                         num_virtual_tokens=args.virtual_tokens,
+                                         prefix_projection=args.projection_size > 0,
+                                         encoder_hidden_size=args.projection_size or None)
+    else:
+        config = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_CLS,
+                                         num_virtual_tokens=args.virtual_tokens)
+    wrapped = peft.get_peft_model(model, config)
+    if method == "prompt-tuning":
+        words = LABEL_WORDS.get(task) or [
+            name.replace("_", " ") for name in TASKS[task][4]]
+        ids = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+        ids = [ids[i % len(ids)] for i in range(args.virtual_tokens)]
+        with torch.no_grad():
+            table = model.get_input_embeddings().weight
+            wrapped.prompt_encoder["default"].embedding.weight.copy_(table[ids])
+    return wrapped
 
 
 RECIPES = {  # lr, batch, epochs, schedule, warmup ratio, weight decay
@@ -271,7 +342,12 @@ RECIPES = {  # lr, batch, epochs, schedule, warmup ratio, weight decay
     "child-tuning-d": (4e-5, 16, 3, "linear", 0.1, 0.01),
     "fish": (5e-5, 16, 7, "constant", 0.0, 0.0),
     "far": (2e-5, 16, 3, "linear", 0.1, 0.01),
+    "lora": (5e-4, 16, 30, "linear", 0.06, 0.0),
+    "prefix-tuning": (5e-3, 16, 20, "linear", 0.06, 0.0),
+    "prompt-tuning": (5e-3, 16, 20, "linear", 0.06, 0.0),
+    "adapters": (3e-4, 32, 20, "linear", 0.1, 0.01),
 }
+PEFT_METHODS = ("lora", "prefix-tuning", "prompt-tuning")
 
 
 def lr_lambda(schedule, warmup_steps, total_steps, offset=0):
@@ -390,6 +466,10 @@ def main():
     ap.add_argument("--priming", type=float, default=0.1, help="far")
     ap.add_argument("--learned-fraction", type=float, default=0.1, help="far")
     ap.add_argument("--bias-terms", default="")
+    ap.add_argument("--num-virtual-tokens", dest="virtual_tokens", type=int, default=20,
+                    help="prefix-tuning, prompt-tuning")
+    ap.add_argument("--projection-size", type=int, default=512, help="prefix-tuning (0: no MLP)")
+    ap.add_argument("--bottleneck", type=int, default=64, help="adapters")
     ap.add_argument("--model", default=os.path.expanduser(
         os.path.join(os.environ.get("DELTATUNE_HOME", "~/.cache/deltatune"),
                      "models/all-MiniLM-L6-v2")))
@@ -454,6 +534,12 @@ def main():
     torch.manual_seed(args.seed)
     model.classifier.weight.data.normal_(0.0, model.config.initializer_range)
     model.classifier.bias.data.zero_()
+    if args.method == "adapters":
+        torch.manual_seed(args.seed)
+        add_houlsby_adapters(model, args.bottleneck)
+    if args.method in PEFT_METHODS:
+        torch.manual_seed(args.seed)
+        model = wrap_with_peft(model, args.method, args, tokenizer, task)
     set_trainable(model, args.method, bias_terms)
 
     def make_optimizer(offset=0):

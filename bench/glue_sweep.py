@@ -37,6 +37,15 @@ METHODS = {
     "fish": ("fish", ""),
     "diff-pruning": ("diff-pruning", ""),
     "far": ("far", ""),
+    "lora": ("lora", ""),
+    "prefix-tuning": ("prefix-tuning", ""),
+    "prompt-tuning": ("prompt-tuning", ""),
+    "adapters": ("adapters", ""),
+}
+# deltatune's flags for the layouts PEFT computes (the reference side runs PEFT).
+PEFT_LAYOUT = {
+    "prefix-tuning": ["--prefix-positions", "shifted"],
+    "prompt-tuning": ["--prompt-placement", "start", "--prompt-init", "labels"],
 }
 # Methods deltatune runs that the reference runner does not implement.
 OURS_ONLY = {"diff-pruning"}
@@ -70,6 +79,7 @@ def command(side, args, task, method, seed, run_dir):
             cmd.append("--bf16")
         if bias_terms:
             cmd += ["--bias-terms", bias_terms]
+        cmd += PEFT_LAYOUT.get(name, [])
         if name == "diff-pruning":  # the fixed-mask stage as long as the relaxed one
             cmd += ["--finetune-epochs", str(args.epochs[method])]
         return cmd

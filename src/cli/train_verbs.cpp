@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -150,6 +151,14 @@ Recipe recipe_for(const std::string& method) {
   // LoRA: the paper's RoBERTa-base GLUE recipe (MNLI's lr and epochs; per task
   // it used 4e-4..5e-4 and 25..80 epochs), r = alpha = 8 on query and value.
   if (method == "lora") return {5e-4, 16, 30, "linear", 0.06, 0.0};
+  // Prefix and prompt tuning: AdamW at the rates PEFT's sequence-classification
+  // examples and P-Tuning v2 use for BERT-size encoders (Lester's 0.3 is for
+  // Adafactor); m = 20.
+  if (method == "prefix-tuning" || method == "prompt-tuning")
+    return {5e-3, 16, 20, "linear", 0.06, 0.0};
+  // Houlsby adapters: adapter-bert's GLUE recipe (lr 3e-4, batch 32, 20 epochs,
+  // BERT's warmup and weight decay), bottleneck 64.
+  if (method == "adapters") return {3e-4, 32, 20, "linear", 0.1, 0.01};
   // FAR: full fine-tuning's recipe, priming included.
   return {2e-5, 16, 3, "linear", 0.1, 0.01};  // full fine-tuning (HF run_glue-style)
 }
@@ -165,6 +174,10 @@ struct TrainOptions {
   std::optional<int64_t> lora_rank;
   std::optional<double> lora_alpha, lora_dropout;
   std::string target_modules;
+  std::optional<int64_t> virtual_tokens, projection_size, bottleneck;
+  std::optional<std::string> prefix_positions, prompt_placement;
+  std::string prompt_init;
+  std::string prompt_init_text;
   double finetune_lr = 5e-5;    // diff-pruning stage 3
   int64_t finetune_epochs = 3;  // diff-pruning stage 3
   std::string out = "runs/latest";
@@ -183,6 +196,42 @@ std::vector<std::string> split_commas(const std::string& text) {
   for (std::string item; std::getline(stream, item, ',');)
     if (!item.empty()) out.push_back(item);
   return out;
+}
+
+// Words a class-label initialisation reads for the GLUE tasks whose label
+// names are 0 / 1 (verbalizers in the style of Lester et al. and LM-BFF).
+std::vector<std::string> label_words(const data::TaskSpec& task) {
+  static const std::map<std::string, std::vector<std::string>> verbalizers = {
+      {"CoLA", {"unacceptable", "acceptable"}},
+      {"SST-2", {"negative", "positive"}},
+      {"MRPC", {"different", "equivalent"}},
+      {"QQP", {"different", "duplicate"}},
+      {"STS-B", {"similarity"}}};
+  if (auto it = verbalizers.find(task.name); it != verbalizers.end()) return it->second;
+  if (task.label_names.empty()) throw Error("--prompt-init labels: the task has no label names");
+  std::vector<std::string> words;
+  for (std::string name : task.label_names) {
+    std::replace(name.begin(), name.end(), '_', ' ');
+    words.push_back(name);
+  }
+  return words;
+}
+
+std::vector<int64_t> prompt_init_token_ids(const std::string& init, const std::string& init_text,
+                                           const data::TaskSpec& task,
+                                           const text::Tokenizer& tokenizer) {
+  std::string text;
+  if (init == "text") {
+    if (init_text.empty()) throw Error("--prompt-init text needs --prompt-init-text");
+    text = init_text;
+  } else {
+    for (const auto& word : label_words(task)) text += (text.empty() ? "" : " ") + word;
+  }
+  std::vector<int64_t> ids;
+  for (const auto& token : tokenizer.tokenize(text))
+    if (auto id = tokenizer.token_to_id(token)) ids.push_back(*id);
+  if (ids.empty()) throw Error("--prompt-init " + init + ": '" + text + "' gives no tokens");
+  return ids;
 }
 
 int run_train(TrainOptions& o) {
@@ -221,10 +270,34 @@ int run_train(TrainOptions& o) {
     if (o.method != "lora") throw Error("--target-modules does not apply to --method " + o.method);
     method_options["target_modules"] = split_commas(o.target_modules);
   }
-  auto method = methods::make_method(o.method, method_options);
+  method_option("--num-virtual-tokens", "length", o.virtual_tokens,
+                {"prefix-tuning", "prompt-tuning"});
+  method_option("--prefix-positions", "positions", o.prefix_positions, {"prefix-tuning"});
+  method_option("--prompt-placement", "placement", o.prompt_placement, {"prompt-tuning"});
+  method_option("--bottleneck", "bottleneck", o.bottleneck, {"adapters"});
+  if (o.projection_size) {
+    if (o.method != "prefix-tuning")
+      throw Error("--projection-size does not apply to --method " + o.method);
+    method_options["reparameterize"] = *o.projection_size > 0;
+    if (*o.projection_size > 0) method_options["projection_size"] = *o.projection_size;
+  }
+  if (!o.prompt_init.empty() && o.method != "prompt-tuning")
+    throw Error("--prompt-init does not apply to --method " + o.method);
+  if (o.method == "prefix-tuning" || o.method == "prompt-tuning" || o.method == "adapters")
+    method_options["seed"] = c.seed;  // the initialisation follows the run's seed
 
   TaskData task_data = read_task_data(o.data, c.seed, true);
   auto tokenizer = text::load_tokenizer(o.model_dir);
+  if (o.method == "prompt-tuning" && !o.prompt_init.empty()) {
+    if (o.prompt_init == "labels" || o.prompt_init == "text") {
+      method_options["init"] = "tokens";
+      method_options["init_token_ids"] =
+          prompt_init_token_ids(o.prompt_init, o.prompt_init_text, task_data.task, *tokenizer);
+    } else {
+      method_options["init"] = o.prompt_init;
+    }
+  }
+  auto method = methods::make_method(o.method, method_options);
   auto train_set = data::encode_dataset(task_data.train, *tokenizer, o.data.max_length);
   auto dev_set = data::encode_dataset(task_data.dev, *tokenizer, o.data.max_length);
   train::BaseModel base = train::load_base(o.model_dir);
@@ -312,14 +385,19 @@ int run_train(TrainOptions& o) {
     result = run_stage(c, o.resume);
   }
 
+  method->after_training(*task_model);
   methods::Delta delta =
       train::build_delta(base, *task_model, *method, task_data.task, o.data.max_length, c, result);
   const fs::path delta_dir = fs::path(o.out) / "delta";
   delta.save(delta_dir);
   std::optional<fs::path> peft_dir;
-  if (method->name() == "lora") {  // the same adapter in PEFT's format
-    peft_dir = fs::path(o.out) / "peft";
-    methods::save_peft_adapter(delta, *peft_dir);
+  if (methods::has_peft_format(method->name())) {  // the same adapter in PEFT's format
+    if (auto why_not = methods::peft_incompatibility(delta)) {
+      fmt::print(stderr, "no PEFT adapter written: {}\n", *why_not);
+    } else {
+      peft_dir = fs::path(o.out) / "peft";
+      methods::save_peft_adapter(delta, *peft_dir);
+    }
   }
   json summary = {{"task", task_data.task.name},
                   {"method", method->name()},
@@ -521,7 +599,8 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   train
       ->add_option(
           "--method", t->method,
-          "full, frozen, bitfit, child-tuning-f, child-tuning-d, fish, diff-pruning, far or lora")
+          "full, frozen, bitfit, child-tuning-f, child-tuning-d, fish, diff-pruning, far, lora, "
+          "prefix-tuning, prompt-tuning or adapters")
       ->capture_default_str();
   train->add_option("--bias-terms", t->bias_terms,
                     "bitfit: comma-separated bias groups, e.g. query,intermediate (default all)");
@@ -545,6 +624,29 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   train->add_option(
       "--target-modules", t->target_modules,
       "lora: comma-separated Dense layer names or name suffixes (default query,value)");
+  train->add_option("--num-virtual-tokens", t->virtual_tokens,
+                    "prefix-tuning, prompt-tuning: prefix or prompt length m (default 20)");
+  train->add_option("--projection-size", t->projection_size,
+                    "prefix-tuning: width of the reparameterising MLP; 0 trains the prefixes "
+                    "directly, as P-Tuning v2 (default 512)");
+  train
+      ->add_option("--prefix-positions", t->prefix_positions,
+                   "prefix-tuning: unchanged (default) or shifted by m, as HF/PEFT number them "
+                   "(needed for a PEFT adapter)")
+      ->check(CLI::IsMember({"unchanged", "shifted"}));
+  train
+      ->add_option("--prompt-placement", t->prompt_placement,
+                   "prompt-tuning: after_cls (default) or start, as PEFT (needed for a PEFT "
+                   "adapter)")
+      ->check(CLI::IsMember({"after_cls", "start"}));
+  train
+      ->add_option("--prompt-init", t->prompt_init,
+                   "prompt-tuning: random, vocab (default), labels (class-label words) or text")
+      ->check(CLI::IsMember({"random", "vocab", "labels", "text"}));
+  train->add_option("--prompt-init-text", t->prompt_init_text,
+                    "prompt-tuning: the text --prompt-init text starts from");
+  train->add_option("--bottleneck", t->bottleneck,
+                    "adapters: bottleneck width of each adapter (default 64)");
   train
       ->add_option("--finetune-lr", t->finetune_lr,
                    "diff-pruning: learning rate of the fixed-mask stage (--lr is stage 1's)")

@@ -163,6 +163,15 @@ std::vector<DeltaTensor> collect_delta_tensors(
   return out;
 }
 
+Delta with_encoder_name(const Delta& delta, const std::string& encoder) {
+  Delta named = delta;
+  const std::string placeholder = kEncoderPlaceholder;
+  for (auto& t : named.tensors)
+    if (t.name.rfind(placeholder + ".", 0) == 0)
+      t.name = encoder + t.name.substr(placeholder.size());
+  return named;
+}
+
 AppliedDelta apply_delta(const Delta& delta, torch::nn::Module& model) {
   AppliedDelta applied;
   at::NoGradGuard no_grad;

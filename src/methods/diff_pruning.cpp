@@ -9,10 +9,6 @@
 
 namespace deltatune::methods {
 
-namespace {
-bool is_classifier(const std::string& name) { return name.rfind("classifier.", 0) == 0; }
-}  // namespace
-
 DiffPruning::DiffPruning(DiffPruningOptions options) : options_(options) {
   if (!(options.density > 0 && options.density <= 1))
     throw Error(fmt::format("diff-pruning: density must be in (0, 1], not {}", options.density));
@@ -33,7 +29,7 @@ void DiffPruning::attach(model::SequenceClassifierImpl& model) {
   at::NoGradGuard no_grad;
   for (auto& item : model.named_parameters(true)) {
     item.value().requires_grad_(true);  // θ receives dL/dθ; w and α train
-    if (is_classifier(item.key())) continue;
+    if (is_classifier_parameter(item.key())) continue;
     Diff d;
     d.parameter = item.value();
     d.base = item.value().detach().clone();
@@ -57,7 +53,7 @@ std::vector<ParameterGroup> DiffPruning::parameter_groups(model::SequenceClassif
   }
   ParameterGroup head{"head", {}, {}, learning_rate, 0.0};
   for (auto& item : model.named_parameters(true))
-    if (is_classifier(item.key())) {
+    if (is_classifier_parameter(item.key())) {
       head.names.push_back(item.key());
       head.parameters.push_back(item.value());
     }
@@ -118,7 +114,7 @@ std::optional<int64_t> DiffPruning::sparse_budget(
     const model::SequenceClassifierImpl& model) const {
   int64_t total = 0;
   for (const auto& item : model.named_parameters(true))
-    if (!is_classifier(item.key())) total += item.value().numel();
+    if (!is_classifier_parameter(item.key())) total += item.value().numel();
   return std::llround(options_.density * static_cast<double>(total));
 }
 
@@ -126,7 +122,7 @@ std::optional<int64_t> DiffPruning::settled_trainable(
     const model::SequenceClassifierImpl& model) const {
   int64_t non_head = 0, head = 0;
   for (const auto& item : model.named_parameters(true))
-    (is_classifier(item.key()) ? head : non_head) += item.value().numel();
+    (is_classifier_parameter(item.key()) ? head : non_head) += item.value().numel();
   return 2 * non_head + head;
 }
 
@@ -155,8 +151,8 @@ std::vector<std::pair<std::string, StorageKind>> DiffPruning::stored_parameters(
     const model::SequenceClassifierImpl& model) const {
   std::vector<std::pair<std::string, StorageKind>> stored;
   for (const auto& item : model.named_parameters(true))
-    stored.emplace_back(item.key(),
-                        is_classifier(item.key()) ? StorageKind::kDense : StorageKind::kSparse);
+    stored.emplace_back(item.key(), is_classifier_parameter(item.key()) ? StorageKind::kDense
+                                                                        : StorageKind::kSparse);
   return stored;
 }
 

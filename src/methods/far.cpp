@@ -13,8 +13,6 @@ namespace deltatune::methods {
 
 namespace {
 
-bool is_classifier(const std::string& name) { return name.rfind("classifier.", 0) == 0; }
-
 // One layer's FFN split into a learned and a frozen sub-layer (far.h). The
 // learned weights are this module's parameters ("learned_up.weight",
 // "learned_up.bias", "learned_down.weight"); the frozen ones are views of the
@@ -110,7 +108,7 @@ int64_t Far::learned_per_layer(const model::SequenceClassifierImpl& model) const
 void Far::attach(model::SequenceClassifierImpl& model) {
   at::NoGradGuard no_grad;
   for (auto& item : model.named_parameters(true))
-    item.value().requires_grad_(is_classifier(item.key()));
+    item.value().requires_grad_(is_classifier_parameter(item.key()));
   initial_.clear();
   for (int64_t i = 0; i < model.encoder->num_layers(); ++i) {
     FeedForwardTensors t = ffn_of(model, i);
@@ -170,7 +168,7 @@ int64_t Far::reconfigure(model::SequenceClassifierImpl& model) {
     frozen_nodes_.push_back(frozen);
   }
   for (auto& item : model.named_parameters(true))
-    if (is_classifier(item.key())) item.value().mutable_grad() = at::Tensor();
+    if (is_classifier_parameter(item.key())) item.value().mutable_grad() = at::Tensor();
   initial_.clear();
   reconfigured_ = true;
   return k * model.encoder->num_layers();
@@ -222,7 +220,7 @@ std::vector<std::pair<std::string, StorageKind>> Far::stored_parameters(
     const model::SequenceClassifierImpl& model) const {
   auto stored = ffn_names(model);
   for (const auto& item : model.named_parameters(true))
-    if (is_classifier(item.key())) stored.emplace_back(item.key(), StorageKind::kDense);
+    if (is_classifier_parameter(item.key())) stored.emplace_back(item.key(), StorageKind::kDense);
   return stored;
 }
 

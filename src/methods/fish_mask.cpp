@@ -9,10 +9,6 @@
 
 namespace deltatune::methods {
 
-namespace {
-bool is_classifier(const std::string& name) { return name.rfind("classifier.", 0) == 0; }
-}  // namespace
-
 FishMask::FishMask(double density, std::size_t fisher_samples, bool expected_labels)
     : density_(density), fisher_samples_(fisher_samples), expected_labels_(expected_labels) {
   if (!(density > 0 && density <= 1))
@@ -34,7 +30,7 @@ std::optional<int64_t> FishMask::sparse_budget(const model::SequenceClassifierIm
   int64_t total = 0, head = 0;
   for (const auto& item : model.named_parameters(true)) {
     total += item.value().numel();
-    if (is_classifier(item.key())) head += item.value().numel();
+    if (is_classifier_parameter(item.key())) head += item.value().numel();
   }
   const int64_t k = std::llround(density_ * static_cast<double>(total));
   if (k < head)
@@ -48,7 +44,7 @@ std::optional<int64_t> FishMask::sparse_budget(const model::SequenceClassifierIm
 void FishMask::prepare(model::SequenceClassifierImpl& model, const Preparation& data) {
   std::vector<std::pair<std::string, at::Tensor>> parameters;
   for (const auto& item : model.named_parameters(true))
-    if (!is_classifier(item.key())) parameters.emplace_back(item.key(), item.value());
+    if (!is_classifier_parameter(item.key())) parameters.emplace_back(item.key(), item.value());
   FisherOptions options;
   options.examples = fisher_samples_;
   options.batch_size = 1;
@@ -71,8 +67,8 @@ std::vector<std::pair<std::string, StorageKind>> FishMask::stored_parameters(
     const model::SequenceClassifierImpl& model) const {
   std::vector<std::pair<std::string, StorageKind>> stored;
   for (const auto& item : model.named_parameters(true))
-    stored.emplace_back(item.key(),
-                        is_classifier(item.key()) ? StorageKind::kDense : StorageKind::kSparse);
+    stored.emplace_back(item.key(), is_classifier_parameter(item.key()) ? StorageKind::kDense
+                                                                        : StorageKind::kSparse);
   return stored;
 }
 

@@ -13,8 +13,6 @@ namespace deltatune::methods {
 
 namespace {
 
-bool is_classifier(const std::string& name) { return name.rfind("classifier.", 0) == 0; }
-
 bool targeted(const std::string& module, const std::vector<std::string>& targets) {
   for (const auto& t : targets) {
     if (module == t) return true;
@@ -82,7 +80,8 @@ void Lora::attach_modules(model::SequenceClassifierImpl& model) {
   if (!branches_.empty()) throw Error("lora: already attached");
   for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     auto dense = std::dynamic_pointer_cast<model::DenseImpl>(item.value());
-    if (!dense || is_classifier(item.key()) || !targeted(item.key(), options_.target_modules))
+    if (!dense || is_classifier_parameter(item.key()) ||
+        !targeted(item.key(), options_.target_modules))
       continue;
     auto branch = std::make_shared<LoraBranch>(dense->weight.size(1), dense->weight.size(0),
                                                options_.rank, options_.scaling(), options_.dropout);
@@ -98,7 +97,7 @@ void Lora::attach_modules(model::SequenceClassifierImpl& model) {
 
 void Lora::attach(model::SequenceClassifierImpl& model) {
   for (auto& item : model.named_parameters(true))
-    item.value().requires_grad_(is_classifier(item.key()));
+    item.value().requires_grad_(is_classifier_parameter(item.key()));
   attach_modules(model);
   for (auto& b : branches_)
     for (auto& p : b->branch->parameters()) p.requires_grad_(true);
@@ -141,7 +140,7 @@ std::vector<std::pair<std::string, StorageKind>> Lora::stored_parameters(
     const model::SequenceClassifierImpl& model) const {
   std::vector<std::pair<std::string, StorageKind>> stored;
   for (const auto& item : model.named_parameters(true))
-    if (is_classifier(item.key()) || item.key().find(".lora.lora_") != std::string::npos)
+    if (is_classifier_parameter(item.key()) || item.key().find(".lora.lora_") != std::string::npos)
       stored.emplace_back(item.key(), StorageKind::kDense);
   return stored;
 }

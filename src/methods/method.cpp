@@ -4,6 +4,7 @@
 #include <set>
 
 #include "deltatune/error.h"
+#include "deltatune/methods/adapters.h"
 #include "deltatune/methods/bitfit.h"
 #include "deltatune/methods/child_tuning_d.h"
 #include "deltatune/methods/child_tuning_f.h"
@@ -13,6 +14,8 @@
 #include "deltatune/methods/frozen.h"
 #include "deltatune/methods/full.h"
 #include "deltatune/methods/lora.h"
+#include "deltatune/methods/prefix_tuning.h"
+#include "deltatune/methods/prompt_tuning.h"
 
 namespace deltatune::methods {
 
@@ -77,7 +80,7 @@ Footprint footprint(Method& method, model::SequenceClassifierImpl& model) {
   for (const auto& item : model.named_parameters(true)) {
     const int64_t n = item.value().numel();
     f.total += n;
-    if (item.key().rfind("classifier.", 0) != 0) f.encoder += n;
+    if (!is_classifier_parameter(item.key())) f.encoder += n;
   }
   method.attach(model);
   f.method = method.name();
@@ -86,6 +89,8 @@ Footprint footprint(Method& method, model::SequenceClassifierImpl& model) {
   for (const auto& item : params)
     if (item.value().requires_grad()) f.trainable += item.value().numel();
   if (auto settled = method.settled_trainable(model)) f.trainable = *settled;
+  method.after_training(model);  // what a delta holds: Prefix Tuning's folded table
+  params = model.named_parameters(true);
   const std::optional<int64_t> budget = method.sparse_budget(model);
   for (const auto& [name, kind] : method.stored_parameters(model)) {
     if (kind == StorageKind::kSparse && budget) continue;
@@ -102,7 +107,7 @@ Footprint footprint(Method& method, model::SequenceClassifierImpl& model) {
 
 std::vector<std::string> method_names() {
   return {"full",         "frozen", "bitfit", "child-tuning-f", "child-tuning-d", "fish",
-          "diff-pruning", "far",    "lora"};
+          "diff-pruning", "far",    "lora",   "prefix-tuning",  "prompt-tuning",  "adapters"};
 }
 
 std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::json& options) {
@@ -167,6 +172,35 @@ std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::jso
     o.dropout = option_or(options, "dropout", o.dropout);
     o.target_modules = option_or(options, "target_modules", o.target_modules);
     return std::make_unique<Lora>(o);
+  }
+  if (name == "prefix-tuning") {
+    check_options(name, options,
+                  {"length", "reparameterize", "projection_size", "positions", "seed"});
+    PrefixTuningOptions o;
+    o.length = option_or(options, "length", o.length);
+    o.reparameterize = option_or(options, "reparameterize", o.reparameterize);
+    o.projection_size = option_or(options, "projection_size", o.projection_size);
+    o.positions = option_or(options, "positions", o.positions);
+    o.seed = option_or(options, "seed", o.seed);
+    return std::make_unique<PrefixTuning>(o);
+  }
+  if (name == "prompt-tuning") {
+    check_options(name, options, {"length", "placement", "init", "init_token_ids", "seed"});
+    PromptTuningOptions o;
+    o.length = option_or(options, "length", o.length);
+    o.placement = option_or(options, "placement", o.placement);
+    o.init = option_or(options, "init", o.init);
+    o.init_token_ids = option_or(options, "init_token_ids", o.init_token_ids);
+    o.seed = option_or(options, "seed", o.seed);
+    return std::make_unique<PromptTuning>(o);
+  }
+  if (name == "adapters") {
+    check_options(name, options, {"bottleneck", "init_std", "seed"});
+    AdapterOptions o;
+    o.seed = option_or(options, "seed", o.seed);
+    o.bottleneck = option_or(options, "bottleneck", o.bottleneck);
+    o.init_std = option_or(options, "init_std", o.init_std);
+    return std::make_unique<Adapters>(o);
   }
   std::string known;
   for (const auto& n : method_names()) known += (known.empty() ? "" : ", ") + n;

@@ -2,10 +2,14 @@
 
 #include <ATen/ATen.h>
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
 #include "deltatune/error.h"
 #include "deltatune/io/atomic_file.h"
 #include "deltatune/io/safetensors.h"
+#include "deltatune/methods/method.h"
+#include "deltatune/methods/prefix_tuning.h"
+#include "deltatune/methods/prompt_tuning.h"
 
 namespace deltatune::methods {
 
@@ -15,6 +19,11 @@ using json = nlohmann::json;
 namespace {
 
 const std::string kPrefix = "base_model.model.";
+// Prompt learning wraps the HF model one level less deep.
+const std::string kPromptLearningPrefix = "base_model.";
+const std::string kPromptKey = "prompt_embeddings";
+// The encoder's module name ("bert", "roberta", ...) is not in a PEFT prompt
+// adapter; model_from_delta() fills it in (kEncoderPlaceholder in delta.h).
 const std::string kOurs = ".lora.lora_";
 const std::string kPeft = ".lora_";
 
@@ -24,7 +33,24 @@ std::string replace_once(std::string s, const std::string& from, const std::stri
   return s;
 }
 
-bool is_head_key(const std::string& name) { return name.rfind("classifier.", 0) == 0; }
+// A directory deltatune wrote carries its delta.json in the safetensors header
+// ("deltatune"): labels, task and base checksum come back from it; the method
+// read from PEFT's own fields stays.
+void restore_deltatune_meta(const fs::path& weights_path, Delta& delta) {
+  auto file = io::SafetensorsFile::open(weights_path);
+  const auto& metadata = file.metadata();
+  if (auto it = metadata.find("deltatune"); it != metadata.end()) {
+    json method = delta.meta["method"];
+    try {
+      delta.meta = json::parse(it->second);
+    } catch (const json::exception& e) {
+      throw Error(weights_path.string() + ": header field 'deltatune' is not valid JSON");
+    }
+    if (delta.meta.contains("method")) method = delta.meta["method"];
+    delta.meta["method"] = method;
+  }
+  delta.meta["imported_from"] = "peft";
+}
 
 }  // namespace
 
@@ -37,7 +63,7 @@ std::string parameter_of_peft_key(const std::string& key) {
   std::string name = key.substr(kPrefix.size());
   name = replace_once(name, ".modules_to_save.default.", ".");
   name = replace_once(name, ".modules_to_save.", ".");
-  if (is_head_key(name)) return name;
+  if (is_classifier_parameter(name)) return name;
   for (const char* factor : {".lora_A.weight", ".lora_B.weight"}) {
     const std::string f = factor;
     if (name.size() > f.size() && name.compare(name.size() - f.size(), f.size(), f) == 0)
@@ -48,40 +74,205 @@ std::string parameter_of_peft_key(const std::string& key) {
 
 bool is_peft_adapter(const fs::path& dir) { return fs::exists(dir / "adapter_config.json"); }
 
+bool has_peft_format(const std::string& method) {
+  return method == "lora" || method == "prefix-tuning" || method == "prompt-tuning";
+}
+
+std::optional<std::string> peft_incompatibility(const Delta& delta) {
+  const json method = delta.meta.value("method", json::object());
+  const std::string name = method.value("name", "?");
+  const json config = method.value("config", json::object());
+  if (!has_peft_format(name)) return "PEFT has no format for " + name;
+  if (name == "prefix-tuning" && config.value("positions", "unchanged") != "shifted")
+    return "PEFT numbers tokens after the prefix; train with --prefix-positions shifted for an "
+           "adapter PEFT computes identically";
+  if (name == "prompt-tuning" && config.value("placement", "after_cls") != "start")
+    return "PEFT puts the prompt before [CLS]; train with --prompt-placement start for an "
+           "adapter PEFT computes identically";
+  return std::nullopt;
+}
+
+namespace {
+
+// PEFT's prompt-learning fields for this model, from the delta's tensors.
+json prompt_learning_config(const Delta& delta, const std::string& peft_type, int64_t length,
+                            int64_t width) {
+  const json base = delta.meta.value("base_model", json::object());
+  const int64_t layers = base.value("num_hidden_layers", int64_t{0});
+  const int64_t heads = base.value("num_attention_heads", int64_t{0});
+  if (layers < 1 || heads < 1)
+    throw Error(
+        "delta.json: base_model lacks num_hidden_layers / num_attention_heads, which a PEFT " +
+        peft_type + " adapter records");
+  return {{"peft_type", peft_type},
+          {"task_type", "SEQ_CLS"},
+          {"auto_mapping", nullptr},
+          {"base_model_name_or_path", base.value("name", "")},
+          {"revision", nullptr},
+          {"inference_mode", true},
+          {"num_virtual_tokens", length},
+          {"token_dim", width},
+          {"num_transformer_submodules", 1},
+          {"num_attention_heads", heads},
+          {"num_layers", layers}};
+}
+
+}  // namespace
+
 void save_peft_adapter(const Delta& delta, const fs::path& dir) {
   const json method = delta.meta.value("method", json::object());
-  if (method.value("name", "") != "lora")
-    throw Error("a PEFT adapter can be written for LoRA deltas only, not '" +
-                method.value("name", std::string("?")) + "'");
+  const std::string name = method.value("name", "?");
+  if (auto why_not = peft_incompatibility(delta))
+    throw Error("no PEFT adapter for this delta: " + *why_not);
   const json config = method.value("config", json::object());
-  json adapter = {
-      {"peft_type", "LORA"},
-      {"task_type", "SEQ_CLS"},
-      {"base_model_name_or_path", delta.meta.value("base_model", json::object()).value("name", "")},
-      {"revision", nullptr},
-      {"r", config.at("rank")},
-      {"lora_alpha", config.at("alpha")},
-      {"lora_dropout", config.at("dropout")},
-      {"target_modules", config.at("target_modules")},
-      {"bias", "none"},
-      {"fan_in_fan_out", false},
-      {"modules_to_save", json::array({"classifier"})},
-      {"init_lora_weights", true},
-      {"inference_mode", true},
-      {"layers_to_transform", nullptr},
-      {"layers_pattern", nullptr},
-      {"rank_pattern", json::object()},
-      {"alpha_pattern", json::object()}};
+  json adapter;
   io::NamedTensors tensors;
-  for (const auto& t : delta.tensors) {
-    if (t.sparse()) throw Error("LoRA delta tensor '" + t.name + "' is sparse");
-    tensors.emplace_back(peft_key_of(t.name), t.values);
+  if (name == "lora") {
+    adapter = {{"peft_type", "LORA"},
+               {"task_type", "SEQ_CLS"},
+               {"base_model_name_or_path",
+                delta.meta.value("base_model", json::object()).value("name", "")},
+               {"revision", nullptr},
+               {"r", config.at("rank")},
+               {"lora_alpha", config.at("alpha")},
+               {"lora_dropout", config.at("dropout")},
+               {"target_modules", config.at("target_modules")},
+               {"bias", "none"},
+               {"fan_in_fan_out", false},
+               {"modules_to_save", json::array({"classifier"})},
+               {"init_lora_weights", true},
+               {"inference_mode", true},
+               {"layers_to_transform", nullptr},
+               {"layers_pattern", nullptr},
+               {"rank_pattern", json::object()},
+               {"alpha_pattern", json::object()}};
+    for (const auto& t : delta.tensors) {
+      if (t.sparse()) throw Error("LoRA delta tensor '" + t.name + "' is sparse");
+      tensors.emplace_back(peft_key_of(t.name), t.values);
+    }
+  } else {
+    const bool prefix = name == "prefix-tuning";
+    at::Tensor table;
+    for (const auto& t : delta.tensors) {
+      if (prefix ? is_prefix_table(t.name) : is_prompt_parameter(t.name)) {
+        table = t.values;
+        tensors.emplace_back(kPromptKey, t.values);
+      } else if (is_classifier_parameter(t.name)) {
+        tensors.emplace_back(kPromptLearningPrefix + t.name, t.values);
+      } else {
+        throw Error("delta tensor '" + t.name + "' has no place in a PEFT " + name + " adapter");
+      }
+    }
+    if (!table.defined()) throw Error("the " + name + " delta holds no prefix or prompt tensor");
+    const int64_t width =
+        delta.meta.value("base_model", json::object()).value("hidden_size", int64_t{0});
+    if (prefix) {
+      adapter = prompt_learning_config(delta, "PREFIX_TUNING", table.size(0), width);
+      const bool mlp = config.value("reparameterize", true);
+      // PEFT rebuilds the plain table at inference; these two fields only
+      // describe how it was trained.
+      adapter["prefix_projection"] = mlp;
+      adapter["encoder_hidden_size"] = mlp ? config.value("projection_size", width) : width;
+      if (table.size(1) != 2 * adapter["num_layers"].get<int64_t>() * width)
+        throw Error("prefix table has width " + std::to_string(table.size(1)) +
+                    ", not 2 x layers x hidden");
+    } else {
+      adapter = prompt_learning_config(delta, "PROMPT_TUNING", table.size(0), width);
+      adapter["prompt_tuning_init"] = "RANDOM";  // the trained prompt is stored; init is moot
+      adapter["prompt_tuning_init_text"] = nullptr;
+      adapter["tokenizer_name_or_path"] = nullptr;
+      adapter["tokenizer_kwargs"] = nullptr;
+    }
   }
   fs::create_directories(dir);
   io::save_safetensors(dir / "adapter_model.safetensors", tensors,
                        {{"format", "pt"}, {"deltatune", delta.meta.dump()}});
   io::write_text_atomically(dir / "adapter_config.json", adapter.dump(2) + "\n");
 }
+
+namespace {
+
+// A PEFT PREFIX_TUNING or PROMPT_TUNING adapter for sequence classification.
+Delta load_prompt_learning_adapter(const fs::path& dir, const json& config,
+                                   const std::string& peft_type) {
+  const fs::path config_path = dir / "adapter_config.json";
+  auto field = [&](const char* key) -> int64_t {
+    if (!config.contains(key) || !config[key].is_number_integer())
+      throw Error(config_path.string() + ": field '" + key + "' must be an integer");
+    return config[key].get<int64_t>();
+  };
+  const int64_t length = field("num_virtual_tokens"), width = field("token_dim");
+  const int64_t layers = field("num_layers");
+  if (config.value("num_transformer_submodules", 1) != 1)
+    throw Error(config_path.string() +
+                ": field 'num_transformer_submodules' must be 1 (an encoder)");
+  const bool prefix = peft_type == "PREFIX_TUNING";
+  const fs::path weights_path = dir / "adapter_model.safetensors";
+  if (!fs::exists(weights_path))
+    throw Error(dir.string() + ": no adapter_model.safetensors (adapter_model.bin is not read)");
+  auto file = io::SafetensorsFile::open(weights_path);
+  Delta delta;
+  int64_t num_labels = 0;
+  bool found_table = false;
+  for (const auto& entry : file.entries()) {
+    DeltaTensor t;
+    t.values = file.tensor(entry.name).to(at::kFloat).clone();
+    t.shape = t.values.sizes().vec();
+    if (entry.name == kPromptKey) {
+      const int64_t expected = prefix ? 2 * layers * width : width;
+      if (t.values.dim() != 2 || t.values.size(0) != length || t.values.size(1) != expected)
+        throw Error(fmt::format("{}: tensor '{}' has shape [{}], expected [{}, {}]",
+                                weights_path.string(), kPromptKey, fmt::join(t.shape, ", "), length,
+                                expected));
+      t.name =
+          std::string(kEncoderPlaceholder) + (prefix ? ".prefix.key_values" : ".prompt.embedding");
+      found_table = true;
+    } else {
+      std::string name = entry.name;
+      for (const std::string& p : {kPrefix, kPromptLearningPrefix})
+        if (name.rfind(p, 0) == 0) {
+          name = name.substr(p.size());
+          break;
+        }
+      name = replace_once(name, ".modules_to_save.default.", ".");
+      if (!is_classifier_parameter(name))
+        throw Error(weights_path.string() + ": tensor '" + entry.name +
+                    "' is neither the prompt nor the classifier");
+      t.name = name;
+      if (name == "classifier.weight" || name == "classifier.out_proj.weight")
+        num_labels = t.values.size(0);
+    }
+    delta.tensors.push_back(std::move(t));
+  }
+  if (!found_table) throw Error(weights_path.string() + ": no tensor 'prompt_embeddings'");
+  if (num_labels == 0)
+    throw Error(weights_path.string() +
+                ": no classifier weight (classifier.weight or classifier.out_proj.weight)");
+  json method_config;
+  if (prefix) {
+    method_config = {{"length", length},
+                     {"reparameterize", config.value("prefix_projection", false)},
+                     {"projection_size", config.value("encoder_hidden_size", json(width)).is_null()
+                                             ? width
+                                             : config.value("encoder_hidden_size", width)},
+                     {"positions", "shifted"},
+                     {"seed", 0}};
+  } else {
+    method_config = {{"length", length}, {"placement", "start"}, {"init", "random"}, {"seed", 0}};
+  }
+  delta.meta = {{"base_model",
+                 {{"name", config.value("base_model_name_or_path", std::string())},
+                  {"checksum", ""},
+                  {"verifiable", false}}},
+                {"num_labels", num_labels},
+                {"label_names", json::array()},
+                {"task", json::object()}};
+  delta.meta["method"] = {{"name", prefix ? "prefix-tuning" : "prompt-tuning"},
+                          {"config", method_config}};
+  return delta;
+}
+
+}  // namespace
 
 Delta load_peft_adapter(const fs::path& dir) {
   const fs::path config_path = dir / "adapter_config.json";
@@ -96,12 +287,19 @@ Delta load_peft_adapter(const fs::path& dir) {
   };
   if (!config.is_object()) throw Error(config_path.string() + ": not a JSON object");
   const std::string peft_type = config.value("peft_type", "");
-  if (peft_type != "LORA")
-    throw field_error("peft_type", "is '" + peft_type + "'; deltatune reads LORA adapters");
+  if (peft_type != "LORA" && peft_type != "PREFIX_TUNING" && peft_type != "PROMPT_TUNING")
+    throw field_error("peft_type", "is '" + peft_type +
+                                       "'; deltatune reads LORA, PREFIX_TUNING and PROMPT_TUNING "
+                                       "adapters");
   const std::string task_type = config.value("task_type", "");
   if (task_type != "SEQ_CLS")
     throw field_error("task_type",
                       "is '" + task_type + "'; deltatune reads sequence-classification adapters");
+  if (peft_type != "LORA") {
+    Delta delta = load_prompt_learning_adapter(dir, config, peft_type);
+    restore_deltatune_meta(dir / "adapter_model.safetensors", delta);
+    return delta;
+  }
   if (config.value("bias", "none") != "none") throw field_error("bias", "must be \"none\"");
   if (config.value("fan_in_fan_out", false)) throw field_error("fan_in_fan_out", "must be false");
   if (config.value("use_rslora", false)) throw field_error("use_rslora", "must be false");
@@ -146,24 +344,15 @@ Delta load_peft_adapter(const fs::path& dir) {
                 ": no classifier weight (classifier.weight or "
                 "classifier.out_proj.weight)");
 
-  const auto& metadata = file.metadata();
-  if (auto it = metadata.find("deltatune"); it != metadata.end()) {
-    try {
-      delta.meta = json::parse(it->second);  // written by deltatune: labels, task, checksum
-    } catch (const json::exception& e) {
-      throw Error(weights_path.string() + ": header field 'deltatune' is not valid JSON");
-    }
-  } else {
-    delta.meta = {{"base_model",
-                   {{"name", config.value("base_model_name_or_path", std::string())},
-                    {"checksum", ""},
-                    {"verifiable", false}}},
-                  {"num_labels", num_labels},
-                  {"label_names", json::array()},
-                  {"task", json::object()}};
-  }
+  delta.meta = {{"base_model",
+                 {{"name", config.value("base_model_name_or_path", std::string())},
+                  {"checksum", ""},
+                  {"verifiable", false}}},
+                {"num_labels", num_labels},
+                {"label_names", json::array()},
+                {"task", json::object()}};
   delta.meta["method"] = {{"name", "lora"}, {"config", method_config}};
-  delta.meta["imported_from"] = "peft";
+  restore_deltatune_meta(weights_path, delta);
   return delta;
 }
 

@@ -90,23 +90,41 @@ EmbeddingsImpl::EmbeddingsImpl(const EncoderConfig& config)
   dropout = register_module("dropout", torch::nn::Dropout(config.hidden_dropout_prob));
 }
 
-at::Tensor EmbeddingsImpl::forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids) {
-  const int64_t length = input_ids.size(1);
+at::Tensor EmbeddingsImpl::forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids,
+                                   int64_t position_offset) {
   at::Tensor positions;
   if (positions_from_padding_) {
-    // RoBERTa: padding keeps position pad_token_id, tokens count from pad_token_id + 1.
+    // RoBERTa: padding keeps position pad_token_id, tokens count from
+    // pad_token_id + 1 + offset (HF's create_position_ids_from_input_ids).
     at::Tensor is_token = input_ids.ne(pad_token_id_).to(at::kLong);
-    positions = at::cumsum(is_token, 1) * is_token + pad_token_id_;
+    positions = (at::cumsum(is_token, 1) + position_offset) * is_token + pad_token_id_;
   } else {
-    positions = at::arange(length, input_ids.options()).unsqueeze(0);
+    positions =
+        at::arange(position_offset, position_offset + input_ids.size(1), input_ids.options())
+            .unsqueeze(0);
   }
-  if (length + (positions_from_padding_ ? pad_token_id_ + 1 : 0) >
-      position_embeddings->options.num_embeddings())
-    throw Error("sequence of " + std::to_string(length) + " tokens exceeds the model's " +
-                std::to_string(position_embeddings->options.num_embeddings()) + " positions");
   at::Tensor types = token_type_ids.defined() ? token_type_ids : at::zeros_like(input_ids);
-  at::Tensor embedded = word_embeddings->forward(input_ids) +
-                        token_type_embeddings->forward(types) +
+  const int64_t last =
+      position_offset + input_ids.size(1) - 1 + (positions_from_padding_ ? pad_token_id_ + 1 : 0);
+  return combine(word_embeddings->forward(input_ids), types, positions, last);
+}
+
+at::Tensor EmbeddingsImpl::forward_vectors(const at::Tensor& word_vectors,
+                                           const at::Tensor& token_type_ids) {
+  const int64_t first = positions_from_padding_ ? pad_token_id_ + 1 : 0;
+  at::Tensor positions =
+      at::arange(first, first + word_vectors.size(1), token_type_ids.options()).unsqueeze(0);
+  return combine(word_vectors, token_type_ids, positions, first + word_vectors.size(1) - 1);
+}
+
+at::Tensor EmbeddingsImpl::combine(const at::Tensor& word_vectors, const at::Tensor& token_type_ids,
+                                   const at::Tensor& positions, int64_t last_position) {
+  const int64_t capacity = position_embeddings->options.num_embeddings();
+  if (last_position >= capacity)
+    throw Error("sequence of " + std::to_string(word_vectors.size(1)) +
+                " tokens (prefix or prompt included) exceeds the model's " +
+                std::to_string(capacity) + " positions");
+  at::Tensor embedded = word_vectors + token_type_embeddings->forward(token_type_ids) +
                         position_embeddings->forward(positions);
   return dropout->forward(layer_norm(LayerNorm, embedded));
 }
@@ -261,10 +279,20 @@ Layer EncoderModelImpl::layer(int64_t index) const {
 EncoderOutput EncoderModelImpl::forward(const EncoderInput& input) {
   if (!input.input_ids.defined() || input.input_ids.dim() != 2)
     throw Error("input_ids must be a [batch, length] tensor");
-  at::Tensor hidden = embeddings->forward(input.input_ids, input.token_type_ids);
   at::Tensor mask =
       input.attention_mask.defined() ? input.attention_mask : at::ones_like(input.input_ids);
-  if (inserter_) std::tie(hidden, mask) = inserter_->forward(hidden, mask);
+  at::Tensor hidden;
+  if (inserter_) {
+    WordInput words{
+        embeddings->word_embeddings->forward(input.input_ids), mask,
+        input.token_type_ids.defined() ? input.token_type_ids : at::zeros_like(input.input_ids)};
+    words = inserter_->forward(words);
+    mask = words.attention_mask;
+    hidden = embeddings->forward_vectors(words.word_vectors, words.token_type_ids);
+  } else {
+    hidden = embeddings->forward(input.input_ids, input.token_type_ids,
+                                 prefix_ ? prefix_->position_offset() : 0);
+  }
   if (!embeddings_project.is_empty()) hidden = embeddings_project->forward(hidden);
 
   const int64_t batch = hidden.size(0);
@@ -278,12 +306,15 @@ EncoderOutput EncoderModelImpl::forward(const EncoderInput& input) {
     return ((1.0 - m.to(hidden.scalar_type())) * lowest).view({batch, 1, 1, m.size(1)});
   };
   at::Tensor token_mask = additive(mask);
+  at::Tensor prefixed_mask;  // with every prefix key visible; one prefix length for all layers
   for (int64_t i = 0; i < config_.num_hidden_layers; ++i) {
     at::Tensor prefix_keys, prefix_values, layer_mask = token_mask;
-    if (prefix_) {
-      std::tie(prefix_keys, prefix_values) = prefix_->forward(i, batch);
-      at::Tensor prefix_mask = at::ones({batch, prefix_keys.size(1)}, mask.options());
-      layer_mask = additive(at::cat({prefix_mask, mask}, 1));
+    if (prefix_) std::tie(prefix_keys, prefix_values) = prefix_->forward(i, batch);
+    if (prefix_keys.defined()) {
+      const int64_t length = prefix_keys.size(1);
+      if (!prefixed_mask.defined() || prefixed_mask.size(-1) != length + mask.size(1))
+        prefixed_mask = additive(at::cat({at::ones({batch, length}, mask.options()), mask}, 1));
+      layer_mask = prefixed_mask;
     }
     hidden = layer(i)->forward(hidden, layer_mask, prefix_keys, prefix_values);
   }

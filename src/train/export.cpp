@@ -33,6 +33,11 @@ const char* kTokenizerFiles[] = {
 void export_hf_directory(const BaseModel& base, const methods::Delta& delta, const fs::path& out) {
   if (fs::exists(out) && !fs::is_empty(out))
     throw Error(out.string() + " exists and is not empty: choose a new directory");
+  if (!method_of(delta)->folds_into_weights())
+    throw Error("a delta of method '" +
+                delta.meta.value("method", json::object()).value("name", std::string("?")) +
+                "' changes the model's computation and cannot be merged into a plain HF model; "
+                "use its PEFT adapter (the run's peft/ directory) where PEFT has one");
   // LoRA and the like: their modules merge into the weights HF loads.
   auto task_model = model_from_delta(base, delta, /*fold=*/true);
 

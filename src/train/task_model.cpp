@@ -17,7 +17,8 @@ json BaseModel::identity() const {
           {"model_type", config.model_type},
           {"checksum", checksum},
           {"hidden_size", config.hidden_size},
-          {"num_hidden_layers", config.num_hidden_layers}};
+          {"num_hidden_layers", config.num_hidden_layers},
+          {"num_attention_heads", config.num_attention_heads}};
 }
 
 BaseModel load_base(const fs::path& directory) {
@@ -118,7 +119,8 @@ model::SequenceClassifier model_from_delta(const BaseModel& base, const methods:
   model::SequenceClassifier task_model = make_task_model(base, labels, 0);
   auto method = method_of(delta);
   method->attach_modules(*task_model);
-  methods::apply_delta(delta, *task_model);
+  methods::apply_delta(methods::with_encoder_name(delta, base.config.base_model_prefix()),
+                       *task_model);
   if (fold) method->fold_into_weights(*task_model);
   task_model->eval();
   return task_model;

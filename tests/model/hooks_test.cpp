@@ -105,8 +105,7 @@ TEST(Hooks, AttentionPrefixIsAttendedToAndTrainable) {
   auto prefix = std::make_shared<FixedPrefix>(2, 4, 32);
   loaded.model->encoder->set_attention_prefix("prefix", prefix);
   bool named = false;
-  for (const auto& p : loaded.model->named_parameters())
-    named |= p.key() == "bert.prefix.keys";
+  for (const auto& p : loaded.model->named_parameters()) named |= p.key() == "bert.prefix.keys";
   EXPECT_TRUE(named);
   at::Tensor after = loaded.model->forward(in);
   EXPECT_EQ(after.sizes(), before.sizes());
@@ -129,27 +128,71 @@ class InsertAfterFirst : public EmbeddingInserter {
   explicit InsertAfterFirst(int64_t count, int64_t width) {
     prompt_ = register_parameter("prompt", at::randn({count, width}));
   }
-  std::pair<at::Tensor, at::Tensor> forward(const at::Tensor& embeddings,
-                                            const at::Tensor& mask) override {
-    const int64_t batch = embeddings.size(0);
-    at::Tensor prompt = prompt_.unsqueeze(0).expand({batch, -1, -1});
-    at::Tensor e = at::cat({embeddings.narrow(1, 0, 1), prompt,
-                            embeddings.narrow(1, 1, embeddings.size(1) - 1)}, 1);
-    at::Tensor m = at::cat({mask.narrow(1, 0, 1), at::ones({batch, prompt_.size(0)}, mask.options()),
-                            mask.narrow(1, 1, mask.size(1) - 1)}, 1);
-    return {e, m};
+  WordInput forward(const WordInput& in) override {
+    const int64_t batch = in.word_vectors.size(0), count = prompt_.size(0);
+    auto after_first = [&](const at::Tensor& x, const at::Tensor& inserted) {
+      return at::cat({x.narrow(1, 0, 1), inserted, x.narrow(1, 1, x.size(1) - 1)}, 1);
+    };
+    return {after_first(in.word_vectors, prompt_.unsqueeze(0).expand({batch, -1, -1})),
+            after_first(in.attention_mask, at::ones({batch, count}, in.attention_mask.options())),
+            after_first(in.token_type_ids, at::zeros({batch, count}, in.token_type_ids.options()))};
   }
   at::Tensor prompt_;
 };
 
+class InsertNothing : public EmbeddingInserter {
+ public:
+  WordInput forward(const WordInput& in) override { return in; }
+};
+
 TEST(Hooks, EmbeddingInserterLengthensTheSequenceAndMask) {
   auto loaded = tiny_bert();
-  loaded.model->encoder->set_embedding_inserter("prompt", std::make_shared<InsertAfterFirst>(5, 32));
+  loaded.model->encoder->set_embedding_inserter("prompt",
+                                                std::make_shared<InsertAfterFirst>(5, 32));
   at::NoGradGuard no_grad;
   auto in = sample_input();
   auto out = loaded.model->encoder->forward(in);
   EXPECT_EQ(out.last_hidden_state.size(1), in.input_ids.size(1) + 5);
   EXPECT_EQ(out.attention_mask.sum(1).sub(in.attention_mask.sum(1)).eq(5).all().item<bool>(), true);
+}
+
+TEST(Hooks, EmbeddingInserterWorksOnWordVectorsBeforePositions) {
+  // Passing the word vectors through unchanged must give the plain model:
+  // the hook sits before positions, token types and the LayerNorm.
+  auto loaded = tiny_bert();
+  auto in = sample_input();
+  in.token_type_ids.index_put_({0, at::indexing::Slice(4, at::indexing::None)}, 1);
+  at::NoGradGuard no_grad;
+  at::Tensor plain = loaded.model->forward(in);
+  loaded.model->encoder->set_embedding_inserter("prompt", std::make_shared<InsertNothing>());
+  EXPECT_TRUE(at::allclose(loaded.model->forward(in), plain, 1e-6, 1e-6));
+}
+
+class OffsetPrefix : public AttentionPrefix {
+ public:
+  explicit OffsetPrefix(int64_t offset) : offset_(offset) {}
+  std::pair<at::Tensor, at::Tensor> forward(int64_t, int64_t) override {
+    return {at::Tensor(), at::Tensor()};
+  }
+  int64_t position_offset() const override { return offset_; }
+
+ private:
+  int64_t offset_;
+};
+
+TEST(Hooks, PrefixPositionOffsetShiftsTokenPositions) {
+  // An empty prefix that shifts positions by k equals the plain model whose
+  // position table is moved up by k rows.
+  auto loaded = tiny_bert();
+  auto shifted = tiny_bert();
+  auto in = sample_input();
+  at::NoGradGuard no_grad;
+  auto& table = shifted.model->encoder->embeddings->position_embeddings->weight;
+  table.narrow(0, 0, table.size(0) - 3).copy_(table.narrow(0, 3, table.size(0) - 3).clone());
+  at::Tensor expected = shifted.model->forward(in);
+  EXPECT_FALSE(at::allclose(loaded.model->forward(in), expected));
+  loaded.model->encoder->set_attention_prefix("prefix", std::make_shared<OffsetPrefix>(3));
+  EXPECT_TRUE(at::allclose(loaded.model->forward(in), expected, 1e-6, 1e-6));
 }
 
 }  // namespace

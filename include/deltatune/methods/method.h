@@ -17,6 +17,12 @@
 
 namespace deltatune::methods {
 
+// The task's classifier (HF's "classifier.*"), which every method trains and
+// stores; PEFT's modules_to_save for sequence classification.
+inline bool is_classifier_parameter(const std::string& name) {
+  return name.rfind("classifier.", 0) == 0;
+}
+
 // Parameters that share optimizer settings. Names are the model's HF keys.
 struct ParameterGroup {
   std::string label;  // "biases", "head", ...
@@ -59,6 +65,14 @@ class Method {
   // Folds those modules into the ordinary weights and removes them, leaving a
   // plain model computing the same function (export to a HF directory).
   virtual void fold_into_weights(model::SequenceClassifierImpl& /*model*/) {}
+  // False when the method's modules cannot become ordinary weights (prompts,
+  // prefixes and adapters change the computation, not just its weights):
+  // export to a plain HF model is then refused.
+  virtual bool folds_into_weights() const { return true; }
+  // Once after training, before the delta is built: a method that trained a
+  // reparameterisation replaces it by what it computes (Prefix Tuning's MLP
+  // by the prefixes), so that the delta holds only the latter.
+  virtual void after_training(model::SequenceClassifierImpl& /*model*/) {}
 
   // Optimizer groups over the parameters attach() left trainable.
   virtual std::vector<ParameterGroup> parameter_groups(model::SequenceClassifierImpl& model,

@@ -58,13 +58,20 @@ TORCH_MODULE(Dense);
 class EmbeddingsImpl : public torch::nn::Module {
  public:
   explicit EmbeddingsImpl(const EncoderConfig& config);
-  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids);
+  // Token positions count from position_offset (HF's past_key_values_length).
+  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids,
+                     int64_t position_offset = 0);
+  // From word vectors (HF's inputs_embeds): positions are sequential, as HF
+  // numbers inputs_embeds; token_type_ids must be defined.
+  at::Tensor forward_vectors(const at::Tensor& word_vectors, const at::Tensor& token_type_ids);
   torch::nn::Embedding word_embeddings{nullptr}, position_embeddings{nullptr},
       token_type_embeddings{nullptr};
   torch::nn::LayerNorm LayerNorm{nullptr};
   torch::nn::Dropout dropout{nullptr};
 
  private:
+  at::Tensor combine(const at::Tensor& word_vectors, const at::Tensor& token_type_ids,
+                     const at::Tensor& positions, int64_t last_position);
   bool positions_from_padding_;
   int64_t pad_token_id_;
 };

@@ -28,20 +28,30 @@ class SublayerAdapter : public torch::nn::Module {
 };
 
 // Keys and values prepended to one layer's attention (Prefix Tuning):
-// each [batch or 1, prefix_length, hidden]. Every token may attend to them;
-// token positions are unchanged.
+// each [batch or 1, prefix_length, hidden]. Every token may attend to them.
 class AttentionPrefix : public torch::nn::Module {
  public:
   virtual std::pair<at::Tensor, at::Tensor> forward(int64_t layer, int64_t batch_size) = 0;
+  // Added to every token's position id. 0 keeps positions unchanged (Li &
+  // Liang); the prefix length reproduces Hugging Face, which counts prefix
+  // keys as past tokens (PEFT's prefix tuning on BERT).
+  virtual int64_t position_offset() const { return 0; }
 };
 
-// Rewrites the input embeddings and attention mask before the first layer
-// (Prompt Tuning inserts soft tokens). Returns the new embeddings
-// [B, L', E] and mask [B, L'].
+// The input sequence at the word-vector level, before position and token-type
+// embeddings are added: [B, L, E], [B, L], [B, L].
+struct WordInput {
+  at::Tensor word_vectors;
+  at::Tensor attention_mask;
+  at::Tensor token_type_ids;
+};
+
+// Rewrites the word vectors, mask and token types before the embeddings add
+// positions (Prompt Tuning inserts soft tokens, as PEFT's inputs_embeds do).
+// Positions are then counted 0..L'-1 over the new sequence.
 class EmbeddingInserter : public torch::nn::Module {
  public:
-  virtual std::pair<at::Tensor, at::Tensor> forward(const at::Tensor& embeddings,
-                                                    const at::Tensor& attention_mask) = 0;
+  virtual WordInput forward(const WordInput& input) = 0;
 };
 
 // Replaces a layer's feed-forward pair x -> W2 act(W1 x + b1) + b2
