@@ -22,6 +22,7 @@
 #include "deltatune/methods/peft_format.h"
 #include "deltatune/text/tokenizer.h"
 #include "deltatune/train/export.h"
+#include "deltatune/train/prompt_ensemble.h"
 #include "deltatune/train/task_model.h"
 
 namespace deltatune::cli {
@@ -429,13 +430,72 @@ int run_train(TrainOptions& o) {
 struct EvalOptions {
   std::string model_dir = default_model_dir();
   std::string delta_dir;
+  std::vector<std::string> more_deltas;  // --delta given again: a prompt ensemble
+  std::string ensemble = "mean";
   DataOptions data;
   int64_t batch_size = 64;
   bool bf16 = false;
   bool json_output = false;
 };
 
+// Several prompt-tuning deltas of one task evaluated as one ensemble, each
+// member alone too.
+int run_ensemble_eval(EvalOptions& o) {
+  std::vector<methods::Delta> deltas{methods::Delta::load(o.delta_dir)};
+  for (const auto& dir : o.more_deltas) deltas.push_back(methods::Delta::load(dir));
+  const train::EnsembleCombine combine = train::parse_ensemble_combine(o.ensemble);
+  train::BaseModel base = train::load_base(o.model_dir);
+  train::PromptEnsemble ensemble(base, deltas);
+  data::TaskSpec task = train::task_of(deltas.front());
+  if (o.data.task.empty() && o.data.dev_file.empty()) {
+    if (task.name.empty())
+      throw Error(o.delta_dir + ": the adapter does not record its task: give --task or --dev");
+    o.data.task = task.name;
+  }
+  TaskData task_data = read_task_data(o.data, 0, false);
+  if (task_data.task.num_labels() != ensemble.num_labels())
+    throw Error("task " + task_data.task.name + " has " +
+                std::to_string(task_data.task.num_labels()) +
+                " labels but the deltas' heads have " + std::to_string(ensemble.num_labels()));
+  const size_t max_length = deltas.front().meta.value("max_length", o.data.max_length);
+  auto tokenizer = text::load_tokenizer(o.model_dir);
+  auto dev_set = data::encode_dataset(task_data.dev, *tokenizer, max_length);
+  train::Evaluation combined = train::evaluate_logits(
+      task_data.task,
+      train::predict_batches(
+          [&](const model::EncoderInput& input) { return ensemble.forward(input, combine); },
+          dev_set, o.batch_size, o.bf16),
+      dev_set);
+  json members = json::array();
+  for (int64_t k = 0; k < ensemble.size(); ++k) {
+    train::Evaluation alone = train::evaluate_logits(
+        task_data.task,
+        train::predict_batches(
+            [&](const model::EncoderInput& input) { return ensemble.member_logits(input, k); },
+            dev_set, o.batch_size, o.bf16),
+        dev_set);
+    members.push_back(alone.to_json());
+  }
+  json out = combined.to_json();
+  out["task"] = task_data.task.name;
+  out["ensemble"] = o.ensemble;
+  out["members"] = members;
+  if (combine == train::EnsembleCombine::kMajorityVote) out.erase("loss");  // votes have none
+  if (o.json_output) {
+    fmt::print("{}\n", out.dump());
+    return 0;
+  }
+  const std::string& metric = combined.metrics.main_metric;
+  fmt::print("{} dev {} = {:.4f} on {} examples, ensemble of {} prompts ({})\n",
+             task_data.task.name, metric, combined.metrics.main, combined.examples, ensemble.size(),
+             o.ensemble == "mean" ? "mean probability" : "majority vote");
+  for (int64_t k = 0; k < ensemble.size(); ++k)
+    fmt::print("  member {}: {} = {:.4f}\n", k + 1, metric, members[k][metric].get<double>());
+  return 0;
+}
+
 int run_eval(EvalOptions& o) {
+  if (!o.more_deltas.empty()) return run_ensemble_eval(o);
   methods::Delta delta = methods::Delta::load(o.delta_dir);
   train::BaseModel base = train::load_base(o.model_dir);
   auto task_model = train::model_from_delta(base, delta);
@@ -686,6 +746,12 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   auto* eval = app.add_subcommand("eval", "evaluate a delta on its task's dev set");
   eval->add_option("--model,-m", e->model_dir, "base model directory")->capture_default_str();
   eval->add_option("--delta,-d", e->delta_dir, "delta directory")->required();
+  eval->add_option("--ensemble-delta", e->more_deltas,
+                   "further prompt-tuning deltas of the task: evaluates the prompt ensemble "
+                   "(repeatable)");
+  eval->add_option("--ensemble", e->ensemble, "how an ensemble combines: mean or vote")
+      ->check(CLI::IsMember({"mean", "vote"}))
+      ->capture_default_str();
   add_data_options(eval, e->data, false);
   eval->add_option("--batch-size", e->batch_size, "examples per batch")->capture_default_str();
   eval->add_flag("--bf16", e->bf16, "bf16 autocast");

@@ -27,8 +27,21 @@ bool is_prompt_parameter(const std::string& name) {
                       kParameterSuffix) == 0;
 }
 
-// Inserts the prompt into every sequence: after its first token (after_cls)
-// or before it (start).
+model::WordInput insert_prompts(const model::WordInput& in, const at::Tensor& prompts,
+                                bool after_first) {
+  const int64_t batch = in.word_vectors.size(0), count = prompts.size(1);
+  auto insert = [&](const at::Tensor& x, const at::Tensor& prompt) {
+    if (!after_first) return at::cat({prompt, x}, 1);
+    return at::cat({x.narrow(1, 0, 1), prompt, x.narrow(1, 1, x.size(1) - 1)}, 1);
+  };
+  at::Tensor vectors =
+      prompts.to(in.word_vectors.scalar_type()).expand({batch, count, prompts.size(2)});
+  return {insert(in.word_vectors, vectors),
+          insert(in.attention_mask, at::ones({batch, count}, in.attention_mask.options())),
+          insert(in.token_type_ids, at::zeros({batch, count}, in.token_type_ids.options()))};
+}
+
+// Inserts the one prompt into every sequence.
 class PromptTuning::Inserter : public model::EmbeddingInserter {
  public:
   Inserter(at::Tensor initial, bool after_first) : after_first_(after_first) {
@@ -36,17 +49,7 @@ class PromptTuning::Inserter : public model::EmbeddingInserter {
   }
 
   model::WordInput forward(const model::WordInput& in) override {
-    const int64_t batch = in.word_vectors.size(0), count = embedding.size(0);
-    auto insert = [&](const at::Tensor& x, const at::Tensor& prompt) {
-      if (!after_first_) return at::cat({prompt, x}, 1);
-      return at::cat({x.narrow(1, 0, 1), prompt, x.narrow(1, 1, x.size(1) - 1)}, 1);
-    };
-    at::Tensor prompt = embedding.to(in.word_vectors.scalar_type())
-                            .unsqueeze(0)
-                            .expand({batch, count, embedding.size(1)});
-    return {insert(in.word_vectors, prompt),
-            insert(in.attention_mask, at::ones({batch, count}, in.attention_mask.options())),
-            insert(in.token_type_ids, at::zeros({batch, count}, in.token_type_ids.options()))};
+    return insert_prompts(in, embedding.unsqueeze(0), after_first_);
   }
 
   at::Tensor embedding;

@@ -118,9 +118,18 @@ at::Tensor task_loss(const at::Tensor& logits, const at::Tensor& labels) {
 
 at::Tensor predict_logits(model::SequenceClassifierImpl& model, const data::EncodedDataset& dataset,
                           int64_t batch_size, bool bf16) {
-  if (dataset.size() == 0) throw Error("cannot predict on an empty dataset");
   const bool was_training = model.is_training();
   model.eval();
+  at::Tensor logits =
+      predict_batches([&](const model::EncoderInput& input) { return model.forward(input); },
+                      dataset, batch_size, bf16);
+  if (was_training) model.train();
+  return logits;
+}
+
+at::Tensor predict_batches(const std::function<at::Tensor(const model::EncoderInput&)>& forward,
+                           const data::EncodedDataset& dataset, int64_t batch_size, bool bf16) {
+  if (dataset.size() == 0) throw Error("cannot predict on an empty dataset");
   at::NoGradGuard no_grad;
   data::BatchOptions options;
   options.batch_size = static_cast<size_t>(batch_size);
@@ -132,7 +141,7 @@ at::Tensor predict_logits(model::SequenceClassifierImpl& model, const data::Enco
     at::Tensor batch_logits;
     {
       AutocastScope autocast(bf16);
-      batch_logits = model.forward(batch.input);
+      batch_logits = forward(batch.input);
     }
     if (!logits.defined())
       logits = at::empty({static_cast<int64_t>(dataset.size()), batch_logits.size(1)}, at::kFloat);
@@ -140,7 +149,6 @@ at::Tensor predict_logits(model::SequenceClassifierImpl& model, const data::Enco
                        at::tensor(std::vector<int64_t>(indices.begin(), indices.end()), at::kLong),
                        batch_logits.to(at::kFloat));
   }
-  if (was_training) model.train();
   return logits;
 }
 
@@ -155,7 +163,11 @@ at::Tensor label_tensor(const data::EncodedDataset& dataset) {
 
 Evaluation evaluate(model::SequenceClassifierImpl& model, const data::TaskSpec& task,
                     const data::EncodedDataset& dataset, int64_t batch_size, bool bf16) {
-  at::Tensor logits = predict_logits(model, dataset, batch_size, bf16);
+  return evaluate_logits(task, predict_logits(model, dataset, batch_size, bf16), dataset);
+}
+
+Evaluation evaluate_logits(const data::TaskSpec& task, const at::Tensor& logits,
+                           const data::EncodedDataset& dataset) {
   at::Tensor labels = label_tensor(dataset);
   Evaluation result;
   result.metrics = compute_metrics(task, logits, labels);

@@ -58,4 +58,9 @@ class PromptTuning : public Method {
 // The parameter that holds a prompt: "<encoder>.prompt.embedding".
 bool is_prompt_parameter(const std::string& name);
 
+// `input` with `prompts` [1 or B, m, E] inserted after each sequence's first
+// token (after_first) or before it: mask 1 and token type 0 on the prompt.
+model::WordInput insert_prompts(const model::WordInput& input, const at::Tensor& prompts,
+                                bool after_first);
+
 }  // namespace deltatune::methods

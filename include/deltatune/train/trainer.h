@@ -76,9 +76,16 @@ at::Tensor task_loss(const at::Tensor& logits, const at::Tensor& labels);
 at::Tensor predict_logits(model::SequenceClassifierImpl& model, const data::EncodedDataset& dataset,
                           int64_t batch_size, bool bf16);
 
+// The same for any batch function (an ensemble): forward(batch) -> [B, C].
+at::Tensor predict_batches(const std::function<at::Tensor(const model::EncoderInput&)>& forward,
+                           const data::EncodedDataset& dataset, int64_t batch_size, bool bf16);
+
 // predict_logits, then the task's metrics and mean loss against the labels.
 Evaluation evaluate(model::SequenceClassifierImpl& model, const data::TaskSpec& task,
                     const data::EncodedDataset& dataset, int64_t batch_size, bool bf16);
+// The task's metrics and mean loss of given logits against the dataset's labels.
+Evaluation evaluate_logits(const data::TaskSpec& task, const at::Tensor& logits,
+                           const data::EncodedDataset& dataset);
 
 // The optimizer steps fit() takes on `train` under `config` (max_steps, or
 // every epoch's batches over gradient accumulation).
