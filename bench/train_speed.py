@@ -24,7 +24,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from glue_sweep import HOME, PYTHONS, run_child  # noqa: E402
+from glue_sweep import HOME, PEFT_LAYOUT, PYTHONS, blas_env, run_child  # noqa: E402
 
 MINILM = os.path.join(HOME, "models", "all-MiniLM-L6-v2")
 
@@ -74,7 +74,7 @@ def main():
     models = {"minilm": MINILM}
     if "bert-base" in args.models:
         models["bert-base"] = bert_base_dir()
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **blas_env())
 
     rows = []
     for model in args.models.split(","):
@@ -98,6 +98,7 @@ def main():
                         if side.startswith("ours"):
                             cmd = [args.deltatune, "train", "--json", "--out",
                                    f"/tmp/deltatune-speed-{os.getpid()}"] + common
+                            cmd += PEFT_LAYOUT.get(method, [])  # what the PEFT side computes
                         else:
                             cmd = [PYTHONS[side], os.path.join(HERE, "glue_reference.py")
                                    ] + common
@@ -120,7 +121,8 @@ def main():
     out = args.out or os.path.join(HERE, "results", f"train-speed-{stamp}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     meta = {"date": stamp, "threads": args.threads, "task": args.task, "samples": args.samples,
-            "batch_size": args.batch_size, "steps": {"minilm": args.steps,
+            "batch_size": args.batch_size, "blas": env.get("OPENBLAS_CORETYPE", "auto"),
+            "steps": {"minilm": args.steps,
                                                      "bert-base": args.base_steps},
             "command": " ".join(sys.argv)}
     with open(out, "w") as f:

@@ -13,6 +13,10 @@ using Action = std::function<int()>;
 // $DELTATUNE_HOME/models/all-MiniLM-L6-v2 (what scripts/setup.sh fetches).
 std::string default_model_dir();
 
+// Re-runs the process with OPENBLAS_CORETYPE set when OpenBLAS fell back to
+// generic kernels on a CPU it did not recognise (blas_kernels.cpp).
+void use_native_blas_kernels(char** argv);
+
 // train, eval, predict, export, analyze; `threads` receives --threads.
 void register_training_verbs(CLI::App& app, Action& action, int& threads);
 

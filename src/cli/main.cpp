@@ -307,6 +307,7 @@ int run_download(const std::string& repo_id, std::string out, const std::string&
 }  // namespace
 
 int main(int argc, char** argv) {
+  deltatune::cli::use_native_blas_kernels(argv);
   CLI::App app{"deltatune: parameter-efficient fine-tuning of BERT-family encoders"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "deltatune 0.1.0");
