@@ -33,6 +33,20 @@ std::string replace_once(std::string s, const std::string& from, const std::stri
   return s;
 }
 
+// delta.json's fields for an adapter PEFT made: the base is known by name
+// only, so it cannot be verified; labels and task are unknown.
+json imported_meta(const json& adapter_config, int64_t num_labels, const std::string& method,
+                   const json& method_config) {
+  return {{"base_model",
+           {{"name", adapter_config.value("base_model_name_or_path", std::string())},
+            {"checksum", ""},
+            {"verifiable", false}}},
+          {"num_labels", num_labels},
+          {"label_names", json::array()},
+          {"task", json::object()},
+          {"method", {{"name", method}, {"config", method_config}}}};
+}
+
 // A directory deltatune wrote carries its delta.json in the safetensors header
 // ("deltatune"): labels, task and base checksum come back from it; the method
 // read from PEFT's own fields stays.
@@ -250,25 +264,18 @@ Delta load_prompt_learning_adapter(const fs::path& dir, const json& config,
                 ": no classifier weight (classifier.weight or classifier.out_proj.weight)");
   json method_config;
   if (prefix) {
-    method_config = {{"length", length},
-                     {"reparameterize", config.value("prefix_projection", false)},
-                     {"projection_size", config.value("encoder_hidden_size", json(width)).is_null()
-                                             ? width
-                                             : config.value("encoder_hidden_size", width)},
-                     {"positions", "shifted"},
-                     {"seed", 0}};
+    const json hidden = config.value("encoder_hidden_size", json());  // null when not projected
+    method_config = {
+        {"length", length},
+        {"reparameterize", config.value("prefix_projection", false)},
+        {"projection_size", hidden.is_number_integer() ? hidden.get<int64_t>() : width},
+        {"positions", "shifted"},
+        {"seed", 0}};
   } else {
     method_config = {{"length", length}, {"placement", "start"}, {"init", "random"}, {"seed", 0}};
   }
-  delta.meta = {{"base_model",
-                 {{"name", config.value("base_model_name_or_path", std::string())},
-                  {"checksum", ""},
-                  {"verifiable", false}}},
-                {"num_labels", num_labels},
-                {"label_names", json::array()},
-                {"task", json::object()}};
-  delta.meta["method"] = {{"name", prefix ? "prefix-tuning" : "prompt-tuning"},
-                          {"config", method_config}};
+  delta.meta =
+      imported_meta(config, num_labels, prefix ? "prefix-tuning" : "prompt-tuning", method_config);
   return delta;
 }
 
@@ -344,14 +351,7 @@ Delta load_peft_adapter(const fs::path& dir) {
                 ": no classifier weight (classifier.weight or "
                 "classifier.out_proj.weight)");
 
-  delta.meta = {{"base_model",
-                 {{"name", config.value("base_model_name_or_path", std::string())},
-                  {"checksum", ""},
-                  {"verifiable", false}}},
-                {"num_labels", num_labels},
-                {"label_names", json::array()},
-                {"task", json::object()}};
-  delta.meta["method"] = {{"name", "lora"}, {"config", method_config}};
+  delta.meta = imported_meta(config, num_labels, "lora", method_config);
   restore_deltatune_meta(weights_path, delta);
   return delta;
 }

@@ -141,18 +141,6 @@ TEST(PromptTuning, APromptOfTokenEmbeddingsEqualsTypingThoseTokens) {
   }
 }
 
-TEST(PromptTuning, PaddingInsideABatchChangesNoSequence) {
-  train::BaseModel base = train::load_base(test::minilm_dir());
-  for (const std::string placement : {"after_cls", "start"}) {
-    PromptTuningOptions options;
-    options.placement = placement;
-    auto model = train::make_task_model(base, 2, 0);
-    randomize_head(*model);
-    PromptTuning(options).attach(*model);
-    expect_padding_invariant(*model);
-  }
-}
-
 TEST(PrefixTuning, TheMlpTrainsAndFoldsIntoTheTableItComputes) {
   train::BaseModel base = train::load_base(test::minilm_dir());
   auto model = train::make_task_model(base, 2, 0);
@@ -201,14 +189,18 @@ TEST(PrefixTuning, WithoutTheMlpThePrefixesThemselvesTrain) {
   EXPECT_EQ(trainable_values(*model), 20 * 2 * kLayers * kHidden + kHead);
 }
 
-TEST(PrefixTuning, PaddingInsideABatchChangesNoSequence) {
+TEST(PromptAndPrefixTuning, PaddingInsideABatchChangesNoSequence) {
   train::BaseModel base = train::load_base(test::minilm_dir());
-  for (const std::string positions : {"unchanged", "shifted"}) {
-    PrefixTuningOptions options;
-    options.positions = positions;
+  const std::vector<std::pair<std::string, json>> layouts = {
+      {"prompt-tuning", {{"placement", "after_cls"}}},
+      {"prompt-tuning", {{"placement", "start"}}},
+      {"prefix-tuning", {{"positions", "unchanged"}}},
+      {"prefix-tuning", {{"positions", "shifted"}}}};
+  for (const auto& [method, options] : layouts) {
+    SCOPED_TRACE(method + " " + options.dump());
     auto model = train::make_task_model(base, 2, 0);
     randomize_head(*model);
-    PrefixTuning(options).attach(*model);
+    make_method(method, options)->attach(*model);
     expect_padding_invariant(*model);
   }
 }

@@ -4,35 +4,14 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "deltatune/data/glue.h"
 #include "deltatune/methods/method.h"
-#include "deltatune/text/tokenizer.h"
 #include "deltatune/train/task_model.h"
+#include "glue_sample.h"
 #include "test_paths.h"
 
 namespace deltatune::train {
 namespace {
 namespace fs = std::filesystem;
-
-struct Data {
-  data::TaskSpec task = data::find_glue_task("SST-2");
-  data::EncodedDataset train, dev;
-};
-
-const Data& sst2_sample() {
-  static const Data data = [] {
-    Data d;
-    auto tokenizer = text::load_tokenizer(test::minilm_dir());
-    const fs::path glue = data::glue_dir_from_env();
-    data::GlueReadOptions options;
-    options.max_samples = 96;
-    d.train = data::encode_dataset(data::read_glue(glue, d.task, "train", options), *tokenizer, 48);
-    options.max_samples = 120;
-    d.dev = data::encode_dataset(data::read_glue(glue, d.task, "dev", options), *tokenizer, 48);
-    return d;
-  }();
-  return data;
-}
 
 struct Case {
   const char* method;
@@ -41,7 +20,7 @@ struct Case {
 };
 
 TEST(PromptMethodsTraining, BaseUnchangedMethodMovedAndTheDeltaReproducesTheMetric) {
-  const Data& d = sst2_sample();
+  const test::GlueSample& d = test::sst2_sample(96, 120);
   BaseModel base = load_base(test::minilm_dir());
   for (const Case& c : {Case{"prefix-tuning", {{"length", 8}, {"projection_size", 32}}, ".prefix."},
                         Case{"prompt-tuning", {{"length", 8}}, ".prompt."},

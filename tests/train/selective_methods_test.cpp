@@ -12,31 +12,16 @@
 #include "deltatune/methods/method.h"
 #include "deltatune/text/tokenizer.h"
 #include "deltatune/train/task_model.h"
+#include "glue_sample.h"
 #include "test_paths.h"
 
 namespace deltatune::train {
 namespace {
 namespace fs = std::filesystem;
 
-struct Data {
-  data::TaskSpec task = data::find_glue_task("SST-2");
-  data::EncodedDataset train, dev;
-};
+using Data = test::GlueSample;
 
-const Data& sst2_sample() {
-  static const Data data = [] {
-    Data d;
-    auto tokenizer = text::load_tokenizer(test::minilm_dir());
-    const fs::path glue = data::glue_dir_from_env();
-    data::GlueReadOptions options;
-    options.max_samples = 160;
-    d.train = data::encode_dataset(data::read_glue(glue, d.task, "train", options), *tokenizer, 48);
-    options.max_samples = 200;
-    d.dev = data::encode_dataset(data::read_glue(glue, d.task, "dev", options), *tokenizer, 48);
-    return d;
-  }();
-  return data;
-}
+const Data& sst2_sample() { return test::sst2_sample(160, 200); }
 
 TrainConfig short_run(double lr) {
   TrainConfig c;
