@@ -279,6 +279,7 @@ int run_train(TrainOptions& o) {
   if (o.projection_size) {
     if (o.method != "prefix-tuning")
       throw Error("--projection-size does not apply to --method " + o.method);
+    if (*o.projection_size < 0) throw Error("--projection-size must be 0 or more");
     method_options["reparameterize"] = *o.projection_size > 0;
     if (*o.projection_size > 0) method_options["projection_size"] = *o.projection_size;
   }
