@@ -165,10 +165,9 @@ std::vector<DeltaTensor> collect_delta_tensors(
 
 Delta with_encoder_name(const Delta& delta, const std::string& encoder) {
   Delta named = delta;
-  const std::string placeholder = kEncoderPlaceholder;
+  const std::string token = kEncoderToken;
   for (auto& t : named.tensors)
-    if (t.name.rfind(placeholder + ".", 0) == 0)
-      t.name = encoder + t.name.substr(placeholder.size());
+    if (t.name.rfind(token + ".", 0) == 0) t.name = encoder + t.name.substr(token.size());
   return named;
 }
 

@@ -23,7 +23,7 @@ const std::string kPrefix = "base_model.model.";
 const std::string kPromptLearningPrefix = "base_model.";
 const std::string kPromptKey = "prompt_embeddings";
 // The encoder's module name ("bert", "roberta", ...) is not in a PEFT prompt
-// adapter; model_from_delta() fills it in (kEncoderPlaceholder in delta.h).
+// adapter; its tensor names use kEncoderToken (delta.h) instead.
 const std::string kOurs = ".lora.lora_";
 const std::string kPeft = ".lora_";
 
@@ -50,8 +50,8 @@ json imported_meta(const json& adapter_config, int64_t num_labels, const std::st
 // A directory deltatune wrote carries its delta.json in the safetensors header
 // ("deltatune"): labels, task and base checksum come back from it; the method
 // read from PEFT's own fields stays.
-void restore_deltatune_meta(const fs::path& weights_path, Delta& delta) {
-  auto file = io::SafetensorsFile::open(weights_path);
+void restore_deltatune_meta(const io::SafetensorsFile& file, const fs::path& weights_path,
+                            Delta& delta) {
   const auto& metadata = file.metadata();
   if (auto it = metadata.find("deltatune"); it != metadata.end()) {
     json method = delta.meta["method"];
@@ -64,6 +64,13 @@ void restore_deltatune_meta(const fs::path& weights_path, Delta& delta) {
     delta.meta["method"] = method;
   }
   delta.meta["imported_from"] = "peft";
+}
+
+fs::path adapter_weights_path(const fs::path& dir) {
+  const fs::path path = dir / "adapter_model.safetensors";
+  if (!fs::exists(path))
+    throw Error(dir.string() + ": no adapter_model.safetensors (adapter_model.bin is not read)");
+  return path;
 }
 
 }  // namespace
@@ -221,9 +228,7 @@ Delta load_prompt_learning_adapter(const fs::path& dir, const json& config,
     throw Error(config_path.string() +
                 ": field 'num_transformer_submodules' must be 1 (an encoder)");
   const bool prefix = peft_type == "PREFIX_TUNING";
-  const fs::path weights_path = dir / "adapter_model.safetensors";
-  if (!fs::exists(weights_path))
-    throw Error(dir.string() + ": no adapter_model.safetensors (adapter_model.bin is not read)");
+  const fs::path weights_path = adapter_weights_path(dir);
   auto file = io::SafetensorsFile::open(weights_path);
   Delta delta;
   int64_t num_labels = 0;
@@ -238,8 +243,7 @@ Delta load_prompt_learning_adapter(const fs::path& dir, const json& config,
         throw Error(fmt::format("{}: tensor '{}' has shape [{}], expected [{}, {}]",
                                 weights_path.string(), kPromptKey, fmt::join(t.shape, ", "), length,
                                 expected));
-      t.name =
-          std::string(kEncoderPlaceholder) + (prefix ? ".prefix.key_values" : ".prompt.embedding");
+      t.name = std::string(kEncoderToken) + (prefix ? ".prefix.key_values" : ".prompt.embedding");
       found_table = true;
     } else {
       std::string name = entry.name;
@@ -276,6 +280,7 @@ Delta load_prompt_learning_adapter(const fs::path& dir, const json& config,
   }
   delta.meta =
       imported_meta(config, num_labels, prefix ? "prefix-tuning" : "prompt-tuning", method_config);
+  restore_deltatune_meta(file, weights_path, delta);
   return delta;
 }
 
@@ -303,9 +308,7 @@ Delta load_peft_adapter(const fs::path& dir) {
     throw field_error("task_type",
                       "is '" + task_type + "'; deltatune reads sequence-classification adapters");
   if (peft_type != "LORA") {
-    Delta delta = load_prompt_learning_adapter(dir, config, peft_type);
-    restore_deltatune_meta(dir / "adapter_model.safetensors", delta);
-    return delta;
+    return load_prompt_learning_adapter(dir, config, peft_type);
   }
   if (config.value("bias", "none") != "none") throw field_error("bias", "must be \"none\"");
   if (config.value("fan_in_fan_out", false)) throw field_error("fan_in_fan_out", "must be false");
@@ -326,9 +329,7 @@ Delta load_peft_adapter(const fs::path& dir) {
     throw Error(config_path.string() + ": missing or malformed LoRA field (" + e.what() + ")");
   }
 
-  const fs::path weights_path = dir / "adapter_model.safetensors";
-  if (!fs::exists(weights_path))
-    throw Error(dir.string() + ": no adapter_model.safetensors (adapter_model.bin is not read)");
+  const fs::path weights_path = adapter_weights_path(dir);
   auto file = io::SafetensorsFile::open(weights_path);
   Delta delta;
   int64_t num_labels = 0;
@@ -352,7 +353,7 @@ Delta load_peft_adapter(const fs::path& dir) {
                 "classifier.out_proj.weight)");
 
   delta.meta = imported_meta(config, num_labels, "lora", method_config);
-  restore_deltatune_meta(weights_path, delta);
+  restore_deltatune_meta(file, weights_path, delta);
   return delta;
 }
 

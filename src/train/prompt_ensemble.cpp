@@ -54,17 +54,19 @@ PromptEnsemble::PromptEnsemble(const BaseModel& base, const std::vector<methods:
     }
     // Checks the base and shapes and gives the member's prompt and head.
     auto member = model_from_delta(base, deltas[k]);
-    std::vector<std::pair<std::string, at::Tensor>> head;
+    std::vector<at::Tensor> head;
     for (const auto& item : member->named_parameters(true)) {
       if (methods::is_prompt_parameter(item.key())) prompts.push_back(item.value().detach());
-      if (methods::is_classifier_parameter(item.key()))
-        head.emplace_back(item.key(), item.value().detach());
+      if (methods::is_classifier_parameter(item.key())) head.push_back(item.value().detach());
     }
     if (prompts.size() != k + 1) throw Error(which + " holds no prompt");
-    heads_.push_back(std::move(head));
+    member_heads_.push_back(std::move(head));
   }
   model_ = make_task_model(base, labels, 0);
   for (auto& p : model_->parameters()) p.requires_grad_(false);
+  // The members' models have this layout, so their classifier tensors come in this order.
+  for (const auto& item : model_->named_parameters(true))
+    if (methods::is_classifier_parameter(item.key())) head_.push_back(item.value());
   model_->eval();
   prompts_ = std::make_shared<Prompts>(at::stack(prompts),
                                        first_config.value("placement", "after_cls") == "after_cls");
@@ -84,10 +86,9 @@ at::Tensor PromptEnsemble::all_logits(const model::EncoderInput& input) {
     repeated.token_type_ids = input.token_type_ids.repeat({members, 1});
   at::NoGradGuard no_grad;
   model::EncoderOutput encoded = model_->encoder->forward(repeated);
-  auto parameters = model_->named_parameters(true);
   std::vector<at::Tensor> logits;
   for (int64_t k = 0; k < members; ++k) {
-    for (const auto& [name, value] : heads_[k]) parameters[name].copy_(value);
+    for (size_t i = 0; i < head_.size(); ++i) head_[i].copy_(member_heads_[k][i]);
     model::EncoderOutput part;
     part.last_hidden_state = encoded.last_hidden_state.narrow(0, k * batch, batch);
     if (encoded.pooler_output.defined())

@@ -30,10 +30,10 @@ struct DeltaTensor {
   bool sparse() const { return indices.defined(); }
 };
 
-// Tensor names of a delta read from a format that does not record the
-// encoder's module name (a PEFT prompt adapter) start with this placeholder;
-// with_encoder_name() puts the base's "bert", "roberta", ... in its place.
-inline constexpr const char* kEncoderPlaceholder = "{encoder}";
+// A delta read from a format that does not record the encoder's module name
+// (a PEFT prompt adapter) names its encoder tensors "{encoder}.<rest>";
+// with_encoder_name() turns them into the base's "bert.<rest>", ....
+inline constexpr const char* kEncoderToken = "{encoder}";
 
 struct Delta {
   nlohmann::json meta = nlohmann::json::object();
@@ -65,7 +65,7 @@ struct AppliedDelta {
 // Throws deltatune::Error naming a tensor the model lacks or whose shape differs.
 AppliedDelta apply_delta(const Delta& delta, torch::nn::Module& model);
 
-// `delta` with kEncoderPlaceholder in its tensor names replaced by `encoder`.
+// `delta` with kEncoderToken in its tensor names replaced by `encoder`.
 Delta with_encoder_name(const Delta& delta, const std::string& encoder);
 // Restores exactly the values apply_delta replaced.
 void remove_delta(const AppliedDelta& applied, torch::nn::Module& model);

@@ -31,7 +31,7 @@ class PromptEnsemble {
   at::Tensor forward(const model::EncoderInput& input, EnsembleCombine combine);
   // Member k alone on `input` (its own delta's logits).
   at::Tensor member_logits(const model::EncoderInput& input, int64_t member);
-  int64_t size() const { return static_cast<int64_t>(heads_.size()); }
+  int64_t size() const { return static_cast<int64_t>(member_heads_.size()); }
   int64_t num_labels() const { return model_->num_labels(); }
 
  private:
@@ -40,7 +40,8 @@ class PromptEnsemble {
   at::Tensor all_logits(const model::EncoderInput& input);
   model::SequenceClassifier model_{nullptr};
   std::shared_ptr<Prompts> prompts_;
-  std::vector<std::vector<std::pair<std::string, at::Tensor>>> heads_;  // classifier per member
+  std::vector<at::Tensor> head_;                       // the model's classifier tensors
+  std::vector<std::vector<at::Tensor>> member_heads_;  // each member's, in head_'s order
 };
 
 }  // namespace deltatune::train
