@@ -305,6 +305,42 @@ def add_houlsby_adapters(model, bottleneck):
             sub.forward = forward
 
 
+def deltatune_name(name, encoder):
+    """deltatune's name of a trainable parameter of the (PEFT-wrapped) model."""
+    name = name.removeprefix("base_model.model.").replace(".modules_to_save.default.", ".")
+    name = name.replace(".lora_A.default.", ".lora.lora_A.")
+    name = name.replace(".lora_B.default.", ".lora.lora_B.")
+    prompt = {
+        "prompt_encoder.default.embedding.weight": None,  # filled in below
+        "prompt_encoder.default.transform.0.weight": "prefix.reparameterization.transform_in.weight",
+        "prompt_encoder.default.transform.0.bias": "prefix.reparameterization.transform_in.bias",
+        "prompt_encoder.default.transform.2.weight": "prefix.reparameterization.transform_out.weight",
+        "prompt_encoder.default.transform.2.bias": "prefix.reparameterization.transform_out.bias",
+    }
+    if name in prompt:
+        return f"{encoder}.{prompt[name]}" if prompt[name] else None
+    return name
+
+
+def dump_starting_values(model, method, args, path):
+    from safetensors.torch import save_file
+    encoder = getattr(model, "base_model_prefix", None) or "bert"
+    if hasattr(model, "peft_config"):
+        encoder = model.base_model.model.base_model_prefix
+    embedding = {"prompt-tuning": "prompt.embedding",
+                 "prefix-tuning": "prefix.reparameterization.embedding"
+                 if args.projection_size > 0 else "prefix.key_values"}.get(method)
+    values = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        ours = deltatune_name(name, encoder)
+        if ours is None:
+            ours = f"{encoder}.{embedding}"
+        values[ours] = p.detach().clone().contiguous()
+    save_file(values, path)
+
+
 def wrap_with_peft(model, method, args, tokenizer, task):
     """LoRA, prefix or prompt tuning through PEFT with deltatune's settings:
     the prefix trained through PEFT's MLP (deltatune --projection-size, with
@@ -485,6 +521,13 @@ def main():
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for forward passes")
     ap.add_argument("--no-eval", action="store_true", help="skip evaluation (speed runs)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--dropout", type=float, help="every dropout rate (default: the config's)")
+    ap.add_argument("--init-from", help="safetensors of starting values by parameter name "
+                    "(deltatune's --init-from), loaded before any PEFT wrapping")
+    ap.add_argument("--dump-init", help="write the trainable parameters' starting values, "
+                    "under deltatune's names, to this safetensors file (for its --init-from)")
+    ap.add_argument("--log-every", type=int, default=0,
+                    help="record the mean training loss every N steps in the summary's 'losses'")
     args = ap.parse_args()
     if not args.glue_dir:
         sys.exit("give --glue-dir or set GLUE_DIR")
@@ -528,12 +571,23 @@ def main():
     dev_encoded = {s: encode(ex) for s, ex in dev_splits.items()}
 
     torch.manual_seed(args.seed)
+    dropout = {} if args.dropout is None else {
+        "hidden_dropout_prob": args.dropout, "attention_probs_dropout_prob": args.dropout,
+        "classifier_dropout": args.dropout}
     model = AutoModelForSequenceClassification.from_pretrained(
-        args.model, num_labels=1 if regression else len(TASKS[task][4]))
+        args.model, num_labels=1 if regression else len(TASKS[task][4]), **dropout)
     # HF's head initialisation, drawn after loading so that it depends on the seed.
     torch.manual_seed(args.seed)
     model.classifier.weight.data.normal_(0.0, model.config.initializer_range)
     model.classifier.bias.data.zero_()
+    if args.init_from:
+        from safetensors.torch import load_file
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in load_file(args.init_from).items():
+                if name not in named:
+                    sys.exit(f"{args.init_from}: tensor '{name}' is not a parameter of the model")
+                named[name].copy_(value)
     if args.method == "adapters":
         torch.manual_seed(args.seed)
         add_houlsby_adapters(model, args.bottleneck)
@@ -541,6 +595,8 @@ def main():
         torch.manual_seed(args.seed)
         model = wrap_with_peft(model, args.method, args, tokenizer, task)
     set_trainable(model, args.method, bias_terms)
+    if args.dump_init:
+        dump_starting_values(model, args.method, args, args.dump_init)
 
     def make_optimizer(offset=0):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -605,14 +661,18 @@ def main():
         return merged
 
     model.train()
+    # Dropout masks from the start of the seed's stream, as deltatune's trainer.
+    torch.manual_seed(args.seed)
     best, best_step, step, tokens, train_seconds = None, 0, 0, 0, 0.0
-    history = []
+    history, losses, loss_window = [], [], []
     for epoch in range(epochs):
         for rows in epoch_batches(lengths, batch, args.seed, epoch):
             if step >= total_steps:
                 break
             start = time.perf_counter()
             loss = batch_loss(rows)
+            if args.log_every:
+                loss_window.append(loss.item())
             loss.backward()
             for n, mask in masks_after_backward.items():
                 if params[n].grad is not None:
@@ -635,6 +695,9 @@ def main():
             train_seconds += time.perf_counter() - start
             tokens += sum(len(train_ids[i]) for i in rows)
             step += 1
+            if args.log_every and step % args.log_every == 0:
+                losses.append({"step": step, "loss": sum(loss_window) / len(loss_window)})
+                loss_window = []
             if not far_reconfigured and step == priming_steps:
                 # The learned nodes train on from here with a fresh optimizer,
                 # the schedule continuing; the frozen ones keep their reset values.
@@ -657,7 +720,7 @@ def main():
         "task": DIRS[task], "method": args.method + (f"[{args.bias_terms}]" if bias_terms else ""),
         "seed": args.seed, "train_examples": len(train_ids), "steps": step,
         "dev": dict(best or {}, main_metric=main_metric), "best_step": best_step,
-        "history": history, "train_seconds": train_seconds,
+        "history": history, "losses": losses, "train_seconds": train_seconds,
         "train_tokens_per_s": tokens / train_seconds if train_seconds else 0.0,
         "peak_rss_mib": peak_rss_mib(), "bf16": args.bf16, "threads": args.threads,
         "trainable_parameters": sum(p.numel() for p in trainable),

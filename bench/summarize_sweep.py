@@ -50,7 +50,8 @@ def main():
                 row[side] = s
                 cells.append("-" if s is None else f"{s[0]:.1f} ± {s[1]:.1f} (n={s[2]})")
             verdicts, gaps = [], []
-            ours = row.get("ours")
+            # deltatune's fp32 side when the sweep has one, else its bf16 side.
+            ours = row.get("ours") or row.get("ours-bf16")
             for ref in sides:
                 if ref.startswith("ours") or ours is None or row.get(ref) is None:
                     continue

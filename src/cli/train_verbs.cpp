@@ -187,6 +187,8 @@ struct TrainOptions {
   std::optional<double> learning_rate, weight_decay, warmup_ratio;
   std::optional<int64_t> batch_size, epochs;
   std::optional<std::string> schedule;
+  std::optional<double> dropout;  // overrides the config's dropout rates
+  std::string init_from;          // safetensors of starting values by parameter name
   bool resume = false;
   bool json_output = false;
 };
@@ -245,6 +247,7 @@ int run_train(TrainOptions& o) {
   c.warmup_ratio = o.warmup_ratio.value_or(recipe.warmup_ratio);
   c.weight_decay = o.weight_decay.value_or(recipe.weight_decay);
   c.run_dir = o.out;
+  if (c.log_every < 0) throw Error("--log-every must be 0 or more");
 
   json method_options = json::object();
   if (!o.bias_terms.empty()) {
@@ -303,9 +306,18 @@ int run_train(TrainOptions& o) {
   auto train_set = data::encode_dataset(task_data.train, *tokenizer, o.data.max_length);
   auto dev_set = data::encode_dataset(task_data.dev, *tokenizer, o.data.max_length);
   train::BaseModel base = train::load_base(o.model_dir);
+  if (o.dropout) {
+    base.config.hidden_dropout_prob = *o.dropout;
+    base.config.attention_probs_dropout_prob = *o.dropout;
+    base.config.classifier_dropout = *o.dropout;
+  }
   auto task_model = train::make_task_model(base, task_data.task.num_labels(), c.seed);
   method->attach(*task_model);
-  at::manual_seed(c.seed);
+  if (!o.init_from.empty()) {
+    if (o.resume) throw Error("--init-from does not apply with --resume (the checkpoint says)");
+    const int64_t copied = train::load_starting_values(*task_model, o.init_from);
+    fmt::print(stderr, "{}: {} tensors copied into the task model\n", o.init_from, copied);
+  }
 
   fmt::print(stderr, "{}: {} train / {} dev examples, method {}, lr {}, batch {}, {} epochs{}\n",
              task_data.task.name, train_set.size(), dev_set.size(), method->name(), c.learning_rate,
@@ -732,6 +744,17 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
                    "batches per optimizer step")
       ->capture_default_str();
   train->add_option("--eval-every", t->config.eval_every, "evaluate every N steps (0: per epoch)");
+  train
+      ->add_option("--log-every", t->config.log_every,
+                   "steps per mean training loss line in metrics.jsonl (0: none)")
+      ->capture_default_str();
+  train
+      ->add_option("--dropout", t->dropout,
+                   "dropout rate of every dropout layer (default: the model's config)")
+      ->check(CLI::Range(0.0, 0.99));
+  train->add_option("--init-from", t->init_from,
+                    "safetensors file of starting values for task-model parameters, by name "
+                    "(e.g. classifier.weight)");
   train->add_option("--early-stopping", t->config.early_stopping_patience,
                     "stop after N evaluations without improvement (0: off)");
   train->add_option("--checkpoint-every", t->config.checkpoint_every,

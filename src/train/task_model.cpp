@@ -1,11 +1,13 @@
 #include "deltatune/train/task_model.h"
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 
 #include <chrono>
 #include <ctime>
 
 #include "deltatune/error.h"
+#include "deltatune/io/safetensors.h"
 
 namespace deltatune::train {
 namespace fs = std::filesystem;
@@ -34,7 +36,6 @@ BaseModel load_base(const fs::path& directory) {
 
 model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_labels,
                                           uint64_t seed) {
-  at::manual_seed(seed);
   model::SequenceClassifier task_model(base.config, num_labels);
   model::SequenceClassifierImpl* raw = task_model.get();
   // A base that is itself a task model brings a classifier for its own labels:
@@ -45,8 +46,11 @@ model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_lab
   model::load_state(*task_model, encoder_only, base.config.base_model_prefix(),
                     base.directory.string(),
                     [raw](const std::string& name) { return raw->is_head_parameter(name); });
-  // HF's head initialisation: normal(0, initializer_range) weights, zero biases,
-  // drawn after loading so it depends on the seed only.
+  // HF's head initialisation: normal(0, initializer_range) weights, zero biases.
+  // The generator is seeded right before the draw, so the head is the first
+  // normals of the seed's stream: PyTorch's `torch.manual_seed(seed);
+  // classifier.weight.normal_(0, initializer_range)` gives the same values.
+  at::manual_seed(seed);
   at::NoGradGuard no_grad;
   for (auto& item : task_model->named_parameters(true)) {
     if (item.key().rfind("classifier.", 0) != 0) continue;
@@ -124,6 +128,26 @@ model::SequenceClassifier model_from_delta(const BaseModel& base, const methods:
   if (fold) method->fold_into_weights(*task_model);
   task_model->eval();
   return task_model;
+}
+
+int64_t load_starting_values(model::SequenceClassifierImpl& task_model, const fs::path& path) {
+  auto values = io::SafetensorsFile::open(path).load_all();
+  auto parameters = task_model.named_parameters(true);
+  std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // checked in full before any copy
+  for (const auto& [name, value] : values) {
+    at::Tensor* target = parameters.find(name);
+    if (target == nullptr)
+      throw Error(
+          fmt::format("{}: tensor '{}' is not a parameter of the task model", path.string(), name));
+    if (target->sizes() != value.sizes())
+      throw Error(fmt::format("{}: tensor '{}' has shape [{}], the task model's is [{}]",
+                              path.string(), name, fmt::join(value.sizes(), ", "),
+                              fmt::join(target->sizes(), ", ")));
+    copies.emplace_back(*target, value);
+  }
+  at::NoGradGuard no_grad;
+  for (auto& [target, value] : copies) target.copy_(value);
+  return static_cast<int64_t>(copies.size());
 }
 
 data::TaskSpec task_of(const methods::Delta& delta) {

@@ -93,6 +93,7 @@ json TrainConfig::to_json() const {
           {"warmup_ratio", warmup_ratio},
           {"max_grad_norm", max_grad_norm},
           {"eval_every", eval_every},
+          {"log_every", log_every},
           {"early_stopping_patience", early_stopping_patience},
           {"seed", seed},
           {"bf16", bf16},
@@ -310,6 +311,12 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     }
   }
 
+  // A fresh run draws its dropout masks from the start of the seed's stream,
+  // whatever the set-up drew before (PyTorch reference: torch.manual_seed(seed)
+  // right before its training loop). Resumed runs restored the stream above;
+  // a later stage (FAR after priming) continues the earlier one's.
+  if (!resume && config_.prior_steps == 0) at::manual_seed(config_.seed);
+
   io::ProgressBar bar("train " + task_.name, total_steps);
   bar.set_enabled(config_.progress);
   bar.set(optimizer.steps());
@@ -412,7 +419,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
                                  loss_window / loss_count,
                                  tokens / std::max(elapsed - eval_seconds, 1e-9)));
       bar.set(optimizer.steps());
-      if (optimizer.steps() % 50 == 0) {
+      if (config_.log_every > 0 && optimizer.steps() % config_.log_every == 0) {
         append_metrics({{"split", "train"},
                         {"step", optimizer.steps()},
                         {"loss", loss_window / loss_count},

@@ -26,9 +26,18 @@ struct BaseModel {
 
 BaseModel load_base(const std::filesystem::path& directory);
 
-// A task model with the base's weights and a freshly initialised head
-// (seeded: the same seed gives the same head).
+// A task model with the base's weights and a freshly initialised head: the
+// head's weights are the first normals of `seed`'s stream of the default CPU
+// generator, as PyTorch's `torch.manual_seed(seed); weight.normal_(0, std)`.
 model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_labels, uint64_t seed);
+
+// Copies each tensor of a safetensors file into the task-model parameter of
+// the same name (a head, a prompt, LoRA factors: starting values for what
+// trains). Every name must be a parameter and every shape must match, else an
+// Error naming the file and the tensor; on error nothing has been copied.
+// Returns the number of tensors copied.
+int64_t load_starting_values(model::SequenceClassifierImpl& task_model,
+                             const std::filesystem::path& path);
 
 // What a finished run stores: the method's parameters (values, not
 // differences), the base identity, task and labels, metrics and settings.

@@ -33,6 +33,7 @@ struct TrainConfig {
   double max_grad_norm = 1.0;  // 0: no clipping
   int64_t eval_every = 0;      // optimizer steps; 0: at each epoch end only
   int64_t eval_batch_size = 64;
+  int64_t log_every = 50;  // optimizer steps per mean-loss line in metrics.jsonl; 0: none
   int64_t early_stopping_patience = 0;  // evaluations without improvement; 0: off
   int64_t checkpoint_every = 0;         // optimizer steps; 0: no checkpoints
   uint64_t seed = 0;
