@@ -324,9 +324,8 @@ def deltatune_name(name, encoder):
 
 def dump_starting_values(model, method, args, path):
     from safetensors.torch import save_file
-    encoder = getattr(model, "base_model_prefix", None) or "bert"
-    if hasattr(model, "peft_config"):
-        encoder = model.base_model.model.base_model_prefix
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    encoder = inner.base_model_prefix
     embedding = {"prompt-tuning": "prompt.embedding",
                  "prefix-tuning": "prefix.reparameterization.embedding"
                  if args.projection_size > 0 else "prefix.key_values"}.get(method)
