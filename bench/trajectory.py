@@ -85,9 +85,13 @@ def main():
                 with open(os.path.join(run_dir, "metrics.jsonl")) as f:
                     lines = [json.loads(line) for line in f]
                 losses = [(r["step"], r["loss"]) for r in lines if r.get("split") == "train"]
+                evals = [r for r in lines if r.get("split") == "dev"]
             else:
                 losses = [(r["step"], r["loss"]) for r in summary["losses"]]
-            sides[side] = {"losses": losses, "dev": summary["dev"], "wall_seconds": wall}
+                evals = summary["history"]
+            metric = summary["dev"]["main_metric"]
+            sides[side] = {"losses": losses, "dev": summary["dev"], "wall_seconds": wall,
+                           "dev_history": [(r["step"], r[metric]) for r in evals]}
 
     ours, ref = sides[ours_side], sides[args.reference]
     ref_loss = dict(ref["losses"])
@@ -104,7 +108,12 @@ def main():
         print(f"{step:5d} {a:12.6f} {b:12.6f} {rel[i]:9.2e}")
     print(f"steps compared {len(diffs)}; max relative loss difference {max(rel):.2e}; "
           f"first step more than 1e-3 apart: {first_apart}")
-    print(f"dev {metric}: deltatune {ours['dev'][metric]:.4f}, reference "
+    ref_history = dict(ref["dev_history"])
+    for step, value in ours["dev_history"]:
+        if step in ref_history:
+            print(f"dev {metric} after step {step}: deltatune {value:.4f}, reference "
+                  f"{ref_history[step]:.4f}")
+    print(f"dev {metric} (best): deltatune {ours['dev'][metric]:.4f}, reference "
           f"{ref['dev'][metric]:.4f}")
     record = {"task": args.task, "method": args.method, "seed": args.seed,
               "samples": args.samples, "epochs": args.epochs, "max_steps": args.max_steps,
