@@ -307,7 +307,9 @@ def add_houlsby_adapters(model, bottleneck):
 
 def deltatune_name(name, encoder):
     """deltatune's name of a trainable parameter of the (PEFT-wrapped) model."""
-    name = name.removeprefix("base_model.model.").replace(".modules_to_save.default.", ".")
+    # LoRA wraps as base_model (LoraModel).model, prefix and prompt as base_model.
+    name = name.removeprefix("base_model.model.").removeprefix("base_model.")
+    name = name.replace(".modules_to_save.default.", ".")
     name = name.replace(".lora_A.default.", ".lora.lora_A.")
     name = name.replace(".lora_B.default.", ".lora.lora_B.")
     prompt = {
