@@ -305,40 +305,32 @@ def add_houlsby_adapters(model, bottleneck):
             sub.forward = forward
 
 
-def deltatune_name(name, encoder):
+def deltatune_name(name, encoder, method, projection_size):
     """deltatune's name of a trainable parameter of the (PEFT-wrapped) model."""
     # LoRA wraps as base_model (LoraModel).model, prefix and prompt as base_model.
     name = name.removeprefix("base_model.model.").removeprefix("base_model.")
     name = name.replace(".modules_to_save.default.", ".")
     name = name.replace(".lora_A.default.", ".lora.lora_A.")
     name = name.replace(".lora_B.default.", ".lora.lora_B.")
-    prompt = {
-        "prompt_encoder.default.embedding.weight": None,  # filled in below
-        "prompt_encoder.default.transform.0.weight": "prefix.reparameterization.transform_in.weight",
-        "prompt_encoder.default.transform.0.bias": "prefix.reparameterization.transform_in.bias",
-        "prompt_encoder.default.transform.2.weight": "prefix.reparameterization.transform_out.weight",
-        "prompt_encoder.default.transform.2.bias": "prefix.reparameterization.transform_out.bias",
+    mlp = "prefix.reparameterization"
+    prompt_encoder = {
+        "embedding.weight": "prompt.embedding" if method == "prompt-tuning"
+        else f"{mlp}.embedding" if projection_size > 0 else "prefix.key_values",
+        "transform.0.weight": f"{mlp}.transform_in.weight",
+        "transform.0.bias": f"{mlp}.transform_in.bias",
+        "transform.2.weight": f"{mlp}.transform_out.weight",
+        "transform.2.bias": f"{mlp}.transform_out.bias",
     }
-    if name in prompt:
-        return f"{encoder}.{prompt[name]}" if prompt[name] else None
-    return name
+    inside = name.removeprefix("prompt_encoder.default.")
+    return f"{encoder}.{prompt_encoder[inside]}" if inside != name else name
 
 
 def dump_starting_values(model, method, args, path):
     from safetensors.torch import save_file
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    encoder = inner.base_model_prefix
-    embedding = {"prompt-tuning": "prompt.embedding",
-                 "prefix-tuning": "prefix.reparameterization.embedding"
-                 if args.projection_size > 0 else "prefix.key_values"}.get(method)
-    values = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        ours = deltatune_name(name, encoder)
-        if ours is None:
-            ours = f"{encoder}.{embedding}"
-        values[ours] = p.detach().clone().contiguous()
+    values = {deltatune_name(name, inner.base_model_prefix, method, args.projection_size):
+              p.detach().clone().contiguous()
+              for name, p in model.named_parameters() if p.requires_grad}
     save_file(values, path)
 
 

@@ -32,22 +32,30 @@ const json& fixture() {
   return j;
 }
 
-// The fixture's run: its seeded SST-2 subset, BitFit's recipe, one loss line
-// per step; `before_fit` runs between the model's set-up and training.
+// The fixture's seeded SST-2 subset, tokenized once.
+const data::EncodedDataset& fixture_train_set() {
+  static const data::EncodedDataset train = [] {
+    const json& s = fixture()["settings"];
+    data::GlueReadOptions options;
+    options.max_samples = s["max_train_samples"].get<size_t>();
+    options.seed = s["seed"].get<uint64_t>();
+    auto tokenizer = text::load_tokenizer(test::minilm_dir());
+    const data::TaskSpec task = data::find_glue_task(s["task"].get<std::string>());
+    return data::encode_dataset(data::read_glue(data::glue_dir_from_env(), task, "train", options),
+                                *tokenizer, s["max_length"].get<size_t>());
+  }();
+  return train;
+}
+
+// The fixture's run: BitFit's recipe, one loss line per step; `before_fit`
+// runs between the model's set-up and training.
 std::vector<double> train_losses(
     std::optional<double> dropout, const std::function<void()>& before_fit = [] {}) {
   const json& s = fixture()["settings"];
   const uint64_t seed = s["seed"].get<uint64_t>();
-  const size_t max_length = s["max_length"].get<size_t>();
   const data::TaskSpec task = data::find_glue_task(s["task"].get<std::string>());
-  data::GlueReadOptions options;
-  options.max_samples = s["max_train_samples"].get<size_t>();
-  options.seed = seed;
-  auto tokenizer = text::load_tokenizer(test::minilm_dir());
-  auto train = data::encode_dataset(
-      data::read_glue(data::glue_dir_from_env(), task, "train", options), *tokenizer, max_length);
-
-  BaseModel base = load_base(test::minilm_dir());
+  static const BaseModel loaded = load_base(test::minilm_dir());
+  BaseModel base = loaded;  // shares the checkpoint's tensors; only the config changes
   if (dropout) {
     base.config.hidden_dropout_prob = *dropout;
     base.config.attention_probs_dropout_prob = *dropout;
@@ -69,7 +77,7 @@ std::vector<double> train_losses(
   config.progress = false;
   config.run_dir = run.path();
   Trainer trainer(task_model, *method, task, config);
-  trainer.fit(train, test::sst2_sample(16, 16).dev);
+  trainer.fit(fixture_train_set(), test::sst2_sample(16, 16).dev);
 
   std::vector<double> losses;
   std::ifstream in(run.path() / "metrics.jsonl");
