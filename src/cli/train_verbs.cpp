@@ -306,11 +306,7 @@ int run_train(TrainOptions& o) {
   auto train_set = data::encode_dataset(task_data.train, *tokenizer, o.data.max_length);
   auto dev_set = data::encode_dataset(task_data.dev, *tokenizer, o.data.max_length);
   train::BaseModel base = train::load_base(o.model_dir);
-  if (o.dropout) {
-    base.config.hidden_dropout_prob = *o.dropout;
-    base.config.attention_probs_dropout_prob = *o.dropout;
-    base.config.classifier_dropout = *o.dropout;
-  }
+  if (o.dropout) train::override_dropout(base, *o.dropout);
   auto task_model = train::make_task_model(base, task_data.task.num_labels(), c.seed);
   method->attach(*task_model);
   if (!o.init_from.empty()) {

@@ -34,6 +34,12 @@ BaseModel load_base(const fs::path& directory) {
   return base;
 }
 
+void override_dropout(BaseModel& base, double rate) {
+  base.config.hidden_dropout_prob = rate;
+  base.config.attention_probs_dropout_prob = rate;
+  base.config.classifier_dropout = rate;
+}
+
 model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_labels,
                                           uint64_t seed) {
   model::SequenceClassifier task_model(base.config, num_labels);

@@ -56,10 +56,7 @@ std::vector<double> train_losses(
   const data::TaskSpec task = data::find_glue_task(s["task"].get<std::string>());
   static const BaseModel loaded = load_base(test::minilm_dir());
   BaseModel base = loaded;  // shares the checkpoint's tensors; only the config changes
-  if (dropout) {
-    base.config.hidden_dropout_prob = *dropout;
-    base.config.attention_probs_dropout_prob = *dropout;
-  }
+  if (dropout) override_dropout(base, *dropout);
   auto task_model = make_task_model(base, 2, seed);
   auto method = methods::make_method(s["method"].get<std::string>());
   method->attach(*task_model);

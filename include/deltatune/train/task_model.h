@@ -26,6 +26,10 @@ struct BaseModel {
 
 BaseModel load_base(const std::filesystem::path& directory);
 
+// Sets every dropout rate (hidden, attention probabilities, classifier) of the
+// task models made from `base` afterwards; the checkpoint is untouched.
+void override_dropout(BaseModel& base, double rate);
+
 // A task model with the base's weights and a freshly initialised head: the
 // head's weights are the first normals of `seed`'s stream of the default CPU
 // generator, as PyTorch's `torch.manual_seed(seed); weight.normal_(0, std)`.
