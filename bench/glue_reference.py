@@ -251,8 +251,8 @@ def set_trainable(model, method, bias_terms):
         head = name.startswith("classifier.")
         if method in ("full", "child-tuning-f", "child-tuning-d", "fish"):
             train = True
-        elif method == "far":
-            train = head or is_ffn(name)
+        elif method == "far":  # FFN nodes, and every bias, LayerNorm and the head throughout
+            train = head or is_ffn(name) or no_decay(name)
         elif method == "frozen":
             train = head or ".pooler." in name
         elif method == "adapters":

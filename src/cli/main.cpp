@@ -13,6 +13,7 @@
 
 #include "commands.h"
 #include "deltatune/error.h"
+#include "deltatune/io/cpus.h"
 #include "deltatune/methods/method.h"
 #include "deltatune/model/batch.h"
 #include "deltatune/model/hub.h"
@@ -55,7 +56,8 @@ void add_common(CLI::App* verb, Common& common) {
   verb->add_option("--model,-m", common.model_dir, "Hugging Face model directory")
       ->capture_default_str();
   verb->add_option("--threads", common.threads,
-                   "intra-op threads (0: OMP_NUM_THREADS, else every core)");
+                   "intra-op threads (0: OMP_NUM_THREADS, else every CPU the process may use: "
+                   "affinity and cgroup quota)");
   verb->add_flag("--json", common.json_output, "print JSON instead of text");
 }
 
@@ -260,6 +262,7 @@ int run_info(const Common& common, int64_t num_labels) {
     j["vocab_size"] = c.vocab_size;
     j["parameters"] = total;
     j["encoder_parameters"] = encoder_total;
+    j["threads"] = at::get_num_threads();
     json g = json::object();
     for (const auto& item : groups) g[model::group_name(item.group)] = item.count;
     j["groups"] = g;
@@ -363,11 +366,12 @@ int main(int argc, char** argv) {
 
   CLI11_PARSE(app, argc, argv);
   try {
-    // Debian's LibTorch starts with one intra-op thread; use every core unless told otherwise.
+    // Debian's LibTorch starts with one intra-op thread; use every CPU this
+    // process may run on (affinity and cgroup quota) unless told otherwise.
     if (common.threads > 0) {
       at::set_num_threads(common.threads);
     } else if (std::getenv("OMP_NUM_THREADS") == nullptr) {
-      at::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+      at::set_num_threads(static_cast<int>(io::available_cpus()));
     }
     if (*tokenize) return run_tokenize(common, texts, pairs, max_length);
     if (*embed) return run_embed(common, texts, max_length, dtype);

@@ -133,7 +133,49 @@ TaskData read_task_data(const DataOptions& d, uint64_t seed, bool need_train) {
   return out;
 }
 
-// The reference recipes (METHODS.md "Recipes") as defaults per method.
+// The evaluation data of a delta: a user --dev file read with the delta's
+// own label set and type, or GLUE dev splits (the delta's own task unless
+// --task names another, e.g. for transfer), refused when labels or inputs
+// differ from what the delta was trained on. An adapter imported from PEFT
+// records no label names: any label set of its head's width is taken.
+TaskData read_eval_data(DataOptions d, const methods::Delta& delta, const std::string& delta_dir) {
+  data::TaskSpec trained = train::task_of(delta);
+  const bool labels_recorded = !delta.meta.value("label_names", json::array()).empty();
+  TaskData out;
+  if (!d.dev_file.empty()) {
+    if (d.regression && trained.type != data::TaskType::kRegression)
+      throw Error("--regression was given, but " + delta_dir + " is a classification delta");
+    data::ReadOptions options = user_read_options(d, 0);
+    options.type = trained.type;
+    if (labels_recorded) options.label_names = trained.label_names;
+    out.dev = data::read_dataset(d.dev_file, options);
+    report_skipped(out.dev);
+    if (!labels_recorded && trained.type == data::TaskType::kClassification)
+      trained.label_names = out.dev.label_names;
+    train::check_same_labels(
+        trained,
+        data::custom_task(trained.name, out.dev.type, out.dev.label_names, out.dev.is_pair),
+        d.dev_file);
+    out.task = trained;
+    return out;
+  }
+  if (d.task.empty()) {
+    if (trained.name.empty())
+      throw Error(delta_dir + ": the adapter does not record its task: give --task or --dev");
+    if (trained.hf_name.empty())
+      throw Error(delta_dir + " was trained on user data (task '" + trained.name +
+                  "'): give its evaluation file with --dev");
+    d.task = trained.name;
+  }
+  out = read_task_data(d, 0, false);
+  if (!labels_recorded && trained.type == data::TaskType::kClassification &&
+      trained.label_names.size() == out.task.label_names.size())
+    trained.label_names = out.task.label_names;
+  train::check_same_labels(trained, out.task, "GLUE task " + out.task.name);
+  return out;
+}
+
+// The reference recipes (docs/METHODS.md "Recipes") as defaults per method.
 struct Recipe {
   double learning_rate;
   int64_t batch_size;
@@ -303,6 +345,8 @@ int run_train(TrainOptions& o) {
     }
   }
   auto method = methods::make_method(o.method, method_options);
+  train::check_sequence_fits(model::EncoderConfig::from_file(fs::path(o.model_dir) / "config.json"),
+                             *method, static_cast<int64_t>(o.data.max_length));
   auto train_set = data::encode_dataset(task_data.train, *tokenizer, o.data.max_length);
   auto dev_set = data::encode_dataset(task_data.dev, *tokenizer, o.data.max_length);
   train::BaseModel base = train::load_base(o.model_dir);
@@ -318,8 +362,6 @@ int run_train(TrainOptions& o) {
   fmt::print(stderr, "{}: {} train / {} dev examples, method {}, lr {}, batch {}, {} epochs{}\n",
              task_data.task.name, train_set.size(), dev_set.size(), method->name(), c.learning_rate,
              c.batch_size, c.epochs, c.bf16 ? ", bf16" : "");
-  if (!o.resume && fs::exists(fs::path(o.out) / "metrics.jsonl"))
-    fs::remove(fs::path(o.out) / "metrics.jsonl");
   std::vector<data::EncodedDataset> other_dev_sets;
   other_dev_sets.reserve(task_data.other_dev.size());
   for (const auto& [split, dataset] : task_data.other_dev)
@@ -455,13 +497,7 @@ int run_ensemble_eval(EvalOptions& o) {
   const train::EnsembleCombine combine = train::parse_ensemble_combine(o.ensemble);
   train::BaseModel base = train::load_base(o.model_dir);
   train::PromptEnsemble ensemble(base, deltas);
-  data::TaskSpec task = train::task_of(deltas.front());
-  if (o.data.task.empty() && o.data.dev_file.empty()) {
-    if (task.name.empty())
-      throw Error(o.delta_dir + ": the adapter does not record its task: give --task or --dev");
-    o.data.task = task.name;
-  }
-  TaskData task_data = read_task_data(o.data, 0, false);
+  TaskData task_data = read_eval_data(o.data, deltas.front(), o.delta_dir);
   if (task_data.task.num_labels() != ensemble.num_labels())
     throw Error("task " + task_data.task.name + " has " +
                 std::to_string(task_data.task.num_labels()) +
@@ -469,22 +505,11 @@ int run_ensemble_eval(EvalOptions& o) {
   const size_t max_length = deltas.front().meta.value("max_length", o.data.max_length);
   auto tokenizer = text::load_tokenizer(o.model_dir);
   auto dev_set = data::encode_dataset(task_data.dev, *tokenizer, max_length);
-  train::Evaluation combined = train::evaluate_logits(
-      task_data.task,
-      train::predict_batches(
-          [&](const model::EncoderInput& input) { return ensemble.forward(input, combine); },
-          dev_set, o.batch_size, o.bf16),
-      dev_set);
+  train::EnsembleEvaluation evaluation =
+      train::evaluate_ensemble(ensemble, task_data.task, dev_set, o.batch_size, o.bf16, combine);
+  const train::Evaluation& combined = evaluation.combined;
   json members = json::array();
-  for (int64_t k = 0; k < ensemble.size(); ++k) {
-    train::Evaluation alone = train::evaluate_logits(
-        task_data.task,
-        train::predict_batches(
-            [&](const model::EncoderInput& input) { return ensemble.member_logits(input, k); },
-            dev_set, o.batch_size, o.bf16),
-        dev_set);
-    members.push_back(alone.to_json());
-  }
+  for (const auto& alone : evaluation.members) members.push_back(alone.to_json());
   json out = combined.to_json();
   out["task"] = task_data.task.name;
   out["ensemble"] = o.ensemble;
@@ -508,13 +533,7 @@ int run_eval(EvalOptions& o) {
   methods::Delta delta = methods::Delta::load(o.delta_dir);
   train::BaseModel base = train::load_base(o.model_dir);
   auto task_model = train::model_from_delta(base, delta);
-  data::TaskSpec task = train::task_of(delta);
-  if (o.data.task.empty() && o.data.dev_file.empty()) {
-    if (task.name.empty())
-      throw Error(o.delta_dir + ": the adapter does not record its task: give --task or --dev");
-    o.data.task = task.name;
-  }
-  TaskData task_data = read_task_data(o.data, 0, false);
+  TaskData task_data = read_eval_data(o.data, delta, o.delta_dir);
   if (task_data.task.num_labels() != task_model->num_labels())
     throw Error("task " + task_data.task.name + " has " +
                 std::to_string(task_data.task.num_labels()) + " labels but the delta's head has " +
@@ -572,6 +591,12 @@ int run_predict(PredictOptions& o) {
   options.label_names = task.label_names;
   options.unlabeled = true;
   data::Dataset inputs = data::read_dataset(o.input, options);
+  const bool pairness_recorded = delta.meta.value("task", json::object()).contains("is_pair");
+  if (pairness_recorded && inputs.is_pair != task.is_pair)
+    throw Error(fmt::format("{} has {}, but {} was trained on {}{}", o.input,
+                            inputs.is_pair ? "text pairs" : "single texts", o.delta_dir,
+                            task.is_pair ? "text pairs" : "single texts",
+                            task.is_pair ? " (give --text-b)" : ""));
   auto tokenizer = text::load_tokenizer(o.model_dir);
   auto encoded =
       data::encode_dataset(inputs, *tokenizer, delta.meta.value("max_length", size_t{128}));
@@ -661,7 +686,9 @@ int run_analyze(const std::string& model_dir, const std::string& delta_dir, std:
 }  // namespace
 
 void register_training_verbs(CLI::App& app, Action& action, int& threads) {
-  const char* threads_help = "intra-op threads (0: OMP_NUM_THREADS, else every core)";
+  const char* threads_help =
+      "intra-op threads (0: OMP_NUM_THREADS, else every CPU the process may use: affinity and "
+      "cgroup quota)";
   auto t = std::make_shared<TrainOptions>();
   auto* train = app.add_subcommand("train", "fine-tune a task and write its delta");
   train->add_option("--model,-m", t->model_dir, "base model directory")->capture_default_str();

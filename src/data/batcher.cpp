@@ -9,6 +9,7 @@
 
 #include "deltatune/data/shuffle.h"
 #include "deltatune/error.h"
+#include "deltatune/io/cpus.h"
 #include "deltatune/model/batch.h"
 
 namespace deltatune::data {
@@ -33,7 +34,7 @@ EncodedDataset encode_dataset(const Dataset& dataset, const text::Tokenizer& tok
   out.encodings.resize(n);
   out.lines.resize(n);
 
-  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  if (threads == 0) threads = io::available_cpus();
   const std::size_t workers =
       std::max<std::size_t>(1, std::min<std::size_t>(threads, n / kExamplesPerThread));
   // Each worker owns a contiguous range and writes only its own slots; the

@@ -52,6 +52,20 @@ void ChildTuningD::prepare(model::SequenceClassifierImpl& model, const Preparati
   masks_ = top_k_masks(fisher, *sparse_budget(model));
 }
 
+void ChildTuningD::before_step(model::SequenceClassifierImpl& model, int64_t /*step*/) {
+  at::NoGradGuard no_grad;
+  auto parameters = model.named_parameters(true);
+  for (const auto& [name, mask] : masks()) {
+    at::Tensor grad = parameters[name].mutable_grad();
+    if (grad.defined()) grad.mul_(mask);
+  }
+}
+
+const std::map<std::string, at::Tensor>& ChildTuningD::masks() const {
+  if (masks_.empty()) throw Error("child-tuning-d: masks asked for before prepare() chose them");
+  return masks_;
+}
+
 std::vector<std::pair<std::string, StorageKind>> ChildTuningD::stored_parameters(
     const model::SequenceClassifierImpl& model) const {
   std::vector<std::pair<std::string, StorageKind>> stored;
@@ -63,8 +77,8 @@ std::vector<std::pair<std::string, StorageKind>> ChildTuningD::stored_parameters
 
 std::string ChildTuningD::describe() const {
   return fmt::format(
-      "top {:.0f}% of encoder-layer entries by Fisher train (fixed mask, sparse); embeddings, "
-      "pooler and head train dense",
+      "top {:.0f}% of encoder-layer gradient entries by Fisher are kept (fixed mask; weight "
+      "decay still applies to all); embeddings, pooler and head train dense",
       100 * reserve_p_);
 }
 

@@ -26,6 +26,8 @@ nlohmann::json DiffPruning::config() const {
 }
 
 void DiffPruning::attach(model::SequenceClassifierImpl& model) {
+  // A second attach would take the trained θ as its θ_0.
+  if (!diffs_.empty() || projected_) throw Error("diff-pruning: attach() called twice");
   at::NoGradGuard no_grad;
   for (auto& item : model.named_parameters(true)) {
     item.value().requires_grad_(true);  // θ receives dL/dθ; w and α train
@@ -99,6 +101,7 @@ void DiffPruning::before_forward(model::SequenceClassifierImpl& /*model*/, bool 
 
 void DiffPruning::on_backward(model::SequenceClassifierImpl& /*model*/, int64_t /*step*/) {
   if (projected_) return;
+  ++relaxed_steps_;
   at::NoGradGuard no_grad;
   const double shift = std::log(-options_.left / options_.right);
   for (auto& [name, d] : diffs_) {
@@ -128,6 +131,9 @@ std::optional<int64_t> DiffPruning::settled_trainable(
 
 int64_t DiffPruning::project(model::SequenceClassifierImpl& model) {
   if (projected_) throw Error("diff-pruning: already projected");
+  if (diffs_.empty()) throw Error("diff-pruning: project() before attach()");
+  // Before any step w = 0: the projection would keep k arbitrary zero diffs.
+  if (relaxed_steps_ == 0) throw Error("diff-pruning: project() before stage 1 took a step");
   at::NoGradGuard no_grad;
   const double span = options_.right - options_.left;
   std::map<std::string, at::Tensor> magnitude, delta;

@@ -105,11 +105,24 @@ int64_t Far::learned_per_layer(const model::SequenceClassifierImpl& model) const
                              1, nodes);
 }
 
+namespace {
+
+// Trained through every stage beside the FFN nodes (docs/METHODS.md, FAR):
+// biases, LayerNorms and the head. The split sub-layer's own tensors
+// ("feed_forward.learned_up.bias") are nodes, not among them.
+bool trains_throughout(const std::string& name) {
+  if (name.find(".feed_forward.") != std::string::npos) return false;
+  const bool bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+  return bias || name.find("LayerNorm.") != std::string::npos || is_classifier_parameter(name);
+}
+
+}  // namespace
+
 void Far::attach(model::SequenceClassifierImpl& model) {
+  if (!initial_.empty() || reconfigured_) throw Error("far: attach() called twice");
   at::NoGradGuard no_grad;
   for (auto& item : model.named_parameters(true))
-    item.value().requires_grad_(is_classifier_parameter(item.key()));
-  initial_.clear();
+    item.value().requires_grad_(trains_throughout(item.key()));
   for (int64_t i = 0; i < model.encoder->num_layers(); ++i) {
     FeedForwardTensors t = ffn_of(model, i);
     for (at::Tensor* p : {&t.up_weight, &t.up_bias, &t.down_weight, &t.down_bias})
@@ -123,6 +136,8 @@ void Far::attach(model::SequenceClassifierImpl& model) {
 int64_t Far::reconfigure(model::SequenceClassifierImpl& model) {
   if (reconfigured_) throw Error("far: already reconfigured");
   if (initial_.empty()) throw Error("far: reconfigure() before attach()");
+  // The learning metric of an unprimed model is 0 everywhere: the split would be arbitrary.
+  if (priming_steps_ == 0) throw Error("far: reconfigure() before priming took a step");
   at::NoGradGuard no_grad;
   const int64_t k = learned_per_layer(model);
   const std::string activation = model.config().hidden_act;
@@ -167,8 +182,7 @@ int64_t Far::reconfigure(model::SequenceClassifierImpl& model) {
     learned_nodes_.push_back(learned);
     frozen_nodes_.push_back(frozen);
   }
-  for (auto& item : model.named_parameters(true))
-    if (is_classifier_parameter(item.key())) item.value().mutable_grad() = at::Tensor();
+  for (auto& item : model.named_parameters(true)) item.value().mutable_grad() = at::Tensor();
   initial_.clear();
   reconfigured_ = true;
   return k * model.encoder->num_layers();
@@ -219,16 +233,19 @@ std::optional<int64_t> Far::settled_trainable(const model::SequenceClassifierImp
 std::vector<std::pair<std::string, StorageKind>> Far::stored_parameters(
     const model::SequenceClassifierImpl& model) const {
   auto stored = ffn_names(model);
+  std::set<std::string> ffn;
+  for (const auto& [name, kind] : stored) ffn.insert(name);
   for (const auto& item : model.named_parameters(true))
-    if (is_classifier_parameter(item.key())) stored.emplace_back(item.key(), StorageKind::kDense);
+    if (trains_throughout(item.key()) && !ffn.count(item.key()))
+      stored.emplace_back(item.key(), StorageKind::kDense);
   return stored;
 }
 
 std::string Far::describe() const {
   return fmt::format(
-      "FFN weights prime for the first {:.0f}% of steps; then the top {:.0f}% FFN nodes per layer "
-      "by L1 change, the FFN output biases and the head train as a separate contiguous "
-      "sub-layer (sparse delta of the learned nodes)",
+      "FFN weights, biases, LayerNorms and the head prime for the first {:.0f}% of steps; then "
+      "the top {:.0f}% FFN nodes per layer by L1 change train as a separate contiguous "
+      "sub-layer, with every bias, LayerNorm and the head (sparse delta of the learned nodes)",
       100 * options_.priming_fraction, 100 * options_.learned_fraction);
 }
 

@@ -54,6 +54,11 @@ void FishMask::prepare(model::SequenceClassifierImpl& model, const Preparation& 
   masks_ = top_k_masks(fisher, *sparse_budget(model));
 }
 
+std::map<std::string, at::Tensor> FishMask::gradient_masks() const {
+  if (masks_.empty()) throw Error("fish: gradient masks asked for before prepare() chose them");
+  return masks_;
+}
+
 void FishMask::on_backward(model::SequenceClassifierImpl& model, int64_t /*step*/) {
   at::NoGradGuard no_grad;
   auto params = model.named_parameters(true);

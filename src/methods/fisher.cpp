@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "deltatune/data/shuffle.h"
 #include "deltatune/error.h"
@@ -105,28 +106,80 @@ std::map<std::string, at::Tensor> diagonal_fisher(
   return fisher;
 }
 
+namespace {
+
+// Float order as unsigned order: the key of a larger float is larger (-0 sorts
+// just below +0, which compare equal as floats; NaN has been refused).
+uint32_t order_key(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
+}
+
+float from_order_key(uint32_t key) {
+  const uint32_t bits = (key & 0x80000000u) ? key & 0x7fffffffu : ~key;
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+}  // namespace
+
 std::map<std::string, at::Tensor> top_k_masks(const std::map<std::string, at::Tensor>& scores,
                                               int64_t k) {
-  std::vector<at::Tensor> flat;
+  // Exactly as a stable descending sort of all scores concatenated in name
+  // order would select, without materialising that sort: find the k-th
+  // largest value t by bisection on the float order (32 counting passes, no
+  // memory beyond one tensor's comparison), take every entry above t, then
+  // the first (k - #above) entries equal to t in flat order.
+  std::vector<std::pair<std::string, at::Tensor>> flat;
   int64_t total = 0;
   for (const auto& [name, s] : scores) {
-    flat.push_back(s.detach().to(at::kFloat).flatten());
-    total += s.numel();
+    at::Tensor values = s.detach().to(at::kFloat).contiguous().view(-1);
+    if (values.numel() > 0 && values.isnan().any().item<bool>())
+      throw Error("cannot rank scores of '" + name + "': they hold NaN");
+    flat.emplace_back(name, values);
+    total += values.numel();
   }
   if (k < 0 || k > total)
     throw Error("cannot select " + std::to_string(k) + " of " + std::to_string(total) + " entries");
-  at::Tensor all = flat.empty() ? at::empty({0}) : at::cat(flat);
-  at::Tensor selected = at::zeros({total}, at::kBool);
-  if (k > 0) {
-    // A stable descending sort: equal scores keep their flat order.
-    at::Tensor order = std::get<1>(all.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-    selected.index_fill_(0, order.slice(0, 0, k), true);
-  }
+  auto count_at_least = [&](float t) {
+    int64_t n = 0;
+    for (const auto& [name, v] : flat) n += v.ge(t).sum().item<int64_t>();
+    return n;
+  };
   std::map<std::string, at::Tensor> masks;
-  int64_t offset = 0;
-  for (const auto& [name, s] : scores) {
-    masks[name] = selected.slice(0, offset, offset + s.numel()).view(s.sizes()).clone();
-    offset += s.numel();
+  if (k == 0) {
+    for (const auto& [name, s] : scores) masks[name] = at::zeros(s.sizes(), at::kBool);
+    return masks;
+  }
+  // lo: a key whose value has at least k entries at or above it; hi: none above.
+  uint32_t lo = UINT32_MAX, hi = 0;
+  for (const auto& [name, v] : flat) {
+    if (v.numel() == 0) continue;
+    lo = std::min(lo, order_key(v.min().item<float>()));
+    hi = std::max(hi, order_key(v.max().item<float>()));
+  }
+  while (lo < hi) {  // the largest key with count_at_least(value) >= k
+    const uint32_t mid = lo + (hi - lo + 1) / 2;
+    if (count_at_least(from_order_key(mid)) >= k) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const float threshold = from_order_key(lo);
+  int64_t ties_left = k;
+  for (const auto& [name, v] : flat) ties_left -= v.gt(threshold).sum().item<int64_t>();
+  for (const auto& [name, v] : flat) {
+    at::Tensor selected = v.gt(threshold);
+    if (ties_left > 0) {
+      at::Tensor ties = v.eq(threshold).nonzero().view(-1);
+      const int64_t take = std::min<int64_t>(ties_left, ties.numel());
+      selected.index_fill_(0, ties.narrow(0, 0, take), true);
+      ties_left -= take;
+    }
+    masks[name] = selected.view(scores.at(name).sizes());
   }
   return masks;
 }

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/nn/init.h>
 
+#include <fmt/format.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -24,14 +26,41 @@ bool starts_with(const std::string& s, const std::string& prefix) {
 // Keys HF checkpoints carry that no encoder parameter corresponds to and that
 // HF itself ignores when loading a task model: buffers and pre-training heads.
 bool is_known_unused(const std::string& key) {
-  static const char* kPatterns[] = {"position_ids", "cls.", "lm_head.", "discriminator_predictions.",
-                                    "generator_", "pooler."};  // pooler: RoBERTa/ELECTRA heads skip it
+  static const char* kPatterns[] = {
+      "position_ids", "cls.",   "lm_head.", "discriminator_predictions.",
+      "generator_",   "pooler."};  // pooler: RoBERTa/ELECTRA heads skip it
   for (const char* p : kPatterns)
     if (key.find(p) != std::string::npos) return true;
   return false;
 }
 
 }  // namespace
+
+void check_config_matches(const EncoderConfig& config,
+                          const std::map<std::string, at::Tensor>& checkpoint,
+                          const std::string& model_dir) {
+  // The encoder's size from the config alone (embeddings, layers, pooler):
+  // a model is built, and its memory taken, before weights are copied in, so
+  // a config describing far more than the checkpoint holds is refused here,
+  // bounding that memory by the checkpoint's own size.
+  const double h = static_cast<double>(config.hidden_size);
+  const double e =
+      static_cast<double>(config.embedding_size > 0 ? config.embedding_size : config.hidden_size);
+  const double i = static_cast<double>(config.intermediate_size);
+  const double embeddings = (static_cast<double>(config.vocab_size) +
+                             static_cast<double>(config.max_position_embeddings) +
+                             static_cast<double>(config.type_vocab_size)) *
+                            e;
+  const double layers = static_cast<double>(config.num_hidden_layers) * (4 * h * h + 2 * h * i);
+  const double described = embeddings + layers;
+  double held = 0;
+  for (const auto& [name, tensor] : checkpoint) held += static_cast<double>(tensor.numel());
+  if (described > 2 * held + 1e6)
+    throw Error(
+        fmt::format("{}: config.json describes an encoder of about {:.0f} M parameters, "
+                    "but the checkpoint holds {:.1f} M values",
+                    model_dir, described / 1e6, held / 1e6));
+}
 
 std::map<std::string, at::Tensor> read_checkpoint(const fs::path& model_dir) {
   if (!fs::is_directory(model_dir))
@@ -63,7 +92,8 @@ std::map<std::string, at::Tensor> read_checkpoint(const fs::path& model_dir) {
               ": no model.safetensors, model.safetensors.index.json or pytorch_model.bin");
 }
 
-LoadReport load_state(torch::nn::Module& module, const std::map<std::string, at::Tensor>& checkpoint,
+LoadReport load_state(torch::nn::Module& module,
+                      const std::map<std::string, at::Tensor>& checkpoint,
                       const std::string& base_prefix, const std::string& source,
                       const std::function<bool(const std::string&)>& may_initialize) {
   LoadReport report;
@@ -95,8 +125,8 @@ LoadReport load_state(torch::nn::Module& module, const std::map<std::string, at:
     const at::Tensor& value = checkpoint.at(*key);
     if (value.sizes() != target.sizes()) {
       std::ostringstream msg;
-      msg << source << ": tensor '" << *key << "' has shape " << value.sizes() << " but the model's "
-          << name << " needs " << target.sizes();
+      msg << source << ": tensor '" << *key << "' has shape " << value.sizes()
+          << " but the model's " << name << " needs " << target.sizes();
       throw Error(msg.str());
     }
     if (!at::isFloatingType(value.scalar_type()) && at::isFloatingType(target.scalar_type()))
@@ -111,7 +141,8 @@ LoadReport load_state(torch::nn::Module& module, const std::map<std::string, at:
   if (!missing.empty()) {
     std::string list = missing.front();
     if (missing.size() > 1) list += " and " + std::to_string(missing.size() - 1) + " more";
-    throw Error(source + ": missing tensor " + list + " (wrong model type or incomplete checkpoint)");
+    throw Error(source + ": missing tensor " + list +
+                " (wrong model type or incomplete checkpoint)");
   }
   for (const auto& [key, value] : checkpoint)
     if (!used.count(key) && !is_known_unused(key)) report.unexpected.push_back(key);
@@ -137,12 +168,13 @@ LoadedClassifier load_classifier(const fs::path& model_dir, int64_t num_labels) 
   LoadedClassifier out;
   out.config = EncoderConfig::from_file(model_dir / "config.json");
   if (num_labels <= 0) num_labels = labels_from_config(out.config);
-  out.model = SequenceClassifier(out.config, num_labels);
   auto checkpoint = read_checkpoint(model_dir);
+  check_config_matches(out.config, checkpoint, model_dir.string());
+  out.model = SequenceClassifier(out.config, num_labels);
   SequenceClassifierImpl* model = out.model.get();
-  out.report = load_state(*out.model, checkpoint, out.config.base_model_prefix(),
-                          model_dir.string(),
-                          [model](const std::string& name) { return model->is_head_parameter(name); });
+  out.report =
+      load_state(*out.model, checkpoint, out.config.base_model_prefix(), model_dir.string(),
+                 [model](const std::string& name) { return model->is_head_parameter(name); });
   return out;
 }
 
@@ -150,10 +182,12 @@ LoadedEncoder load_encoder(const fs::path& model_dir) {
   LoadedEncoder out;
   out.config = EncoderConfig::from_file(model_dir / "config.json");
   const bool with_pooler = out.config.architecture == Architecture::kBert;
-  out.model = EncoderModel(out.config, with_pooler);
   auto checkpoint = read_checkpoint(model_dir);
-  out.report = load_state(*out.model, checkpoint, out.config.base_model_prefix(), model_dir.string(),
-                          [](const std::string& name) { return starts_with(name, "pooler."); });
+  check_config_matches(out.config, checkpoint, model_dir.string());
+  out.model = EncoderModel(out.config, with_pooler);
+  out.report =
+      load_state(*out.model, checkpoint, out.config.base_model_prefix(), model_dir.string(),
+                 [](const std::string& name) { return starts_with(name, "pooler."); });
   return out;
 }
 

@@ -18,6 +18,13 @@ Vocabulary::Vocabulary(std::unordered_map<std::string, int64_t> token_to_id,
     if (id < 0) throw Error(what + ": negative id for token '" + token + "'");
     max_id = std::max(max_id, id);
   }
+  // Ids of a real vocabulary are dense from 0 (added tokens may leave a few
+  // holes): a far larger id is crafted, and the id-to-token table would take
+  // memory by it rather than by the file's size.
+  const int64_t plausible = 2 * static_cast<int64_t>(ids_.size()) + 1024;
+  if (max_id >= plausible)
+    throw Error(what + ": token id " + std::to_string(max_id) + " is implausible for " +
+                std::to_string(ids_.size()) + " tokens");
   tokens_.resize(static_cast<std::size_t>(max_id + 1));
   has_id_.assign(tokens_.size(), false);
   for (const auto& [token, id] : ids_) {

@@ -86,6 +86,7 @@ at::Tensor PromptEnsemble::all_logits(const model::EncoderInput& input) {
     repeated.token_type_ids = input.token_type_ids.repeat({members, 1});
   at::NoGradGuard no_grad;
   model::EncoderOutput encoded = model_->encoder->forward(repeated);
+  encoded_rows_ += members * batch;
   std::vector<at::Tensor> logits;
   for (int64_t k = 0; k < members; ++k) {
     for (size_t i = 0; i < head_.size(); ++i) head_[i].copy_(member_heads_[k][i]);
@@ -99,22 +100,38 @@ at::Tensor PromptEnsemble::all_logits(const model::EncoderInput& input) {
   return at::stack(logits);
 }
 
-at::Tensor PromptEnsemble::member_logits(const model::EncoderInput& input, int64_t member) {
-  if (member < 0 || member >= size()) throw Error("no ensemble member " + std::to_string(member));
-  return all_logits(input)[member];
+at::Tensor PromptEnsemble::forward(const model::EncoderInput& input, EnsembleCombine how) {
+  return combine(all_logits(input), how);
 }
 
-at::Tensor PromptEnsemble::forward(const model::EncoderInput& input, EnsembleCombine combine) {
-  at::Tensor logits = all_logits(input);  // [K, B, C]
+at::Tensor PromptEnsemble::combine(const at::Tensor& logits, EnsembleCombine how) const {
   if (num_labels() == 1) {
-    if (combine == EnsembleCombine::kMajorityVote)
+    if (how == EnsembleCombine::kMajorityVote)
       throw Error("majority vote needs labels; a regression ensemble takes --ensemble mean");
     return logits.mean(0);
   }
   at::Tensor mean_probability = at::softmax(logits, -1).mean(0);
-  if (combine == EnsembleCombine::kMeanProbability) return mean_probability.log();
+  if (how == EnsembleCombine::kMeanProbability) return mean_probability.log();
   at::Tensor votes = at::one_hot(logits.argmax(-1), num_labels()).sum(0).to(at::kFloat);  // [B, C]
   return votes + mean_probability * 0.5;  // a tie-break worth less than one vote
+}
+
+EnsembleEvaluation evaluate_ensemble(PromptEnsemble& ensemble, const data::TaskSpec& task,
+                                     const data::EncodedDataset& dataset, int64_t batch_size,
+                                     bool bf16, EnsembleCombine how) {
+  const int64_t members = ensemble.size(), labels = ensemble.num_labels();
+  // Rows [N, K * C]: each example's member logits side by side.
+  at::Tensor rows = predict_batches(
+      [&](const model::EncoderInput& input) {
+        return ensemble.all_logits(input).permute({1, 0, 2}).reshape({input.input_ids.size(0), -1});
+      },
+      dataset, batch_size, bf16);
+  at::Tensor logits = rows.view({rows.size(0), members, labels}).permute({1, 0, 2});  // [K, N, C]
+  EnsembleEvaluation out;
+  out.combined = evaluate_logits(task, ensemble.combine(logits, how), dataset);
+  for (int64_t k = 0; k < members; ++k)
+    out.members.push_back(evaluate_logits(task, logits[k].contiguous(), dataset));
+  return out;
 }
 
 }  // namespace deltatune::train

@@ -30,6 +30,7 @@ BaseModel load_base(const fs::path& directory) {
   if (base.name.empty()) base.name = fs::absolute(directory).parent_path().filename().string();
   base.config = model::EncoderConfig::from_file(directory / "config.json");
   base.checkpoint = model::read_checkpoint(directory);
+  model::check_config_matches(base.config, base.checkpoint, directory.string());
   base.checksum = model::weights_checksum(base.checkpoint);
   return base;
 }
@@ -91,6 +92,7 @@ methods::Delta build_delta(const BaseModel& base, model::SequenceClassifierImpl&
       {"base_model", base.identity()},
       {"task",
        {{"name", task.name},
+        {"source", task.hf_name.empty() ? "user" : "glue"},
         {"type", task.type == data::TaskType::kRegression ? "regression" : "classification"},
         {"is_pair", task.is_pair},
         {"metrics", task.metrics},
@@ -156,22 +158,65 @@ int64_t load_starting_values(model::SequenceClassifierImpl& task_model, const fs
   return static_cast<int64_t>(copies.size());
 }
 
+namespace {
+
+std::string describe_labels(const data::TaskSpec& task) {
+  if (task.type == data::TaskType::kRegression) return "a regression target";
+  return fmt::format("labels [{}]", fmt::join(task.label_names, ", "));
+}
+
+std::string describe_inputs(bool is_pair) { return is_pair ? "text pairs" : "single texts"; }
+
+}  // namespace
+
 data::TaskSpec task_of(const methods::Delta& delta) {
   const json& task = delta.meta.value("task", json::object());
   const std::string name = task.value("name", "");
+  const int64_t num_labels = delta.meta.value("num_labels", int64_t{0});
+  const bool regression =
+      task.value("type", "") == "regression" || (!task.contains("type") && num_labels == 1);
+  auto labels = delta.meta.value("label_names", std::vector<std::string>{});
+  const bool labels_recorded = !labels.empty();
+  if (labels.empty() && !regression)  // a PEFT adapter names no labels
+    for (int64_t i = 0; i < num_labels; ++i) labels.push_back("LABEL_" + std::to_string(i));
+  data::TaskSpec recorded = data::custom_task(
+      name, regression ? data::TaskType::kRegression : data::TaskType::kClassification, labels,
+      task.value("is_pair", false));
+  // The delta's own record wins. It is GLUE's task only where it says so
+  // ("source": "glue"), or, in deltas older than that field, where its name
+  // and every recorded field agree with GLUE's spec: a user task named
+  // "sst2" keeps its own labels and data.
+  const std::string source = task.value("source", "");
+  if (source == "user") return recorded;
+  const data::TaskSpec* glue = nullptr;
   try {
-    return data::find_glue_task(name);
+    glue = &data::find_glue_task(name);
   } catch (const Error&) {
-    const int64_t num_labels = delta.meta.value("num_labels", int64_t{0});
-    const bool regression =
-        task.value("type", "") == "regression" || (!task.contains("type") && num_labels == 1);
-    auto labels = delta.meta.value("label_names", std::vector<std::string>{});
-    if (labels.empty() && !regression)  // a PEFT adapter names no labels
-      for (int64_t i = 0; i < num_labels; ++i) labels.push_back("LABEL_" + std::to_string(i));
-    return data::custom_task(
-        name, regression ? data::TaskType::kRegression : data::TaskType::kClassification, labels,
-        task.value("is_pair", false));
+    if (source == "glue") throw;
+    return recorded;
   }
+  const bool agrees = glue->type == recorded.type && glue->is_pair == recorded.is_pair &&
+                      (glue->label_names == recorded.label_names || !labels_recorded);
+  if (agrees) return *glue;
+  if (source == "glue")
+    throw Error(
+        fmt::format("delta.json: task '{}' is recorded as GLUE's, but with {} and {}; "
+                    "GLUE's {} has {} and {}",
+                    name, describe_labels(recorded), describe_inputs(recorded.is_pair), glue->name,
+                    describe_labels(*glue), describe_inputs(glue->is_pair)));
+  return recorded;
+}
+
+void check_same_labels(const data::TaskSpec& trained, const data::TaskSpec& evaluated,
+                       const std::string& data_source) {
+  if (trained.type != evaluated.type || trained.label_names != evaluated.label_names)
+    throw Error(fmt::format("{} has {}, but the delta was trained on {} with {}", data_source,
+                            describe_labels(evaluated), trained.name, describe_labels(trained)));
+  if (trained.is_pair != evaluated.is_pair)
+    throw Error(fmt::format("{} has {}, but the delta was trained on {} with {}{}", data_source,
+                            describe_inputs(evaluated.is_pair), trained.name,
+                            describe_inputs(trained.is_pair),
+                            trained.is_pair ? " (give --text-b)" : ""));
 }
 
 }  // namespace deltatune::train

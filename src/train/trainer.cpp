@@ -4,7 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/Generator.h>
-#include <fmt/core.h>
+#include <fmt/format.h>
 
 #include <chrono>
 #include <cmath>
@@ -44,21 +44,39 @@ class AutocastScope {
   bool previous_ = false;
 };
 
-std::map<std::string, at::Tensor> snapshot_trainable(model::SequenceClassifierImpl& model) {
+// Everything that trains, by name: the model's trainable parameters and the
+// tensors the optimizer steps on outside the model (Diff Pruning's w and
+// log-alpha, named "diff::..." and "log_alpha::..."). A kept-best snapshot
+// must hold both, or the model would mix the best step's head with the last
+// step's reparameterisation.
+std::map<std::string, at::Tensor> trained_tensors(model::SequenceClassifierImpl& model,
+                                                  const AdamW& optimizer) {
   std::map<std::string, at::Tensor> out;
   for (auto& item : model.named_parameters(true))
-    if (item.value().requires_grad()) out[item.key()] = item.value().detach().clone();
+    if (item.value().requires_grad()) out.emplace(item.key(), item.value());
+  for (const auto& group : optimizer.groups())
+    for (size_t i = 0; i < group.names.size(); ++i)
+      out.emplace(group.names[i], group.parameters[i]);
   return out;
 }
 
-void restore(model::SequenceClassifierImpl& model,
+std::map<std::string, at::Tensor> snapshot_trainable(model::SequenceClassifierImpl& model,
+                                                     const AdamW& optimizer) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& [name, tensor] : trained_tensors(model, optimizer))
+    out[name] = tensor.detach().clone();
+  return out;
+}
+
+void restore(model::SequenceClassifierImpl& model, const AdamW& optimizer,
              const std::map<std::string, at::Tensor>& values) {
   at::NoGradGuard no_grad;
-  auto params = model.named_parameters(true);
+  auto targets = trained_tensors(model, optimizer);
   for (const auto& [name, value] : values) {
-    at::Tensor* p = params.find(name);
-    if (p == nullptr) throw Error("checkpoint holds '" + name + "', which the model lacks");
-    p->copy_(value);
+    auto it = targets.find(name);
+    if (it == targets.end())
+      throw Error("checkpoint holds '" + name + "', which the model and method lack");
+    it->second.copy_(value);
   }
 }
 
@@ -71,8 +89,79 @@ data::BatchOptions training_batches(const TrainConfig& config) {
   return options;
 }
 
+// Gradient accumulation, as HF Trainer does it: an optimizer step after every
+// `gradient_accumulation` batches and after each epoch's last batch, so an
+// epoch of B batches takes ceil(B / a) steps. A window's loss is the mean over
+// the batches in it: a partial last window divides by its own size.
 int64_t steps_per_epoch(int64_t batches_per_epoch, const TrainConfig& config) {
-  return std::max<int64_t>(1, batches_per_epoch / config.gradient_accumulation);
+  const int64_t a = config.gradient_accumulation;
+  return std::max<int64_t>(1, (batches_per_epoch + a - 1) / a);
+}
+
+// Batches in the accumulation window that holds batch `b` of an epoch.
+int64_t window_batches(int64_t b, int64_t batches_per_epoch, const TrainConfig& config) {
+  const int64_t a = config.gradient_accumulation;
+  return std::min(a, batches_per_epoch - (b / a) * a);
+}
+
+// 64-bit FNV-1a over a dataset's token ids, token types and targets: equal
+// datasets give equal fingerprints, so a resume can tell it reads the same data.
+json fingerprint(const data::EncodedDataset& dataset) {
+  uint64_t hash = 1469598103934665603ull;
+  auto mix = [&hash](const void* data, size_t bytes) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < bytes; ++i) hash = (hash ^ p[i]) * 1099511628211ull;
+  };
+  for (const auto& e : dataset.encodings) {
+    const uint64_t n = e.input_ids.size();
+    mix(&n, sizeof n);
+    mix(e.input_ids.data(), n * sizeof(int64_t));
+    mix(e.token_type_ids.data(), e.token_type_ids.size() * sizeof(int64_t));
+  }
+  mix(dataset.labels.data(), dataset.labels.size() * sizeof(int64_t));
+  mix(dataset.scores.data(), dataset.scores.size() * sizeof(float));
+  return {{"examples", dataset.size()}, {"hash", fmt::format("{:016x}", hash)}};
+}
+
+// What "the same run" means for --resume: every setting that changes the
+// trajectory, the method and its options, and the data (log and checkpoint
+// intervals, evaluation batch size and threads may differ).
+json run_plan(const TrainConfig& config, const methods::Method& method,
+              const data::EncodedDataset& train, const data::EncodedDataset& dev) {
+  json settings = config.to_json();
+  settings.erase("log_every");
+  return {{"config", settings},
+          {"method", {{"name", method.name()}, {"config", method.config()}}},
+          {"train_data", fingerprint(train)},
+          {"dev_data", fingerprint(dev)}};
+}
+
+// The differences between a checkpoint's plan and this run's, one phrase each.
+// The run's length (epochs, max_steps) may change where the learning rate
+// does not depend on it (constant schedule, no warmup): a resume then extends
+// or shortens the same trajectory.
+std::vector<std::string> plan_differences(const json& saved, const json& current) {
+  std::vector<std::string> out;
+  const json& saved_config = saved.value("config", json::object());
+  const json& now = current.at("config");
+  const bool length_free = now.value("schedule", "") == "constant" &&
+                           now.value("warmup_ratio", 0.0) == 0.0 &&
+                           saved_config.value("schedule", "") == "constant" &&
+                           saved_config.value("warmup_ratio", 0.0) == 0.0;
+  for (const auto& [key, value] : now.items()) {
+    if (length_free && (key == "epochs" || key == "max_steps")) continue;
+    if (saved_config.value(key, json()) != value)
+      out.push_back(fmt::format("{} {} in the checkpoint, {} now", key,
+                                saved_config.value(key, json()).dump(), value.dump()));
+  }
+  if (saved.value("method", json()) != current.at("method"))
+    out.push_back(fmt::format("method {} in the checkpoint, {} now",
+                              saved.value("method", json()).dump(), current.at("method").dump()));
+  for (const char* data : {"train_data", "dev_data"})
+    if (saved.value(data, json()) != current.at(data))
+      out.push_back(fmt::format("{} {} in the checkpoint, {} now", data,
+                                saved.value(data, json()).dump(), current.at(data).dump()));
+  return out;
 }
 
 int64_t real_tokens(const data::Batch& batch) {
@@ -177,6 +266,18 @@ Evaluation evaluate_logits(const data::TaskSpec& task, const at::Tensor& logits,
   return result;
 }
 
+void check_sequence_fits(const model::EncoderConfig& config, const methods::Method& method,
+                         int64_t max_length) {
+  const int64_t added = method.added_positions(), capacity = config.max_sequence_tokens();
+  if (max_length + added <= capacity) return;
+  throw Error(fmt::format(
+      "--max-length {}{} needs {} positions, but the model has {} (max_position_embeddings {}); "
+      "lower --max-length to {} or less",
+      max_length,
+      added > 0 ? fmt::format(" plus {} positions of {}", added, method.name()) : std::string(),
+      max_length + added, capacity, config.max_position_embeddings, capacity - added));
+}
+
 int64_t planned_steps(const data::EncodedDataset& train, const TrainConfig& config) {
   if (config.max_steps > 0) return config.max_steps;
   data::Batcher batcher(train, training_batches(config));
@@ -225,7 +326,17 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
                          bool resume) {
   if (train.size() == 0) throw Error("the training set is empty");
   auto& model = *model_;
-  if (!config_.run_dir.empty()) fs::create_directories(config_.run_dir);
+  for (const data::EncodedDataset* dataset : {&train, &dev})
+    check_sequence_fits(model.config(), method_, static_cast<int64_t>(dataset->max_length));
+  if (!config_.run_dir.empty()) {
+    fs::create_directories(config_.run_dir);
+    // A fresh run owns its directory's log and checkpoint: nothing of an
+    // earlier run is appended to or resumed from.
+    if (!resume) {
+      fs::remove(config_.run_dir / "metrics.jsonl");
+      fs::remove_all(config_.run_dir / "checkpoint");
+    }
+  }
 
   data::Batcher batcher(train, training_batches(config_));
   const int64_t batches_per_epoch = static_cast<int64_t>(batcher.batches_per_epoch());
@@ -271,15 +382,25 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   std::map<std::string, at::Tensor> best_parameters;
   double best_main = -std::numeric_limits<double>::infinity();
   int64_t evals_without_improvement = 0;
-  const int64_t prior_batches = config_.prior_steps * config_.gradient_accumulation;
-  int64_t start_epoch = prior_batches / batches_per_epoch;
-  int64_t start_batch = prior_batches % batches_per_epoch;
+  // A later stage starts at the batch after the earlier stages' last step.
+  int64_t start_epoch = config_.prior_steps / epoch_steps;
+  int64_t start_batch = (config_.prior_steps % epoch_steps) * config_.gradient_accumulation;
+  const json plan = run_plan(config_, method_, train, dev);
 
   if (resume) {
     const fs::path dir = config_.run_dir / "checkpoint";
     if (!fs::exists(dir / "state.json"))
       throw Error(config_.run_dir.string() + ": no checkpoint to resume from");
     json position = json::parse(io::read_text_file(dir / "state.json"));
+    if (!position.contains("plan"))
+      throw Error(dir.string() +
+                  ": the checkpoint records no run plan (made by an older deltatune); start "
+                  "afresh without --resume");
+    if (auto differences = plan_differences(position["plan"], plan); !differences.empty())
+      throw Error(fmt::format(
+          "{}: the checkpoint is of another run ({}); run without --resume to start afresh, or "
+          "give another --out",
+          dir.string(), fmt::join(differences, "; ")));
     auto state = io::SafetensorsFile::open(dir / "state.safetensors").load_all();
     std::map<std::string, at::Tensor> current, best, optimizer_state;
     for (auto& [key, value] : state) {
@@ -290,7 +411,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       else if (key.rfind("optimizer.", 0) == 0)
         optimizer_state[key] = value;
     }
-    restore(model, current);
+    restore(model, optimizer, current);
     optimizer.load_state(optimizer_state);
     at::Generator generator = at::detail::getDefaultCPUGenerator();
     generator.set_state(state.at("rng.cpu"));
@@ -324,7 +445,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   int64_t tokens = 0;
   double loss_window = 0;
   int64_t loss_count = 0;
-  bool stop = false;
+  bool stop = optimizer.steps() >= total_steps;  // a resumed run that had finished
 
   double eval_seconds = 0;
   auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
@@ -350,7 +471,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       result.best_step = optimizer.steps();
     } else if (eval.metrics.main > best_main || best_parameters.empty()) {
       best_main = eval.metrics.main;
-      best_parameters = snapshot_trainable(model);
+      best_parameters = snapshot_trainable(model, optimizer);
       result.best = eval;
       result.best_step = optimizer.steps();
       evals_without_improvement = 0;
@@ -379,8 +500,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
                 {"best_step", result.best_step},
                 {"best", best},
                 {"evals_without_improvement", evals_without_improvement},
-                {"config", config_.to_json()},
-                {"method", method_.name()}};
+                {"plan", plan}};
   };
 
   model.train();
@@ -401,9 +521,9 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       if (at::Tensor extra = method_.extra_loss(model); extra.defined()) loss = loss + extra;
       loss_window += loss.item<double>();
       ++loss_count;
-      (loss / static_cast<double>(config_.gradient_accumulation)).backward();
-      const bool step_now = (b + 1) % config_.gradient_accumulation == 0 ||
-                            b + 1 == static_cast<int64_t>(plan.batches.size());
+      const int64_t epoch_batches = static_cast<int64_t>(plan.batches.size());
+      (loss / static_cast<double>(window_batches(b, epoch_batches, config_))).backward();
+      const bool step_now = (b + 1) % config_.gradient_accumulation == 0 || b + 1 == epoch_batches;
       if (!step_now) continue;
 
       method_.on_backward(model, optimizer.steps());
@@ -441,7 +561,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   // Training throughput counts the training steps only, not the evaluations.
   result.train_tokens_per_second = tokens / std::max(result.seconds - eval_seconds, 1e-9);
-  if (!best_parameters.empty()) restore(model, best_parameters);
+  if (!best_parameters.empty()) restore(model, optimizer, best_parameters);
   model.eval();
   append_metrics({{"split", "summary"},
                   {"best_step", result.best_step},

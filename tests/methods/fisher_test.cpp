@@ -134,5 +134,65 @@ TEST(TopKMasks, SelectExactlyKLargestOverAllTensors) {
   EXPECT_THROW(top_k_masks(scores, 8), Error);
 }
 
+// The selection a stable descending sort of every score concatenated in name
+// order makes (the former implementation): the first k of that order.
+std::map<std::string, at::Tensor> sorted_selection(const std::map<std::string, at::Tensor>& scores,
+                                                   int64_t k) {
+  std::vector<at::Tensor> flat;
+  for (const auto& [name, s] : scores) flat.push_back(s.flatten());
+  at::Tensor all = at::cat(flat);
+  at::Tensor order = std::get<1>(all.sort(/*stable=*/true, 0, /*descending=*/true));
+  at::Tensor selected = at::zeros({all.numel()}, at::kBool);
+  selected.index_fill_(0, order.slice(0, 0, k), true);
+  std::map<std::string, at::Tensor> out;
+  int64_t offset = 0;
+  for (const auto& [name, s] : scores) {
+    out[name] = selected.slice(0, offset, offset + s.numel()).view(s.sizes());
+    offset += s.numel();
+  }
+  return out;
+}
+
+TEST(TopKMasks, EqualTheStableSortsSelectionWithTiesZerosAndNegatives) {
+  at::manual_seed(5);
+  // Coarse values so that many entries tie, plus exact zeros, -0.0 and negatives.
+  std::map<std::string, at::Tensor> scores{
+      {"b.weight", at::randint(-3, 4, {40, 30}).to(at::kFloat) * 0.5},
+      {"a.bias", at::zeros({50})},
+      {"c.weight", at::randn({700})},
+      {"d.neg_zero", at::full({20}, -0.0)}};
+  int64_t total = 0;
+  for (const auto& [name, s] : scores) total += s.numel();
+  for (int64_t k : {int64_t{1}, int64_t{17}, int64_t{600}, int64_t{1210}, int64_t{1300},
+                    int64_t{1500}, total - 1, total}) {
+    auto fast = top_k_masks(scores, k), reference = sorted_selection(scores, k);
+    EXPECT_EQ(count_selected(fast), k);
+    for (const auto& [name, mask] : reference)
+      EXPECT_TRUE(at::equal(fast.at(name), mask)) << name << ", k = " << k;
+  }
+  // Fisher scores of a real size ordering (non-negative, heavy-tailed).
+  std::map<std::string, at::Tensor> fisher{{"x", at::randn({200000}).pow(2)},
+                                           {"y", at::randn({3000, 20}).pow(4)}};
+  for (int64_t k : {int64_t{1000}, int64_t{130000}}) {
+    auto fast = top_k_masks(fisher, k), reference = sorted_selection(fisher, k);
+    for (const auto& [name, mask] : reference)
+      EXPECT_TRUE(at::equal(fast.at(name), mask)) << name << ", k = " << k;
+  }
+}
+
+TEST(TopKMasks, RefusesNanScoresNamingTheTensor) {
+  std::map<std::string, at::Tensor> scores{{"ok", at::ones({3})},
+                                           {"broken", at::tensor({1.0f, NAN})}};
+  const std::string message = [&] {
+    try {
+      top_k_masks(scores, 2);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  }();
+  EXPECT_NE(message.find("'broken'"), std::string::npos) << message;
+}
+
 }  // namespace
 }  // namespace deltatune::methods

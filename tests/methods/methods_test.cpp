@@ -62,17 +62,23 @@ TEST(Far, PrimesTheFfnAndCountsItsLearnedNodesInTheFootprint) {
   auto loaded = minilm();
   auto method = make_method("far", {{"learned_fraction", 0.25}});
   method->attach(*loaded.model);
-  // Priming: W1, b1, W2, b2 of the 6 FFNs and the head.
+  // Every other bias and LayerNorm trains throughout: the embedding
+  // LayerNorm, per layer the q/k/v/attention-output biases and two LayerNorms,
+  // the pooler bias.
+  const int64_t biases_and_layer_norms = 384 * (2 + 6 * (4 + 2 + 2) + 1);
+  // Priming: W1, b1, W2, b2 of the 6 FFNs, those, and the head.
   EXPECT_EQ(count(*loaded.model, trainable(*loaded.model)),
-            6 * (1536 * 384 + 1536 + 384 * 1536 + 384) + 770);
+            6 * (1536 * 384 + 1536 + 384 * 1536 + 384) + biases_and_layer_norms + 770);
   auto fresh = minilm();
   Footprint f = footprint(*make_method("far", {{"learned_fraction", 0.25}}), *fresh.model);
   // After priming: 384 of 1536 nodes per layer (row of W1, bias, column of
-  // W2), every b2, the head; the nodes stored sparse (value + int32 index).
+  // W2), every b2, the other biases and LayerNorms, the head; the nodes
+  // stored sparse (value + int32 index).
   const int64_t nodes = 6 * 384 * (2 * 384 + 1);
-  EXPECT_EQ(f.trainable, nodes + 6 * 384 + 770);
-  EXPECT_EQ(f.stored_values, nodes + 6 * 384 + 770);
-  EXPECT_EQ(f.stored_bytes, nodes * 8 + (6 * 384 + 770) * 4);
+  const int64_t dense = 6 * 384 + biases_and_layer_norms + 770;
+  EXPECT_EQ(f.trainable, nodes + dense);
+  EXPECT_EQ(f.stored_values, nodes + dense);
+  EXPECT_EQ(f.stored_bytes, nodes * 8 + dense * 4);
   EXPECT_THROW(make_method("far", {{"priming_fraction", 1.0}}), Error);
   EXPECT_THROW(make_method("far", {{"learned_fraction", 0.0}}), Error);
   EXPECT_THROW(make_method("far", {{"nodes", 3}}), Error);

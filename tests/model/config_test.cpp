@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <caffe2/serialize/inline_container.h>
+
 #include <fstream>
 
 #include "deltatune/error.h"
@@ -134,6 +136,74 @@ TEST(Loading, CorruptPytorchBinIsAClearError) {
   std::string bytes((std::istreambuf_iterator<char>(in)), {});
   io::write_text_atomically(bin, bytes.substr(0, bytes.size() / 2));
   EXPECT_THROW(io::load_torch_state_dict(bin), Error);
+}
+
+// A zip-format checkpoint whose data.pkl is `pickle`, with one storage
+// record data/0 of four floats.
+fs::path crafted_checkpoint(const test::ScratchDir& tmp, const std::string& pickle) {
+  const fs::path path = tmp.path() / "pytorch_model.bin";
+  caffe2::serialize::PyTorchStreamWriter writer(path.string());
+  writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+  const float storage[4] = {1, 2, 3, 4};
+  writer.writeRecord("data/0", storage, sizeof storage);
+  writer.writeEndOfFile();
+  return path;
+}
+
+// A pickle BINUNICODE string.
+std::string unicode(const std::string& text) {
+  std::string out = "X";
+  const uint32_t n = static_cast<uint32_t>(text.size());
+  for (int i = 0; i < 4; ++i) out += static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + text;
+}
+
+// {"w": _rebuild_tensor_v2(storage, offset, (size,), (stride,), False, OrderedDict())}
+std::string state_dict_pickle(uint8_t offset, uint16_t size, uint8_t stride) {
+  std::string p = {'\x80', '\x02', '}', '('};  // PROTO 2, EMPTY_DICT, MARK
+  p += unicode("w");
+  p += "ctorch._utils\n_rebuild_tensor_v2\n(";  // GLOBAL, MARK (its arguments)
+  p += "(" + unicode("storage") + "ctorch\nFloatStorage\n" + unicode("0") + unicode("cpu");
+  p += {'K', '\x04', 't', 'Q'};  // numel 4, TUPLE, BINPERSID
+  p += {'K', static_cast<char>(offset)};
+  p += {'M', static_cast<char>(size & 0xff), static_cast<char>(size >> 8), '\x85'};
+  p += {'K', static_cast<char>(stride), '\x85', '\x89'};  // (stride,), NEWFALSE
+  p += "ccollections\nOrderedDict\n)RtRu.";  // OrderedDict(), TUPLE, REDUCE, SETITEMS, STOP
+  return p;
+}
+
+TEST(Loading, CraftedPickleSizesAreBoundedByTheFile) {
+  test::ScratchDir tmp;
+  // Well-formed: four floats from the storage, read back exactly.
+  auto good = io::load_torch_state_dict(crafted_checkpoint(tmp, state_dict_pickle(0, 4, 1)));
+  ASSERT_EQ(good.count("w"), 1u);
+  EXPECT_TRUE(at::equal(good.at("w"), at::tensor({1.0f, 2.0f, 3.0f, 4.0f})));
+  // A memo index of 2^31 in a short pickle (once: a 32 GiB memo).
+  std::string message = error_of([&] {
+    io::load_torch_state_dict(crafted_checkpoint(
+        tmp, std::string{'\x80', '\x02', '}', 'r', '\x00', '\x00', '\x00', '\x80', '.'}));
+  });
+  EXPECT_NE(message.find("memo index 2147483648"), std::string::npos) << message;
+  // Sizes, strides and offsets that reach past the storage's four floats.
+  for (const auto& pickle :
+       {state_dict_pickle(0, 5, 1), state_dict_pickle(0, 1000, 1), state_dict_pickle(2, 3, 1),
+        state_dict_pickle(0, 3, 2), state_dict_pickle(4, 1, 1)}) {
+    message = error_of([&] { io::load_torch_state_dict(crafted_checkpoint(tmp, pickle)); });
+    EXPECT_NE(message.find("reaches past its storage of 4 elements"), std::string::npos) << message;
+  }
+}
+
+TEST(Loading, AConfigDescribingAFarLargerModelThanItsCheckpointIsRefused) {
+  test::ScratchDir tmp;
+  const fs::path source = test::fixtures() / "model" / "tiny_bert";
+  tmp.copy_from(source, "model.safetensors");
+  json config = json::parse(io::read_text_file(source / "config.json"));
+  config["vocab_size"] = 4'000'000'000LL;  // 128 G embedding values, never allocated
+  tmp.write("config.json", config.dump());
+  const std::string message = error_of([&] { load_classifier(tmp.path(), 2); });
+  EXPECT_NE(message.find("config.json describes an encoder of about"), std::string::npos)
+      << message;
+  EXPECT_NE(error_of([&] { load_encoder(tmp.path()); }), "");
 }
 
 }  // namespace

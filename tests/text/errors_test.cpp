@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "deltatune/error.h"
+#include "deltatune/text/pipeline.h"
 #include "deltatune/text/tokenizer.h"
 #include "text_test_util.h"
 
@@ -23,6 +24,18 @@ void expect_error(F&& f, const std::string& needle) {
     EXPECT_NE(msg.find(needle), std::string::npos) << msg;
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
   }
+}
+
+// A crafted id would size the id-to-token table by itself, not by the file.
+TEST(TokenizerErrors, AnImplausiblyLargeTokenIdIsRefusedNotAllocated) {
+  expect_error(
+      [] {
+        Vocabulary({{"a", 0}, {"b", 1'000'000'000'000}}, "vocab.json");
+      },
+      "vocab.json: token id 1000000000000 is implausible for 2 tokens");
+  // Ids a little past the count (added tokens after gaps) are real vocabularies.
+  Vocabulary sparse({{"a", 0}, {"b", 1}, {"added", 40}}, "vocab.json");
+  EXPECT_EQ(*sparse.token(40), "added");
 }
 
 TEST(TokenizerErrors, EmptyDirectoryNamesTheDirectory) {

@@ -8,6 +8,7 @@
 
 #include "deltatune/methods/lora.h"
 #include "deltatune/methods/prompt_tuning.h"
+#include "glue_sample.h"
 #include "test_paths.h"
 
 namespace deltatune::train {
@@ -64,12 +65,12 @@ TEST(PromptEnsemble, MembersComputeTheirOwnDeltaAndCombineByMeanOrVote) {
   ASSERT_EQ(ensemble.size(), 3);
   const auto input = padded_batch();
   std::vector<at::Tensor> members;
+  const at::Tensor together = ensemble.all_logits(input);
   for (int64_t k = 0; k < 3; ++k) {
     members.push_back(alone(base, deltas[k], input));
-    EXPECT_TRUE(at::allclose(ensemble.member_logits(input, k), members[k], 1e-5, 1e-5))
-        << "member " << k << "\n"
-        << ensemble.member_logits(input, k) << "\n"
-        << members[k];
+    EXPECT_TRUE(at::allclose(together[k], members[k], 1e-5, 1e-5)) << "member " << k << "\n"
+                                                                   << together[k] << "\n"
+                                                                   << members[k];
   }
   EXPECT_FALSE(at::allclose(members[0], members[1], 1e-3, 1e-3));  // distinct members
 
@@ -88,6 +89,29 @@ TEST(PromptEnsemble, MembersComputeTheirOwnDeltaAndCombineByMeanOrVote) {
     if (std::count(count.begin(), count.end(), top) > 1) continue;
     for (int64_t label = 0; label < 3; ++label)
       EXPECT_EQ(std::floor(votes[row][label].item<double>()), count[label]);
+  }
+}
+
+TEST(PromptEnsemble, EvaluationRunsEachMemberOncePerExampleAndReportsEachMemberAlone) {
+  BaseModel base = load_base(test::minilm_dir());
+  std::vector<methods::Delta> deltas;
+  for (uint64_t seed : {1, 2, 3}) deltas.push_back(prompt_delta(base, seed));
+  PromptEnsemble ensemble(base, deltas);
+  const test::GlueSample& sample = test::sst2_sample(16, 40);
+  // A three-label head on SST-2's dev sentences: labels 0 and 1 occur, label 2 never.
+  data::TaskSpec task =
+      data::custom_task("three", data::TaskType::kClassification, {"a", "b", "c"}, false);
+  EnsembleEvaluation evaluation =
+      evaluate_ensemble(ensemble, task, sample.dev, 16, false, EnsembleCombine::kMeanProbability);
+  // K encoder rows per example: each member once, not once per member and combination.
+  EXPECT_EQ(ensemble.encoded_rows(), 3 * static_cast<int64_t>(sample.dev.size()));
+  ASSERT_EQ(evaluation.members.size(), 3u);
+  EXPECT_EQ(evaluation.combined.examples, static_cast<int64_t>(sample.dev.size()));
+  for (int64_t k = 0; k < 3; ++k) {
+    auto model = model_from_delta(base, deltas[k]);
+    const Evaluation on_its_own = evaluate(*model, task, sample.dev, 16, false);
+    EXPECT_NEAR(evaluation.members[k].loss, on_its_own.loss, 1e-5) << "member " << k;
+    EXPECT_DOUBLE_EQ(evaluation.members[k].metrics.main, on_its_own.metrics.main) << "member " << k;
   }
 }
 

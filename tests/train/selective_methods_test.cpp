@@ -103,16 +103,19 @@ TEST(SelectiveMethods, FishTrainsExactlyItsFisherTopSetAndItsSparseDeltaReproduc
   EXPECT_EQ(evaluate(*restored, d.task, d.dev, 64, false).metrics.main, result.best.metrics.main);
 }
 
-TEST(SelectiveMethods, ChildTuningDMasksTheTopShareOfEncoderLayersAndLetsTheRestTrain) {
+TEST(SelectiveMethods, ChildTuningDMasksTheTopShareOfEncoderLayersAndDecaysEveryWeightAsItsRecipe) {
   const Data& d = sst2_sample();
   BaseModel base = load_base(test::minilm_dir());
   auto task_model = make_task_model(base, 2, 1);
-  auto method = methods::make_method("child-tuning-d", {{"reserve_p", 0.2}});
-  method->attach(*task_model);
-  Trainer trainer(task_model, *method, d.task, short_run(4e-5));
-  trainer.fit(d.train, d.dev);
+  methods::ChildTuningD method(0.2, 16, 1.0);
+  method.attach(*task_model);
+  EXPECT_THROW(method.masks(), Error);  // before prepare() chose them
+  TrainConfig config = short_run(1e-3);
+  config.weight_decay = 0.1;
+  TrainResult result = Trainer(task_model, method, d.task, config).fit(d.train, d.dev);
+  ASSERT_EQ(result.steps, 6);
 
-  const auto masks = method->gradient_masks();
+  const auto& masks = method.masks();
   int64_t layer_total = 0;
   for (const auto& item : task_model->named_parameters(true))
     if (methods::ChildTuningD::scored(item.key())) {
@@ -120,14 +123,33 @@ TEST(SelectiveMethods, ChildTuningDMasksTheTopShareOfEncoderLayersAndLetsTheRest
       EXPECT_TRUE(masks.count(item.key())) << item.key();
     }
   EXPECT_EQ(methods::count_selected(masks), std::llround(0.2 * layer_total));
+  auto params = task_model->named_parameters(true);
+  int64_t decayed_tensors = 0;
   for (const auto& [name, changed] : changed_entries(base, *task_model)) {
-    if (masks.count(name)) {
-      EXPECT_EQ(changed.logical_and(masks.at(name).logical_not()).sum().item<int64_t>(), 0) << name;
-    } else if (name.find("position_embeddings") == std::string::npos &&
-               name.find("token_type") == std::string::npos) {
-      EXPECT_GT(changed.sum().item<int64_t>(), 0) << name << " (always trains) did not change";
+    if (!masks.count(name)) {
+      if (name.find("position_embeddings") == std::string::npos &&
+          name.find("token_type") == std::string::npos) {
+        EXPECT_GT(changed.sum().item<int64_t>(), 0) << name << " (always trains) did not change";
+      }
+      continue;
     }
+    // Outside the mask only decoupled weight decay moves an entry, as in
+    // ChildTuningAdamW: w <- w (1 - lr wd) per step on the decay group
+    // (constant schedule), nothing at all on biases and LayerNorm weights.
+    const at::Tensor outside = masks.at(name).logical_not();
+    const at::Tensor initial = base.checkpoint.at(name.substr(std::string("bert.").size()));
+    const bool decays =
+        name.find(".bias") == std::string::npos && name.find("LayerNorm.") == std::string::npos;
+    at::Tensor expected = initial.clone();
+    if (decays) {
+      for (int64_t step = 0; step < result.steps; ++step) expected.mul_(1 - 1e-3 * 0.1);
+      ++decayed_tensors;
+    }
+    EXPECT_TRUE(
+        at::equal(params[name].detach().masked_select(outside), expected.masked_select(outside)))
+        << name;
   }
+  EXPECT_GT(decayed_tensors, 0);
 }
 
 TEST(SelectiveMethods, ChildTuningFKeepsAShareReserveOfGradientEntriesScaledUp) {
@@ -208,6 +230,49 @@ TEST(SelectiveMethods, DiffPruningEndsWithExactlyTheTargetNumberOfChangedEntries
   EXPECT_EQ(evaluate(*restored, d.task, d.dev, 64, false).metrics.main, last.best.metrics.main);
 }
 
+// Stage 1 keeps its best evaluation: the diff w and log-alpha come back with
+// the head of that evaluation, so the model that is projected is the one whose
+// dev metric was reported.
+TEST(SelectiveMethods, DiffPruningKeepsTheBestEvaluationsDiffAndGatesWithItsHead) {
+  const Data& d = sst2_sample();
+  BaseModel base = load_base(test::minilm_dir());
+  auto task_model = make_task_model(base, 2, 1);
+  methods::DiffPruningOptions options;
+  options.density = 0.001;
+  methods::DiffPruning method(options);
+  method.attach(*task_model);
+  TrainConfig relaxed = short_run(3e-3);
+  relaxed.batch_size = 8;
+  relaxed.max_steps = 8;
+  relaxed.eval_every = 1;
+  TrainResult first = Trainer(task_model, method, d.task, relaxed).fit(d.train, d.dev);
+  ASSERT_LT(first.best_step, first.steps) << "the last evaluation was the best: nothing to check";
+  method.before_forward(*task_model, false);  // θ = θ_0 + z(α) ⊙ w, as evaluation sees it
+  const Evaluation again = evaluate(*task_model, d.task, d.dev, 64, false);
+  EXPECT_DOUBLE_EQ(again.metrics.main, first.best.metrics.main);
+  EXPECT_NEAR(again.loss, first.best.loss, 1e-6);
+}
+
+TEST(SelectiveMethods, StagedMethodsRefuseCallsOutOfOrder) {
+  BaseModel base = load_base(test::minilm_dir());
+  auto task_model = make_task_model(base, 2, 1);
+  methods::DiffPruning diff;
+  diff.attach(*task_model);
+  EXPECT_NE(test::error_of([&] { diff.attach(*task_model); }).find("attach() called twice"),
+            std::string::npos);
+  EXPECT_NE(test::error_of([&] { diff.project(*task_model); }).find("before stage 1 took a step"),
+            std::string::npos);
+  auto far_model = make_task_model(base, 2, 1);
+  methods::Far far;
+  EXPECT_THROW(far.restore_layout(*far_model), Error);
+  far.attach(*far_model);
+  EXPECT_NE(test::error_of([&] { far.reconfigure(*far_model); }).find("before priming"),
+            std::string::npos);
+  auto fish = methods::make_method("fish");
+  EXPECT_NE(test::error_of([&] { fish->gradient_masks(); }).find("before prepare()"),
+            std::string::npos);
+}
+
 // W1, b1, W2 of layer `i`, by the model's names.
 struct FeedForwardNames {
   std::string up_weight, up_bias, down_weight, down_bias;
@@ -262,7 +327,7 @@ TEST(SelectiveMethods, FarSplitsEveryFfnIntoLearnedAndFrozenNodesThatComputeTheU
   EXPECT_EQ(method.reconfigure(*task_model), k * layers);
   for (int64_t i = 0; i < layers; ++i)
     EXPECT_TRUE(method.learned_nodes()[i].equal(expected_learned[i])) << "layer " << i;
-  // What trains now: the learned nodes, every b2 and the head, and nothing else.
+  // What trains now: the learned nodes, every bias and LayerNorm and the head, and nothing else.
   int64_t trainable = 0;
   for (const auto& item : task_model->named_parameters(true))
     if (item.value().requires_grad()) trainable += item.value().numel();
@@ -322,21 +387,28 @@ TEST(SelectiveMethods, FarTrainsOnlyItsLearnedNodesAfterPrimingAndItsDeltaReprod
   }
   method.restore_layout(*task_model);
 
-  // Outside the learned nodes, b2 and the head nothing differs from the base.
-  int64_t changed_learned = 0;
+  // Outside the learned nodes, the biases, the LayerNorms and the head
+  // nothing differs from the base; those train (METHODS.md's FAR row).
+  int64_t changed_learned = 0, changed_layer_norm = 0;
   for (const auto& [name, changed] : changed_entries(base, *task_model)) {
     at::Tensor allowed = at::zeros_like(changed);
     for (int64_t i = 0; i < task_model->config().num_hidden_layers; ++i) {
       const FeedForwardNames n = ffn_names(i);
       if (name == n.up_weight || name == n.up_bias) allowed.index_fill_(0, learned[i], true);
       if (name == n.down_weight) allowed.index_fill_(1, learned[i], true);
-      if (name == n.down_bias) allowed.fill_(true);
     }
+    const bool bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    const bool intermediate_bias = name.find("intermediate.dense.bias") != std::string::npos;
+    if ((bias && !intermediate_bias) || name.find("LayerNorm.") != std::string::npos)
+      allowed.fill_(true);
     EXPECT_EQ(changed.logical_and(allowed.logical_not()).sum().item<int64_t>(), 0) << name;
     if (name.find("intermediate.dense.weight") != std::string::npos)
       changed_learned += changed.sum().item<int64_t>();
+    if (name.find("attention.output.LayerNorm.weight") != std::string::npos)
+      changed_layer_norm += changed.sum().item<int64_t>();
   }
   EXPECT_GT(changed_learned, 0);
+  EXPECT_GT(changed_layer_norm, 0);
 
   methods::Delta delta = build_delta(base, *task_model, method, d.task, 48, rest, result);
   EXPECT_LE(delta.stored_values(), *method.settled_trainable(*task_model));

@@ -35,7 +35,7 @@ struct EncodedDataset {
 };
 
 // Tokenizes every example (pairs as pairs, longest_first truncation).
-// `threads` 0: std::thread::hardware_concurrency(). The result does not depend
+// `threads` 0: io::available_cpus(). The result does not depend
 // on the thread count. Throws the tokenizer's Error prefixed by "FILE:LINE: ".
 EncodedDataset encode_dataset(const Dataset& dataset, const text::Tokenizer& tokenizer,
                               std::size_t max_length, unsigned threads = 0);

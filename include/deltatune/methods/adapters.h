@@ -1,4 +1,4 @@
-// Houlsby adapters (Houlsby et al., ICML 2019; METHODS.md "Adapters"), as the
+// Houlsby adapters (Houlsby et al., ICML 2019; docs/METHODS.md "Adapters"), as the
 // authors' adapter-bert builds them.
 //
 // Each layer gains two bottleneck adapters, one after the attention output

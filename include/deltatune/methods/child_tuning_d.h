@@ -3,8 +3,12 @@
 // training set (gold labels, each batch gradient clipped to the max grad norm,
 // F = (1/G) Σ g^2); the top p_D fraction by one global threshold may change,
 // fixed for the run. Embeddings, pooler and classifier always train.
-// Masked-out entries stay bit-identical (the optimizer skips them, decay
-// included), so encoder layers are stored sparse.
+// As the authors' ChildTuningAdamW: the mask multiplies the gradient after
+// clipping, right before the optimizer step, and decoupled weight decay still
+// applies to every parameter of the decay group, so masked-out weight entries
+// shrink by decay alone (biases and LayerNorm weights, which get no decay, stay
+// bit-identical outside the mask). Encoder layers are stored sparse where that
+// is smaller, which without weight decay it is.
 #pragma once
 
 #include "deltatune/methods/method.h"
@@ -18,7 +22,10 @@ class ChildTuningD : public Method {
   nlohmann::json config() const override;
   void attach(model::SequenceClassifierImpl& model) override;
   void prepare(model::SequenceClassifierImpl& model, const Preparation& data) override;
-  std::map<std::string, at::Tensor> gradient_masks() const override { return masks_; }
+  // g <- g ⊙ M on the scored tensors (after clipping, before the step).
+  void before_step(model::SequenceClassifierImpl& model, int64_t step) override;
+  // The fixed masks prepare() chose (true: the gradient is kept).
+  const std::map<std::string, at::Tensor>& masks() const;
   std::optional<int64_t> sparse_budget(const model::SequenceClassifierImpl& model) const override;
   std::vector<std::pair<std::string, StorageKind>> stored_parameters(
       const model::SequenceClassifierImpl& model) const override;

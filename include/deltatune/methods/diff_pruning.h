@@ -3,7 +3,7 @@
 // (init 0) and z a hard-concrete relaxed mask with trainable log-alpha α:
 //   u ~ U(0,1), s = σ(log u - log(1-u) + α), z = min(1, max(0, s (r - l) + l)),
 // deterministic at evaluation: z = min(1, max(0, σ(α) (r - l) + l)); the
-// expected-L0 penalty λ Σ σ(α - log(-l/r)) joins the loss (METHODS.md).
+// expected-L0 penalty λ Σ σ(α - log(-l/r)) joins the loss (docs/METHODS.md).
 //
 // Three stages, one method object:
 //   1. relaxed: w and α train (their gradients come from θ's by the chain rule,
@@ -60,6 +60,7 @@ class DiffPruning : public Method {
   std::map<std::string, Diff> diffs_;
   std::map<std::string, at::Tensor> masks_;
   bool projected_ = false;
+  int64_t relaxed_steps_ = 0;  // optimizer steps of stage 1 so far
 };
 
 }  // namespace deltatune::methods

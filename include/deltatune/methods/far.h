@@ -1,9 +1,10 @@
-// FAR, Freeze And Reconfigure (Vucetic et al., 2022; METHODS.md "FAR").
+// FAR, Freeze And Reconfigure (Vucetic et al., 2022; docs/METHODS.md "FAR").
 //
 // A node j of a layer's FFN is row j of W1 (intermediate.dense.weight), entry
 // j of b1 (intermediate.dense.bias) and column j of W2 (output.dense.weight).
-//   1. Priming: W1, b1, W2, b2 of every FFN and the head train for the first
-//      `priming_fraction` of the run's steps.
+//   1. Priming: W1, b1, W2, b2 of every FFN, every other bias, every
+//      LayerNorm and the head train for the first `priming_fraction` of the
+//      run's steps (attention and embedding matrices stay frozen throughout).
 //   2. reconfigure(): each node's learning metric is the L1 norm of its change
 //      since the start, m_j = |W1[j,:] - W1_0[j,:]|_1 + |b1[j] - b1_0[j]|
 //      + |W2[:,j] - W2_0[:,j]|_1; per layer the top round(r I) nodes are
@@ -14,9 +15,10 @@
 //      is a view of W1's and W2's own storage, laid out learned-first: it
 //      takes no extra memory, computes no weight gradient and holds no
 //      optimizer state.
-//   3. The learned nodes, b2 and the head train for the remaining steps;
-//      restore_layout() writes them back into the ordinary W1, b1, W2.
-// The delta holds the learned nodes (sparse), every b2 and the head.
+//   3. The learned nodes, every bias (b2 included), every LayerNorm and the
+//      head train for the remaining steps; restore_layout() writes the nodes
+//      back into the ordinary W1, b1, W2.
+// The delta holds the learned nodes (sparse), the biases, LayerNorms and head.
 #pragma once
 
 #include <vector>
@@ -37,8 +39,11 @@ class Far : public Method {
   nlohmann::json config() const override;
   const FarOptions& options() const { return options_; }
 
-  // Priming set-up: FFN weights and biases and the head train, the rest is frozen.
+  // Priming set-up: FFN weights, biases, LayerNorms and the head train, the rest is frozen.
   void attach(model::SequenceClassifierImpl& model) override;
+  void on_backward(model::SequenceClassifierImpl& /*model*/, int64_t /*step*/) override {
+    if (!reconfigured_) ++priming_steps_;
+  }
   std::optional<int64_t> sparse_budget(const model::SequenceClassifierImpl& model) const override;
   std::optional<int64_t> settled_trainable(
       const model::SequenceClassifierImpl& model) const override;
@@ -63,6 +68,7 @@ class Far : public Method {
   std::vector<at::Tensor> initial_;  // per layer: W1_0, b1_0, W2_0 (priming only)
   std::vector<at::Tensor> learned_nodes_, frozen_nodes_;
   bool reconfigured_ = false;
+  int64_t priming_steps_ = 0;  // optimizer steps before reconfigure()
 };
 
 }  // namespace deltatune::methods

@@ -16,7 +16,7 @@ class FishMask : public Method {
   nlohmann::json config() const override;
   void attach(model::SequenceClassifierImpl& model) override;
   void prepare(model::SequenceClassifierImpl& model, const Preparation& data) override;
-  std::map<std::string, at::Tensor> gradient_masks() const override { return masks_; }
+  std::map<std::string, at::Tensor> gradient_masks() const override;
   // Zeroes masked-out gradient entries right after backward, before clipping,
   // as the authors' SparseUpdateTrainer.training_step does (so the clipping
   // norm is the masked gradient's).

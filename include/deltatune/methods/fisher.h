@@ -31,7 +31,7 @@ struct FisherOptions {
 };
 
 // F_i = (1/G) Σ_g (∂ log p(y | x) / ∂θ_i)^2 over G gradients of `batch_size`
-// examples each (METHODS.md, Child-Tuning_D and FISH): the log-likelihood is
+// examples each (docs/METHODS.md, Child-Tuning_D and FISH): the log-likelihood is
 // cross-entropy for classification and the squared error for regression.
 // Returns one tensor per parameter, shaped like it. Grad mode is used on the
 // given tensors only; their .grad() is left undefined.
@@ -41,7 +41,10 @@ std::map<std::string, at::Tensor> diagonal_fisher(
 
 // 0/1 masks (bool, shaped like each score) selecting exactly k entries with the
 // largest scores over all tensors together (one global threshold; ties go to
-// the lower flat index). Throws if k exceeds the number of entries.
+// the lower flat index, tensors taken in name order): the first k of a stable
+// descending sort, found without one (no concatenated copy, no int64 order;
+// transient memory is one comparison of the largest tensor). Throws if k
+// exceeds the number of entries or a score is NaN.
 std::map<std::string, at::Tensor> top_k_masks(const std::map<std::string, at::Tensor>& scores,
                                               int64_t k);
 

@@ -1,5 +1,5 @@
 // Frozen encoder / linear probe: only the task head trains (classifier, and
-// for BERT the pooler, as METHODS.md counts the head).
+// for BERT the pooler, as docs/METHODS.md counts the head).
 #pragma once
 
 #include "deltatune/methods/method.h"

@@ -1,4 +1,4 @@
-// LoRA (Hu et al., ICLR 2022; METHODS.md "beyond"). Every targeted Dense
+// LoRA (Hu et al., ICLR 2022; docs/METHODS.md "beyond"). Every targeted Dense
 // layer W [out, in] gains a low-rank update through the DenseDelta hook:
 //   y = x W^T + b + (alpha / r) * dropout(x) A^T B^T,
 // A [r, in] ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's kaiming_uniform(a = sqrt 5)),

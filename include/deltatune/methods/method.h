@@ -1,6 +1,30 @@
 // What every fine-tuning method is to the trainer: which parameters train
 // (and at what learning rate), what it adds to the model, what it does to
 // gradients and the loss, and what a task must store.
+//
+// Call order (docs/METHODS.md). One method object serves one task model:
+//
+//   training (train::Trainer::fit, once per stage)
+//     1. attach(model)                 once, on a fresh task model
+//     2. prepare(model, data)          once per fit, before the optimizer exists
+//     3. parameter_groups(...), gradient_masks()   the optimizer is built
+//     4. per batch:  before_forward(model, true) -> forward -> extra_loss(model)
+//                    -> backward
+//        per step:   on_backward(model, step) -> clipping -> before_step(model, step)
+//                    -> optimizer step
+//        per evaluation: before_forward(model, false) -> forward
+//     5. between stages, methods' own calls (DiffPruning::project after stage 1,
+//        Far::reconfigure after priming and Far::restore_layout after the last)
+//   after training
+//     6. after_training(model)         once, before the delta is built
+//     7. stored_parameters(model)      what the delta holds
+//   applying a delta (train::model_from_delta, export)
+//     attach_modules(model) -> apply the delta -> fold_into_weights(model) (export only)
+//
+// Methods refuse the calls whose wrong order would corrupt results silently:
+// a second attach(), a projection or split before any training step, a second
+// projection or split, a layout restore without a split, gradient masks asked
+// for before prepare() chose them.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -98,6 +122,11 @@ class Method {
       const model::SequenceClassifierImpl& /*model*/) const {
     return std::nullopt;
   }
+
+  // Positions the method adds to every sequence beyond its tokens (Prompt
+  // Tuning's soft tokens; prefixes with shifted positions): max_length plus
+  // these must fit the model's position table.
+  virtual int64_t added_positions() const { return 0; }
 
   // Before every training forward pass (training = true) and before each
   // evaluation inside training (false): methods that reparameterise the

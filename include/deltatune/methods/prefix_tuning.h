@@ -1,4 +1,4 @@
-// Prefix Tuning (Li & Liang, ACL 2021; METHODS.md "Prefix Tuning") and its
+// Prefix Tuning (Li & Liang, ACL 2021; docs/METHODS.md "Prefix Tuning") and its
 // variant without reparameterisation (deep prompts, P-Tuning v2).
 //
 // Every layer l attends to m trainable key and value vectors ahead of the
@@ -44,6 +44,10 @@ class PrefixTuning : public Method {
   // Replaces the MLP by the table it computes (a no-op without it).
   void after_training(model::SequenceClassifierImpl& model) override;
   bool folds_into_weights() const override { return false; }
+  // Shifted positions number the tokens from m, as HF does after a prefix.
+  int64_t added_positions() const override {
+    return options_.positions == "shifted" ? options_.length : 0;
+  }
   std::vector<std::pair<std::string, StorageKind>> stored_parameters(
       const model::SequenceClassifierImpl& model) const override;
   std::string describe() const override;

@@ -1,4 +1,4 @@
-// Prompt Tuning (Lester et al., EMNLP 2021; METHODS.md "Prompt Tuning").
+// Prompt Tuning (Lester et al., EMNLP 2021; docs/METHODS.md "Prompt Tuning").
 //
 // A trainable soft prompt E [m, E] is inserted into the sequence of word
 // vectors through the EmbeddingInserter hook, with the attention mask
@@ -42,6 +42,7 @@ class PromptTuning : public Method {
   void attach(model::SequenceClassifierImpl& model) override;
   void attach_modules(model::SequenceClassifierImpl& model) override;
   bool folds_into_weights() const override { return false; }
+  int64_t added_positions() const override { return options_.length; }
   std::vector<std::pair<std::string, StorageKind>> stored_parameters(
       const model::SequenceClassifierImpl& model) const override;
   std::string describe() const override;

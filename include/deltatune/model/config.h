@@ -37,6 +37,11 @@ struct EncoderConfig {
   // RoBERTa numbers positions from pad_token_id + 1 (padding gets pad_token_id).
   bool positions_from_padding() const { return architecture == Architecture::kRoberta; }
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  // Tokens a sequence may hold: the position table's size, less RoBERTa's
+  // pad_token_id + 1 positions that no token takes.
+  int64_t max_sequence_tokens() const {
+    return max_position_embeddings - (positions_from_padding() ? pad_token_id + 1 : 0);
+  }
   // The prefix under which a task model keeps the encoder ("bert.", ...).
   std::string base_model_prefix() const;
 

@@ -17,7 +17,8 @@ namespace deltatune::model {
 struct LoadReport {
   std::vector<std::string> loaded;       // module parameter names filled from the checkpoint
   std::vector<std::string> initialized;  // head parameters absent from the checkpoint (fresh init)
-  std::vector<std::string> unexpected;   // checkpoint keys nothing used (known-harmless ones excluded)
+  std::vector<std::string>
+      unexpected;  // checkpoint keys nothing used (known-harmless ones excluded)
 };
 
 // The checkpoint's tensors: model.safetensors (or sharded
@@ -25,12 +26,20 @@ struct LoadReport {
 // deltatune::Error naming the directory when none is readable.
 std::map<std::string, at::Tensor> read_checkpoint(const std::filesystem::path& model_dir);
 
+// Refuses a config.json that describes a far larger encoder than the
+// checkpoint holds (Error naming the directory and both sizes), before a
+// model of that size is allocated.
+void check_config_matches(const EncoderConfig& config,
+                          const std::map<std::string, at::Tensor>& checkpoint,
+                          const std::string& model_dir);
+
 // Copies checkpoint tensors into `module` by Hugging Face key. A task model
 // whose encoder lives under `base_prefix` ("bert", ...) also accepts a bare
 // encoder checkpoint (keys without the prefix), and the other way round.
 // Every parameter must be found unless `may_initialize(name)` says it may be
 // freshly initialised (task heads); shape mismatches are errors naming the key.
-LoadReport load_state(torch::nn::Module& module, const std::map<std::string, at::Tensor>& checkpoint,
+LoadReport load_state(torch::nn::Module& module,
+                      const std::map<std::string, at::Tensor>& checkpoint,
                       const std::string& base_prefix, const std::string& source,
                       const std::function<bool(const std::string&)>& may_initialize);
 

@@ -59,7 +59,16 @@ std::unique_ptr<methods::Method> method_of(const methods::Delta& delta);
 model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta,
                                            bool fold = false);
 
-// The task a delta was trained for (GLUE name or the custom spec it recorded).
+// The task a delta was trained for, from its own record: the recorded label
+// names, type and pairness win. It is GLUE's spec only when the record says
+// "source": "glue" (an error if the fields then disagree with GLUE's), or, in
+// deltas older than that field, when the name and every field match GLUE's.
 data::TaskSpec task_of(const methods::Delta& delta);
+
+// Refuses data whose task differs from the one a delta was trained on: other
+// label names or order, classification vs regression, single texts vs pairs.
+// The Error names `data_source` and both sides.
+void check_same_labels(const data::TaskSpec& trained, const data::TaskSpec& evaluated,
+                       const std::string& data_source);
 
 }  // namespace deltatune::train

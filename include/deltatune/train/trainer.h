@@ -92,6 +92,12 @@ Evaluation evaluate_logits(const data::TaskSpec& task, const at::Tensor& logits,
 // every epoch's batches over gradient accumulation).
 int64_t planned_steps(const data::EncodedDataset& train, const TrainConfig& config);
 
+// Refuses, before any work, a maximum length that cannot fit the model's
+// position table once the method's added positions are counted (a long batch
+// would otherwise fail hours into a run). Error names the numbers and the flags.
+void check_sequence_fits(const model::EncoderConfig& config, const methods::Method& method,
+                         int64_t max_length);
+
 class Trainer {
  public:
   Trainer(model::SequenceClassifier model, methods::Method& method, data::TaskSpec task,
