@@ -184,18 +184,27 @@ TEST(SelectiveMethods, ChildTuningFKeepsAShareReserveOfGradientEntriesScaledUp) 
   EXPECT_NEAR(static_cast<double>(kept) / nonzero, 0.25, 0.002);
 }
 
+// A MiniLM task model with Diff Pruning (density 0.1%) attached, and stage
+// 1's settings at a rate high enough for the diffs and log-alphas to move in
+// a few steps.
+struct DiffPruningSetUp {
+  BaseModel base = load_base(test::minilm_dir());
+  model::SequenceClassifier task_model = make_task_model(base, 2, 1);
+  methods::DiffPruning method{methods::DiffPruningOptions{0.001}};
+  TrainConfig relaxed;
+  explicit DiffPruningSetUp(double lr) : relaxed(short_run(lr)) {
+    method.attach(*task_model);
+    relaxed.batch_size = 8;
+  }
+};
+
 TEST(SelectiveMethods, DiffPruningEndsWithExactlyTheTargetNumberOfChangedEntries) {
   const Data& d = sst2_sample();
-  BaseModel base = load_base(test::minilm_dir());
-  auto task_model = make_task_model(base, 2, 1);
-  methods::DiffPruningOptions options;
-  options.density = 0.001;
-  methods::DiffPruning method(options);
-  method.attach(*task_model);
-
-  // Stage 1 at a high rate so that the diffs and log-alphas move in 6 steps.
-  TrainConfig relaxed = short_run(1e-3);
-  relaxed.batch_size = 8;
+  DiffPruningSetUp set_up(1e-3);
+  BaseModel& base = set_up.base;
+  model::SequenceClassifier& task_model = set_up.task_model;
+  methods::DiffPruning& method = set_up.method;
+  TrainConfig& relaxed = set_up.relaxed;
   TrainResult first = Trainer(task_model, method, d.task, relaxed).fit(d.train, d.dev);
   EXPECT_GT(first.steps, 0);
   int64_t moved = 0;
@@ -235,14 +244,10 @@ TEST(SelectiveMethods, DiffPruningEndsWithExactlyTheTargetNumberOfChangedEntries
 // dev metric was reported.
 TEST(SelectiveMethods, DiffPruningKeepsTheBestEvaluationsDiffAndGatesWithItsHead) {
   const Data& d = sst2_sample();
-  BaseModel base = load_base(test::minilm_dir());
-  auto task_model = make_task_model(base, 2, 1);
-  methods::DiffPruningOptions options;
-  options.density = 0.001;
-  methods::DiffPruning method(options);
-  method.attach(*task_model);
-  TrainConfig relaxed = short_run(3e-3);
-  relaxed.batch_size = 8;
+  DiffPruningSetUp set_up(3e-3);
+  model::SequenceClassifier& task_model = set_up.task_model;
+  methods::DiffPruning& method = set_up.method;
+  TrainConfig& relaxed = set_up.relaxed;
   relaxed.max_steps = 8;
   relaxed.eval_every = 1;
   TrainResult first = Trainer(task_model, method, d.task, relaxed).fit(d.train, d.dev);

@@ -144,13 +144,19 @@ TEST(TrainerRules, ALaterStageStartsAtTheBatchAfterThePriorSteps) {
         << "step " << 5 + j;
 }
 
+// Batches of 8, a checkpoint every 2 steps into `dir`.
+TrainConfig checkpointed(const test::ScratchDir& dir) {
+  TrainConfig config = quiet(8);
+  config.run_dir = dir.path();
+  config.checkpoint_every = 2;
+  return config;
+}
+
 TEST(TrainerRules, AFreshRunClearsTheDirectorysLogAndStaleCheckpoint) {
   const test::GlueSample& d = test::sst2_sample(32, 40);
   BaseModel base = load_base(test::minilm_dir());
   test::ScratchDir dir;
-  TrainConfig config = quiet(8);
-  config.run_dir = dir.path();
-  config.checkpoint_every = 2;
+  TrainConfig config = checkpointed(dir);
   BitFitRun(base).fit(config, d.train, d.dev);
   ASSERT_TRUE(fs::exists(dir.path() / "checkpoint" / "state.json"));
   config.checkpoint_every = 0;
@@ -164,9 +170,7 @@ TEST(TrainerRules, ResumeRefusesACheckpointOfAnotherPlanNamingWhatDiffers) {
   const test::GlueSample& fewer = test::sst2_sample(48, 40);
   BaseModel base = load_base(test::minilm_dir());
   test::ScratchDir dir;
-  TrainConfig config = quiet(8);
-  config.run_dir = dir.path();
-  config.checkpoint_every = 2;
+  TrainConfig config = checkpointed(dir);
   config.max_steps = 4;
   BitFitRun(base).fit(config, d.train, d.dev);
 

@@ -8,6 +8,9 @@
 // Three stages, one method object:
 //   1. relaxed: w and α train (their gradients come from θ's by the chain rule,
 //      dL/dw = g ⊙ z, dL/dα = g ⊙ w ⊙ dz/dα, plus the penalty's);
+//      Stage 1 keeps its best evaluation as every run does: the trainer's
+//      snapshot holds w and α with the head (they are optimizer tensors, not
+//      model parameters), so the projection starts from one evaluated state.
 //   2. project(): keep the `density` share of entries of δ = z ⊙ w with the
 //      largest |δ| (one global top-k), θ = θ_0 + that sparse δ;
 //   3. fixed mask: θ trains on those entries only (masked AdamW), so exactly
