@@ -17,8 +17,6 @@
 #include "deltatune/io/atomic_file.h"
 #include "deltatune/methods/bitfit.h"
 #include "deltatune/methods/delta.h"
-#include "deltatune/methods/diff_pruning.h"
-#include "deltatune/methods/far.h"
 #include "deltatune/methods/peft_format.h"
 #include "deltatune/text/tokenizer.h"
 #include "deltatune/train/export.h"
@@ -330,6 +328,10 @@ int run_train(TrainOptions& o) {
   }
   if (!o.prompt_init.empty() && o.method != "prompt-tuning")
     throw Error("--prompt-init does not apply to --method " + o.method);
+  if (o.method == "diff-pruning") {
+    method_options["finetune_lr"] = o.finetune_lr;
+    method_options["finetune_epochs"] = o.finetune_epochs;
+  }
   if (o.method == "prefix-tuning" || o.method == "prompt-tuning" || o.method == "adapters")
     method_options["seed"] = c.seed;  // the initialisation follows the run's seed
 
@@ -366,78 +368,14 @@ int run_train(TrainOptions& o) {
   other_dev_sets.reserve(task_data.other_dev.size());
   for (const auto& [split, dataset] : task_data.other_dev)
     other_dev_sets.push_back(data::encode_dataset(dataset, *tokenizer, o.data.max_length));
-  auto run_stage = [&](const train::TrainConfig& config, bool resume) {
-    train::Trainer trainer(task_model, *method, task_data.task, config);
-    for (size_t i = 0; i < other_dev_sets.size(); ++i)
-      trainer.add_eval_split(task_data.other_dev[i].first, other_dev_sets[i]);
-    return trainer.fit(train_set, dev_set, resume);
-  };
+  std::vector<std::pair<std::string, const data::EncodedDataset*>> extra_eval;
+  for (size_t i = 0; i < other_dev_sets.size(); ++i)
+    extra_eval.emplace_back(task_data.other_dev[i].first, &other_dev_sets[i]);
+  train::MethodRun run = train::run_method(task_model, *method, task_data.task, c, train_set,
+                                           dev_set, extra_eval, o.resume);
+  const train::TrainResult& result = run.result;
+  const json& stages = run.stages;
 
-  train::TrainResult result;
-  json stages = json::array();
-  auto stage_record = [](const char* stage, const train::TrainResult& r) {
-    return json{{"stage", stage},
-                {"dev", r.best.to_json()},
-                {"steps", r.steps},
-                {"train_tokens_per_s", r.train_tokens_per_second}};
-  };
-  if (auto* diff = dynamic_cast<methods::DiffPruning*>(method.get())) {
-    // Stage 1 (w and log-alpha) in <out>/stage1, the projection, then the
-    // fixed-mask fine-tuning in <out>.
-    if (o.resume) throw Error("--resume is not supported for diff-pruning");
-    train::TrainConfig relaxed = c;
-    relaxed.run_dir = fs::path(o.out) / "stage1";
-    train::TrainResult first = run_stage(relaxed, false);
-    stages.push_back(stage_record("relaxed", first));
-    const int64_t kept = diff->project(*task_model);
-    train::Evaluation projected =
-        train::evaluate(*task_model, task_data.task, dev_set, c.eval_batch_size, c.bf16);
-    stages.push_back({{"stage", "projected"}, {"kept", kept}, {"dev", projected.to_json()}});
-    fmt::print(stderr, "diff-pruning: stage 1 dev {} {:.4f}; projected to {} entries: {:.4f}\n",
-               first.best.metrics.main_metric, first.best.metrics.main, kept,
-               projected.metrics.main);
-    train::TrainConfig fixed = c;
-    fixed.learning_rate = o.finetune_lr;
-    fixed.epochs = o.finetune_epochs;
-    result = run_stage(fixed, false);
-    stages.push_back(stage_record("fixed_mask", result));
-  } else if (auto* far = dynamic_cast<methods::Far*>(method.get())) {
-    // Priming (every FFN weight) in <out>/priming for the first p of the
-    // steps, the split, then the learned nodes for the rest of one schedule
-    // and one pass order over the data.
-    if (o.resume) throw Error("--resume is not supported for far");
-    const int64_t total = train::planned_steps(train_set, c);
-    const int64_t priming_steps =
-        std::max<int64_t>(1, std::llround(far->options().priming_fraction * total));
-    if (priming_steps >= total)
-      throw Error(
-          fmt::format("far: priming takes all {} steps; train longer or lower --priming", total));
-    train::TrainConfig priming = c;
-    priming.run_dir = fs::path(o.out) / "priming";
-    priming.max_steps = priming_steps;
-    priming.schedule_steps = total;
-    priming.keep_best = false;
-    train::TrainResult first = run_stage(priming, false);
-    stages.push_back(stage_record("priming", first));
-    const int64_t learned = far->reconfigure(*task_model);
-    fmt::print(stderr, "far: priming dev {} {:.4f} after {} steps; {} learned FFN nodes\n",
-               first.best.metrics.main_metric, first.best.metrics.main, first.steps, learned);
-    train::TrainConfig rest = c;
-    rest.max_steps = total - priming_steps;
-    rest.prior_steps = priming_steps;
-    rest.schedule_steps = total;
-    result = run_stage(rest, false);
-    far->restore_layout(*task_model);
-    // The delta holds the ordinary layout; its metric is the one recorded.
-    result.best = train::evaluate(*task_model, task_data.task, dev_set, c.eval_batch_size, c.bf16);
-    json last = stage_record("learned_nodes", result);
-    last["learned_nodes"] = learned;
-    stages.push_back(last);
-  } else {
-    result = run_stage(c, o.resume);
-  }
-
-  method->after_training(*task_model);
   methods::Delta delta =
       train::build_delta(base, *task_model, *method, task_data.task, o.data.max_length, c, result);
   const fs::path delta_dir = fs::path(o.out) / "delta";
@@ -591,12 +529,11 @@ int run_predict(PredictOptions& o) {
   options.label_names = task.label_names;
   options.unlabeled = true;
   data::Dataset inputs = data::read_dataset(o.input, options);
-  const bool pairness_recorded = delta.meta.value("task", json::object()).contains("is_pair");
-  if (pairness_recorded && inputs.is_pair != task.is_pair)
-    throw Error(fmt::format("{} has {}, but {} was trained on {}{}", o.input,
-                            inputs.is_pair ? "text pairs" : "single texts", o.delta_dir,
-                            task.is_pair ? "text pairs" : "single texts",
-                            task.is_pair ? " (give --text-b)" : ""));
+  if (delta.meta.value("task", json::object()).contains("is_pair")) {
+    data::TaskSpec seen = task;
+    seen.is_pair = inputs.is_pair;
+    train::check_same_labels(task, seen, o.input);
+  }
   auto tokenizer = text::load_tokenizer(o.model_dir);
   auto encoded =
       data::encode_dataset(inputs, *tokenizer, delta.meta.value("max_length", size_t{128}));

@@ -22,7 +22,28 @@ nlohmann::json DiffPruning::config() const {
           {"l0_penalty", options_.l0_penalty},
           {"alpha_init", options_.alpha_init},
           {"left", options_.left},
-          {"right", options_.right}};
+          {"right", options_.right},
+          {"finetune_lr", options_.finetune_learning_rate},
+          {"finetune_epochs", options_.finetune_epochs}};
+}
+
+std::vector<Stage> DiffPruning::stages() const {
+  Stage relaxed("relaxed", "stage1");
+  Stage fixed("fixed_mask");
+  fixed.learning_rate = options_.finetune_learning_rate;
+  fixed.epochs = options_.finetune_epochs;
+  return {relaxed, fixed};
+}
+
+StageTransition DiffPruning::between_stages(size_t /*finished*/,
+                                            model::SequenceClassifierImpl& model) {
+  StageTransition t;
+  const int64_t kept = project(model);
+  t.record = "projected";
+  t.facts = {{"kept", kept}};
+  t.evaluate = true;
+  t.message = fmt::format("projected to {} entries", kept);
+  return t;
 }
 
 void DiffPruning::attach(model::SequenceClassifierImpl& model) {

@@ -188,6 +188,28 @@ int64_t Far::reconfigure(model::SequenceClassifierImpl& model) {
   return k * model.encoder->num_layers();
 }
 
+std::vector<Stage> Far::stages() const {
+  Stage priming("priming", "priming");
+  priming.step_share = options_.priming_fraction;
+  priming.keep_best = false;
+  Stage learned("learned_nodes");
+  learned.rest_of_run = true;
+  learned.evaluate_after_training = true;
+  return {priming, learned};
+}
+
+StageTransition Far::between_stages(size_t /*finished*/, model::SequenceClassifierImpl& model) {
+  StageTransition t;
+  const int64_t learned = reconfigure(model);
+  t.facts = {{"learned_nodes", learned}};
+  t.message = fmt::format("{} learned FFN nodes", learned);
+  return t;
+}
+
+void Far::after_training(model::SequenceClassifierImpl& model) {
+  if (reconfigured_) restore_layout(model);
+}
+
 void Far::restore_layout(model::SequenceClassifierImpl& model) {
   if (!reconfigured_) throw Error("far: restore_layout() before reconfigure()");
   at::NoGradGuard no_grad;

@@ -148,13 +148,17 @@ std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::jso
                                       fisher == "expected");
   }
   if (name == "diff-pruning") {
-    check_options(name, options, {"density", "l0_penalty", "alpha_init", "left", "right"});
+    check_options(
+        name, options,
+        {"density", "l0_penalty", "alpha_init", "left", "right", "finetune_lr", "finetune_epochs"});
     DiffPruningOptions o;
     o.density = option_or(options, "density", o.density);
     o.l0_penalty = option_or(options, "l0_penalty", o.l0_penalty);
     o.alpha_init = option_or(options, "alpha_init", o.alpha_init);
     o.left = option_or(options, "left", o.left);
     o.right = option_or(options, "right", o.right);
+    o.finetune_learning_rate = option_or(options, "finetune_lr", o.finetune_learning_rate);
+    o.finetune_epochs = option_or(options, "finetune_epochs", o.finetune_epochs);
     return std::make_unique<DiffPruning>(o);
   }
   if (name == "far") {

@@ -573,4 +573,89 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   return result;
 }
 
+namespace {
+
+json stage_record(const std::string& stage, const TrainResult& r) {
+  return json{{"stage", stage},
+              {"dev", r.best.to_json()},
+              {"steps", r.steps},
+              {"train_tokens_per_s", r.train_tokens_per_second}};
+}
+
+}  // namespace
+
+MethodRun run_method(
+    model::SequenceClassifier model, methods::Method& method, const data::TaskSpec& task,
+    const TrainConfig& config, const data::EncodedDataset& train, const data::EncodedDataset& dev,
+    const std::vector<std::pair<std::string, const data::EncodedDataset*>>& extra_eval,
+    bool resume) {
+  auto fit = [&](const TrainConfig& stage_config, bool resume_stage) {
+    Trainer trainer(model, method, task, stage_config);
+    for (const auto& [name, dataset] : extra_eval) trainer.add_eval_split(name, *dataset);
+    return trainer.fit(train, dev, resume_stage);
+  };
+  const std::vector<methods::Stage> stages = method.stages();
+  MethodRun run;
+  if (stages.size() == 1) {
+    run.result = fit(config, resume);
+    method.after_training(*model);
+    return run;
+  }
+  if (resume) throw Error("--resume is not supported for " + method.name());
+  const int64_t total = planned_steps(train, config);
+  int64_t prior = 0;              // planned steps of the stages run so far
+  json pending = json::object();  // a transition's facts for the next stage's record
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const methods::Stage& stage = stages[i];
+    TrainConfig c = config;
+    if (stage.learning_rate) c.learning_rate = *stage.learning_rate;
+    if (stage.epochs) c.epochs = *stage.epochs;
+    c.keep_best = config.keep_best && stage.keep_best;
+    if (!stage.directory.empty() && !config.run_dir.empty())
+      c.run_dir = config.run_dir / stage.directory;
+    if (stage.step_share > 0) {
+      const int64_t steps = std::max<int64_t>(1, std::llround(stage.step_share * total));
+      if (steps >= total)
+        throw Error(fmt::format("{}: {} takes all {} steps; train longer or lower --{}",
+                                method.name(), stage.name, total, stage.name));
+      c.max_steps = steps;
+      c.schedule_steps = total;
+    } else if (stage.rest_of_run) {
+      c.max_steps = total - prior;
+      c.prior_steps = prior;
+      c.schedule_steps = total;
+    }
+    run.result = fit(c, false);
+    if (stage.step_share > 0 || stage.rest_of_run) prior += c.max_steps;
+    const bool last = i + 1 == stages.size();
+    if (last) {
+      method.after_training(*model);
+      if (stage.evaluate_after_training)
+        run.result.best = evaluate(*model, task, dev, config.eval_batch_size, config.bf16);
+    }
+    json record = stage_record(stage.name, run.result);
+    record.update(pending);
+    pending = json::object();
+    run.stages.push_back(record);
+    if (last) break;
+    const methods::StageTransition transition = method.between_stages(i, *model);
+    Evaluation now;
+    if (transition.evaluate) now = evaluate(*model, task, dev, config.eval_batch_size, config.bf16);
+    if (transition.record.empty()) {
+      pending = transition.facts;
+    } else {
+      json own = {{"stage", transition.record}};
+      own.update(transition.facts);
+      if (transition.evaluate) own["dev"] = now.to_json();
+      run.stages.push_back(own);
+    }
+    const std::string evaluated =
+        transition.evaluate ? fmt::format(": {:.4f}", now.metrics.main) : std::string();
+    fmt::print(stderr, "{}: {} dev {} {:.4f} after {} steps; {}{}\n", method.name(), stage.name,
+               run.result.best.metrics.main_metric, run.result.best.metrics.main, run.result.steps,
+               transition.message, evaluated);
+  }
+  return run;
+}
+
 }  // namespace deltatune::train

@@ -278,6 +278,44 @@ TEST(SelectiveMethods, StagedMethodsRefuseCallsOutOfOrder) {
             std::string::npos);
 }
 
+// The library's one training path runs a staged method start to finish:
+// each stage with its share of steps, the transitions between them, and
+// after_training(); the summary records every stage.
+TEST(SelectiveMethods, RunMethodRunsEveryStageAndTransitionOfFarAndDiffPruning) {
+  const Data& d = sst2_sample();
+  BaseModel base = load_base(test::minilm_dir());
+  auto far_model = make_task_model(base, 2, 1);
+  auto far = methods::make_method("far");
+  far->attach(*far_model);
+  const TrainConfig config = short_run(1e-3);  // 6 steps
+  MethodRun run = run_method(far_model, *far, d.task, config, d.train, d.dev);
+  ASSERT_EQ(run.stages.size(), 2u);
+  EXPECT_EQ(run.stages[0]["stage"], "priming");
+  EXPECT_EQ(run.stages[0]["steps"], 1);  // round(0.1 x 6)
+  EXPECT_EQ(run.stages[1]["stage"], "learned_nodes");
+  EXPECT_EQ(run.stages[1]["steps"], 5);
+  EXPECT_EQ(run.stages[1]["learned_nodes"], 6 * 154);
+  // after_training() put the ordinary layout back.
+  EXPECT_EQ(
+      far_model->named_parameters(true).find("bert.encoder.layer.0.feed_forward.learned_up.weight"),
+      nullptr);
+  EXPECT_NE(test::error_of([&] {
+              run_method(far_model, *far, d.task, config, d.train, d.dev, {}, true);
+            }).find("--resume is not supported for far"),
+            std::string::npos);
+
+  DiffPruningSetUp set_up(1e-3);
+  set_up.relaxed.max_steps = 3;
+  run = run_method(set_up.task_model, set_up.method, d.task, set_up.relaxed, d.train, d.dev);
+  ASSERT_EQ(run.stages.size(), 3u);
+  EXPECT_EQ(run.stages[0]["stage"], "relaxed");
+  EXPECT_EQ(run.stages[1]["stage"], "projected");
+  EXPECT_EQ(run.stages[1]["kept"], *set_up.method.sparse_budget(*set_up.task_model));
+  EXPECT_TRUE(run.stages[1].contains("dev"));
+  EXPECT_EQ(run.stages[2]["stage"], "fixed_mask");
+  EXPECT_TRUE(set_up.method.projected());
+}
+
 // W1, b1, W2 of layer `i`, by the model's names.
 struct FeedForwardNames {
   std::string up_weight, up_bias, down_weight, down_bias;

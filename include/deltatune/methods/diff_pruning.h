@@ -25,7 +25,9 @@ struct DiffPruningOptions {
   double density = 0.005;       // share of non-head parameters kept by the projection
   double l0_penalty = 1.25e-7;  // λ
   double alpha_init = 5.0;
-  double left = -1.5, right = 1.5;  // the stretch interval (l, r)
+  double left = -1.5, right = 1.5;       // the stretch interval (l, r)
+  double finetune_learning_rate = 5e-5;  // stage 3, the fixed-mask fine-tuning
+  int64_t finetune_epochs = 3;
 };
 
 class DiffPruning : public Method {
@@ -47,6 +49,10 @@ class DiffPruning : public Method {
   std::vector<std::pair<std::string, StorageKind>> stored_parameters(
       const model::SequenceClassifierImpl& model) const override;
   std::string describe() const override;
+  // Stage 1 in <run>/stage1, then the fixed-mask stage at its own lr and epochs.
+  std::vector<Stage> stages() const override;
+  // After stage 1: project().
+  StageTransition between_stages(size_t finished, model::SequenceClassifierImpl& model) override;
 
   // Stage 2: projects onto the L0 ball and switches to fixed-mask training.
   // Returns the number of entries kept (sparse_budget).

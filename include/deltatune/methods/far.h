@@ -51,6 +51,14 @@ class Far : public Method {
       const model::SequenceClassifierImpl& model) const override;
   std::string describe() const override;
 
+  // Priming (its share of the steps, ending on its last state) in
+  // <run>/priming, then the learned nodes for the rest of the run.
+  std::vector<Stage> stages() const override;
+  // After priming: reconfigure().
+  StageTransition between_stages(size_t finished, model::SequenceClassifierImpl& model) override;
+  // After the last stage: restore_layout(), so the delta holds the ordinary layout.
+  void after_training(model::SequenceClassifierImpl& model) override;
+
   // Learned nodes per layer (round(r I), at least 1).
   int64_t learned_per_layer(const model::SequenceClassifierImpl& model) const;
 

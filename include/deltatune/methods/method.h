@@ -13,10 +13,11 @@
 //        per step:   on_backward(model, step) -> clipping -> before_step(model, step)
 //                    -> optimizer step
 //        per evaluation: before_forward(model, false) -> forward
-//     5. between stages, methods' own calls (DiffPruning::project after stage 1,
-//        Far::reconfigure after priming and Far::restore_layout after the last)
-//   after training
-//     6. after_training(model)         once, before the delta is built
+//     5. between stages (stages()): between_stages(i, model), which is
+//        DiffPruning::project after stage 1 and Far::reconfigure after priming
+//   after training (train::run_method runs 2-6 for every stage)
+//     6. after_training(model)         once, before the delta is built (FAR
+//                                      restores its ordinary layout here)
 //     7. stored_parameters(model)      what the delta holds
 //   applying a delta (train::model_from_delta, export)
 //     attach_modules(model) -> apply the delta -> fold_into_weights(model) (export only)
@@ -34,6 +35,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "deltatune/methods/fisher.h"
@@ -70,6 +72,36 @@ enum class StorageKind {
   kSparse,  // only the entries that differ from the base (indices + values)
 };
 
+// One stage of a method's run (docs/METHODS.md). Most methods have one; Diff
+// Pruning (relaxed, fixed mask) and FAR (priming, learned nodes) have two,
+// and train::run_method runs them in order on one model.
+struct Stage {
+  explicit Stage(std::string stage_name, std::string stage_directory = {})
+      : name(std::move(stage_name)), directory(std::move(stage_directory)) {}
+  std::string name;
+  std::string directory;  // its log and checkpoint, under the run's; empty: the run's own
+  // > 0: this share of the run's planned steps, at least one and not all
+  // (FAR's priming; its flag is named like the stage).
+  double step_share = 0;
+  // The steps the earlier stages left, continuing their schedule and data order.
+  bool rest_of_run = false;
+  bool keep_best = true;  // false: the stage ends on its last state
+  std::optional<double> learning_rate;
+  std::optional<int64_t> epochs;
+  // The stage's metric is taken again after after_training() (FAR restores
+  // the ordinary layout there).
+  bool evaluate_after_training = false;
+};
+
+// What a method did between two stages, for the run's log and summary.
+struct StageTransition {
+  std::string
+      record;  // a summary record of its own ("projected"); empty: the facts join the next stage's
+  nlohmann::json facts = nlohmann::json::object();
+  bool evaluate = false;  // that record holds a dev evaluation of the model as it is now
+  std::string message;    // one line for the log
+};
+
 class Method {
  public:
   virtual ~Method() = default;
@@ -93,6 +125,15 @@ class Method {
   // prefixes and adapters change the computation, not just its weights):
   // export to a plain HF model is then refused.
   virtual bool folds_into_weights() const { return true; }
+  // The stages of a run, in order (one by default).
+  virtual std::vector<Stage> stages() const { return {Stage("train")}; }
+  // After stage `finished` (0-based) and before the next: Diff Pruning
+  // projects, FAR splits its FFNs.
+  virtual StageTransition between_stages(size_t /*finished*/,
+                                         model::SequenceClassifierImpl& /*model*/) {
+    return {};
+  }
+
   // Once after training, before the delta is built: a method that trained a
   // reparameterisation replaces it by what it computes (Prefix Tuning's MLP
   // by the prefixes), so that the delta holds only the latter.

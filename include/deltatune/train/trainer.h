@@ -125,4 +125,22 @@ class Trainer {
   std::vector<std::pair<std::string, const data::EncodedDataset*>> extra_eval_;
 };
 
+// A whole run of a method: its result and, for a method of several stages,
+// one summary record per stage and transition ({"stage", "dev", "steps", ...}).
+struct MethodRun {
+  TrainResult result;
+  nlohmann::json stages = nlohmann::json::array();
+};
+
+// The library's one training path: runs every stage of `method`
+// (Method::stages) on `model` with `config`, the method's transitions in
+// between, then after_training(). Extra evaluation splits are evaluated in
+// every stage. `resume` continues a single-stage run from its checkpoint;
+// methods of several stages refuse it.
+MethodRun run_method(
+    model::SequenceClassifier model, methods::Method& method, const data::TaskSpec& task,
+    const TrainConfig& config, const data::EncodedDataset& train, const data::EncodedDataset& dev,
+    const std::vector<std::pair<std::string, const data::EncodedDataset*>>& extra_eval = {},
+    bool resume = false);
+
 }  // namespace deltatune::train
