@@ -20,4 +20,7 @@ void use_native_blas_kernels(char** argv);
 // train, eval, predict, export, analyze; `threads` receives --threads.
 void register_training_verbs(CLI::App& app, Action& action, int& threads);
 
+// serve: many tasks on one base over HTTP (serve_verb.cpp).
+void register_serve_verb(CLI::App& app, Action& action, int& threads);
+
 }  // namespace deltatune::cli

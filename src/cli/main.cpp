@@ -13,6 +13,7 @@
 
 #include "commands.h"
 #include "deltatune/error.h"
+#include "deltatune/version.h"
 #include "deltatune/io/cpus.h"
 #include "deltatune/methods/method.h"
 #include "deltatune/model/batch.h"
@@ -313,7 +314,7 @@ int main(int argc, char** argv) {
   deltatune::cli::use_native_blas_kernels(argv);
   CLI::App app{"deltatune: parameter-efficient fine-tuning of BERT-family encoders"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "deltatune 0.1.0");
+  app.set_version_flag("--version", std::string("deltatune ") + kVersion);
 
   Common common;
   std::vector<std::string> texts, pairs;
@@ -363,6 +364,7 @@ int main(int argc, char** argv) {
 
   cli::Action action;
   cli::register_training_verbs(app, action, common.threads);
+  cli::register_serve_verb(app, action, common.threads);
 
   CLI11_PARSE(app, argc, argv);
   try {

@@ -12,9 +12,9 @@ namespace {
 
 const char* const kModule = "adapter";
 
-class Bottleneck : public model::SublayerAdapter {
+class BottleneckAdapter : public model::SublayerAdapter {
  public:
-  Bottleneck(int64_t hidden, int64_t bottleneck, double init_std, at::Generator& generator) {
+  BottleneckAdapter(int64_t hidden, int64_t bottleneck, double init_std, at::Generator& generator) {
     down = register_module("down", model::Dense(hidden, bottleneck));
     up = register_module("up", model::Dense(bottleneck, hidden));
     at::NoGradGuard no_grad;
@@ -31,6 +31,9 @@ class Bottleneck : public model::SublayerAdapter {
   }
   at::Tensor forward(const at::Tensor& hidden) override {
     return hidden + up->forward(model::activation(down->forward(hidden), "gelu"));
+  }
+  std::optional<Bottleneck> bottleneck() const override {
+    return Bottleneck{down->weight, down->bias, up->weight, up->bias, "gelu"};
   }
   model::Dense down{nullptr}, up{nullptr};
 };
@@ -60,8 +63,8 @@ void Adapters::attach_modules(model::SequenceClassifierImpl& model) {
   for (int64_t i = 0; i < model.encoder->num_layers(); ++i) {
     auto layer = model.encoder->layer(i);
     for (auto* sublayer : {&layer->attention->output, &layer->output}) {
-      auto adapter =
-          std::make_shared<Bottleneck>(hidden, options_.bottleneck, options_.init_std, generator);
+      auto adapter = std::make_shared<BottleneckAdapter>(hidden, options_.bottleneck,
+                                                         options_.init_std, generator);
       adapter->to(device);
       (*sublayer)->set_adapter(kModule, adapter);
     }

@@ -43,6 +43,11 @@ class LoraBranch : public model::DenseDelta {
     return lora_B->forward(lora_A->forward(x)) * scaling_;
   }
 
+  std::optional<LowRank> low_rank() const override {
+    if (merged) return std::nullopt;
+    return LowRank{lora_A->weight, lora_B->weight, scaling_};
+  }
+
   // scaling B A, shaped like the Dense's weight.
   at::Tensor update() const { return lora_B->weight.mm(lora_A->weight) * scaling_; }
 

@@ -19,6 +19,15 @@ at::Tensor activation(const at::Tensor& x, const std::string& name) {
   return at::silu(x);  // "silu" / "swish"; config.cpp admits no other name
 }
 
+at::Tensor additive_attention_mask(const at::Tensor& mask, at::ScalarType dtype) {
+  const double lowest =
+      dtype == at::kBFloat16
+          ? -3.3895313892515355e38
+          : (dtype == at::kHalf ? -65504.0
+                                : static_cast<double>(std::numeric_limits<float>::lowest()));
+  return ((1.0 - mask.to(dtype)) * lowest).view({mask.size(0), 1, 1, mask.size(1)});
+}
+
 namespace {
 
 torch::nn::LayerNorm make_layer_norm(int64_t size, double eps) {
@@ -90,19 +99,27 @@ EmbeddingsImpl::EmbeddingsImpl(const EncoderConfig& config)
   dropout = register_module("dropout", torch::nn::Dropout(config.hidden_dropout_prob));
 }
 
-at::Tensor EmbeddingsImpl::forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids,
-                                   int64_t position_offset) {
-  at::Tensor positions;
+at::Tensor EmbeddingsImpl::position_ids(const at::Tensor& input_ids,
+                                        const at::Tensor& offsets) const {
   if (positions_from_padding_) {
     // RoBERTa: padding keeps position pad_token_id, tokens count from
     // pad_token_id + 1 + offset (HF's create_position_ids_from_input_ids).
     at::Tensor is_token = input_ids.ne(pad_token_id_).to(at::kLong);
-    positions = (at::cumsum(is_token, 1) + position_offset) * is_token + pad_token_id_;
-  } else {
-    positions =
-        at::arange(position_offset, position_offset + input_ids.size(1), input_ids.options())
-            .unsqueeze(0);
+    return (at::cumsum(is_token, 1) + offsets) * is_token + pad_token_id_;
   }
+  return at::arange(input_ids.size(1), input_ids.options()).unsqueeze(0) + offsets;
+}
+
+at::Tensor EmbeddingsImpl::vector_position_ids(int64_t length,
+                                               const at::TensorOptions& options) const {
+  const int64_t first = positions_from_padding_ ? pad_token_id_ + 1 : 0;
+  return at::arange(first, first + length, options).unsqueeze(0);
+}
+
+at::Tensor EmbeddingsImpl::forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids,
+                                   int64_t position_offset) {
+  at::Tensor positions =
+      position_ids(input_ids, at::scalar_tensor(position_offset, input_ids.options()));
   at::Tensor types = token_type_ids.defined() ? token_type_ids : at::zeros_like(input_ids);
   const int64_t last =
       position_offset + input_ids.size(1) - 1 + (positions_from_padding_ ? pad_token_id_ + 1 : 0);
@@ -111,10 +128,10 @@ at::Tensor EmbeddingsImpl::forward(const at::Tensor& input_ids, const at::Tensor
 
 at::Tensor EmbeddingsImpl::forward_vectors(const at::Tensor& word_vectors,
                                            const at::Tensor& token_type_ids) {
+  const int64_t length = word_vectors.size(1);
   const int64_t first = positions_from_padding_ ? pad_token_id_ + 1 : 0;
-  at::Tensor positions =
-      at::arange(first, first + word_vectors.size(1), token_type_ids.options()).unsqueeze(0);
-  return combine(word_vectors, token_type_ids, positions, first + word_vectors.size(1) - 1);
+  return combine(word_vectors, token_type_ids,
+                 vector_position_ids(length, token_type_ids.options()), first + length - 1);
 }
 
 at::Tensor EmbeddingsImpl::combine(const at::Tensor& word_vectors, const at::Tensor& token_type_ids,
@@ -143,7 +160,7 @@ SelfAttentionImpl::SelfAttentionImpl(const EncoderConfig& config)
 at::Tensor SelfAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
                                       const at::Tensor& prefix_keys,
                                       const at::Tensor& prefix_values) {
-  const int64_t batch = hidden.size(0), length = hidden.size(1);
+  const int64_t batch = hidden.size(0);
   at::Tensor queries, keys, values;
   if (!query->has_deltas() && !key->has_deltas() && !value->has_deltas()) {
     // One GEMM for Q, K and V: the same products as three nn.Linear calls.
@@ -159,6 +176,12 @@ at::Tensor SelfAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor
     keys = at::cat({prefix_keys.to(keys.scalar_type()).expand({batch, -1, -1}), keys}, 1);
     values = at::cat({prefix_values.to(values.scalar_type()).expand({batch, -1, -1}), values}, 1);
   }
+  return attend(queries, keys, values, additive_mask);
+}
+
+at::Tensor SelfAttentionImpl::attend(const at::Tensor& queries, const at::Tensor& keys,
+                                     const at::Tensor& values, const at::Tensor& additive_mask) {
+  const int64_t batch = queries.size(0), length = queries.size(1);
   // [B, L, H] -> [B * heads, L, d]
   auto split_heads = [&](const at::Tensor& x) {
     return x.view({batch, x.size(1), heads_, head_dim_})
@@ -296,14 +319,8 @@ EncoderOutput EncoderModelImpl::forward(const EncoderInput& input) {
   if (!embeddings_project.is_empty()) hidden = embeddings_project->forward(hidden);
 
   const int64_t batch = hidden.size(0);
-  // HF's extended mask: (1 - mask) * finfo(dtype).min, broadcast over heads and queries.
   auto additive = [&](const at::Tensor& m) {
-    const double lowest = hidden.scalar_type() == at::kBFloat16
-                              ? -3.3895313892515355e38
-                              : (hidden.scalar_type() == at::kHalf
-                                     ? -65504.0
-                                     : static_cast<double>(std::numeric_limits<float>::lowest()));
-    return ((1.0 - m.to(hidden.scalar_type())) * lowest).view({batch, 1, 1, m.size(1)});
+    return additive_attention_mask(m, hidden.scalar_type());
   };
   at::Tensor token_mask = additive(mask);
   at::Tensor prefixed_mask;  // with every prefix key visible; one prefix length for all layers

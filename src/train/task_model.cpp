@@ -115,8 +115,7 @@ std::unique_ptr<methods::Method> method_of(const methods::Delta& delta) {
                               method.value("config", json::object()));
 }
 
-model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta,
-                                           bool fold) {
+void check_base_identity(const BaseModel& base, const methods::Delta& delta) {
   const json& identity = delta.meta.value("base_model", json::object());
   const std::string expected = identity.value("checksum", "");
   // A PEFT adapter records only the base's name, not its weights: it is not
@@ -126,6 +125,11 @@ model::SequenceClassifier model_from_delta(const BaseModel& base, const methods:
     throw Error("delta was made on base '" + identity.value("name", std::string("?")) +
                 "' (weights " + expected.substr(0, 12) + "...), not on " + base.directory.string() +
                 " (weights " + base.checksum.substr(0, 12) + "...)");
+}
+
+model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta,
+                                           bool fold) {
+  check_base_identity(base, delta);
   const int64_t labels = delta.meta.value("num_labels", int64_t{0});
   if (labels < 1) throw Error("delta.json: missing field 'num_labels'");
   model::SequenceClassifier task_model = make_task_model(base, labels, 0);

@@ -47,6 +47,7 @@ class DenseImpl : public torch::nn::Module {
   void add_delta(const std::string& name, std::shared_ptr<DenseDelta> delta);
   void remove_delta(const std::string& name);
   bool has_deltas() const { return !deltas_.empty(); }
+  const std::map<std::string, std::shared_ptr<DenseDelta>>& deltas() const { return deltas_; }
   at::Tensor weight;
   at::Tensor bias;  // undefined when with_bias is false
 
@@ -64,6 +65,11 @@ class EmbeddingsImpl : public torch::nn::Module {
   // From word vectors (HF's inputs_embeds): positions are sequential, as HF
   // numbers inputs_embeds; token_type_ids must be defined.
   at::Tensor forward_vectors(const at::Tensor& word_vectors, const at::Tensor& token_type_ids);
+  // Position ids of input_ids [B, L] counted from `offsets` (a scalar or [B, 1]
+  // int64 tensor): arange for BERT and ELECTRA, padding-aware for RoBERTa.
+  at::Tensor position_ids(const at::Tensor& input_ids, const at::Tensor& offsets) const;
+  // Position ids of a word-vector sequence of `length` (forward_vectors): [1, length].
+  at::Tensor vector_position_ids(int64_t length, const at::TensorOptions& options) const;
   torch::nn::Embedding word_embeddings{nullptr}, position_embeddings{nullptr},
       token_type_embeddings{nullptr};
   torch::nn::LayerNorm LayerNorm{nullptr};
@@ -84,6 +90,10 @@ class SelfAttentionImpl : public torch::nn::Module {
   // [B or 1, P, H] or undefined.
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
                      const at::Tensor& prefix_keys, const at::Tensor& prefix_values);
+  // softmax(q k^T / sqrt(d) + mask) v over projected queries [B, L, H] and
+  // keys/values [B, K, H] (prefix keys included), mask [B, 1, 1, K].
+  at::Tensor attend(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
+                    const at::Tensor& additive_mask);
   Dense query{nullptr}, key{nullptr}, value{nullptr};
   torch::nn::Dropout dropout{nullptr};
 
@@ -102,6 +112,7 @@ class SublayerOutputImpl : public torch::nn::Module {
   at::Tensor finish(const at::Tensor& projected, const at::Tensor& residual);
   void set_adapter(const std::string& name, std::shared_ptr<SublayerAdapter> adapter);
   void clear_adapter();
+  const std::shared_ptr<SublayerAdapter>& adapter() const { return adapter_; }
   Dense dense{nullptr};
   torch::nn::LayerNorm LayerNorm{nullptr};
   torch::nn::Dropout dropout{nullptr};
@@ -153,6 +164,10 @@ TORCH_MODULE(Layer);
 // The FFN activation named by config.hidden_act ("gelu", "gelu_new", "relu", ...).
 at::Tensor activation(const at::Tensor& x, const std::string& name);
 
+// HF's extended attention mask: (1 - mask) * finfo(dtype).min for mask [B, K]
+// (1 = attend), as [B, 1, 1, K] in `dtype`.
+at::Tensor additive_attention_mask(const at::Tensor& mask, at::ScalarType dtype);
+
 class PoolerImpl : public torch::nn::Module {
  public:
   explicit PoolerImpl(const EncoderConfig& config);
@@ -174,6 +189,8 @@ class EncoderModelImpl : public torch::nn::Module {
   void set_embedding_inserter(const std::string& name, std::shared_ptr<EmbeddingInserter> inserter);
   void clear_attention_prefix();
   void clear_embedding_inserter();
+  const std::shared_ptr<AttentionPrefix>& attention_prefix() const { return prefix_; }
+  const std::shared_ptr<EmbeddingInserter>& embedding_inserter() const { return inserter_; }
 
   Embeddings embeddings{nullptr};
   Dense embeddings_project{nullptr};  // ELECTRA with embedding_size != hidden_size

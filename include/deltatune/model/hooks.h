@@ -9,6 +9,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
+#include <optional>
+#include <string>
 #include <utility>
 
 namespace deltatune::model {
@@ -18,6 +20,14 @@ namespace deltatune::model {
 class DenseDelta : public torch::nn::Module {
  public:
   virtual at::Tensor forward(const at::Tensor& input) = 0;
+  // A delta that is scaling * x down^T up^T (LoRA) says so, and rows of many
+  // tasks then share one batched product (serve::MixedBatch); others run per task.
+  struct LowRank {
+    at::Tensor down;  // [r, in]
+    at::Tensor up;    // [out, r]
+    double scaling = 1;
+  };
+  virtual std::optional<LowRank> low_rank() const { return std::nullopt; }
 };
 
 // Transforms a sub-layer's output (after its dense and dropout, before the
@@ -25,6 +35,16 @@ class DenseDelta : public torch::nn::Module {
 class SublayerAdapter : public torch::nn::Module {
  public:
   virtual at::Tensor forward(const at::Tensor& hidden) = 0;
+  // An adapter computing h + up(act(down h + down_bias)) + up_bias (Houlsby's
+  // bottleneck) says so, for batched products across tasks; others run per task.
+  struct Bottleneck {
+    at::Tensor down_weight;  // [k, H]
+    at::Tensor down_bias;    // [k]
+    at::Tensor up_weight;    // [H, k]
+    at::Tensor up_bias;      // [H]
+    std::string activation;  // a name model::activation() knows
+  };
+  virtual std::optional<Bottleneck> bottleneck() const { return std::nullopt; }
 };
 
 // Keys and values prepended to one layer's attention (Prefix Tuning):

@@ -52,6 +52,9 @@ methods::Delta build_delta(const BaseModel& base, model::SequenceClassifierImpl&
 // The method a delta was trained with, rebuilt from delta.json.
 std::unique_ptr<methods::Method> method_of(const methods::Delta& delta);
 
+// Refuses a delta made on another base (checksum mismatch), naming both.
+void check_base_identity(const BaseModel& base, const methods::Delta& delta);
+
 // The task model a delta describes: refuses a delta made on another base
 // (checksum mismatch), adds the method's modules (LoRA's), then applies it.
 // With `fold`, those modules are then merged into the ordinary weights (a
