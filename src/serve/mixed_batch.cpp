@@ -42,8 +42,9 @@ struct RowUpdates {
 class MixedPass {
  public:
   MixedPass(model::SequenceClassifierImpl& base, const std::vector<MixedRow>& rows,
-            int64_t pad_token_id)
-      : base_(base),
+            int64_t pad_token_id, const MixedOptions& options)
+      : options_(options),
+        base_(base),
         config_(base.config()),
         prefix_(config_.base_model_prefix()),
         rows_(rows),
@@ -148,11 +149,19 @@ class MixedPass {
       }
       if (auto found = t->sparse_changes.find(weight); found != t->sparse_changes.end()) {
         at::Tensor xr = x.index_select(0, rows);
-        at::Tensor flat = xr.reshape({-1, xr.size(-1)});
-        std::vector<int64_t> shape = xr.sizes().vec();
-        shape.back() = y.size(-1);
-        updates.add_rows.push_back(rows);
-        updates.add_values.push_back(at::mm(found->second, flat.t()).t().reshape(shape));
+        if (options_.sparse_weights == SparseWeights::kMerged) {
+          at::Tensor z = model::linear(xr, d.weight + found->second, at::Tensor());
+          z = bias_rows.defined() ? z + per_row(bias_rows.index_select(0, rows), z.dim())
+                                  : (d.bias.defined() ? z + d.bias : z);
+          updates.copy_rows.push_back(rows);
+          updates.copy_values.push_back(z);
+        } else {
+          at::Tensor flat = xr.reshape({-1, xr.size(-1)});
+          std::vector<int64_t> shape = xr.sizes().vec();
+          shape.back() = y.size(-1);
+          updates.add_rows.push_back(rows);
+          updates.add_values.push_back(at::mm(found->second, flat.t()).t().reshape(shape));
+        }
       }
       auto hooks = t->dense_deltas.find(name);
       if (hooks == t->dense_deltas.end()) continue;
@@ -436,6 +445,7 @@ class MixedPass {
     return out;
   }
 
+  MixedOptions options_;
   model::SequenceClassifierImpl& base_;
   const model::EncoderConfig& config_;
   std::string prefix_;
@@ -453,12 +463,13 @@ class MixedPass {
 }  // namespace
 
 std::vector<at::Tensor> mixed_forward(model::SequenceClassifierImpl& base,
-                                      const std::vector<MixedRow>& rows, int64_t pad_token_id) {
+                                      const std::vector<MixedRow>& rows, int64_t pad_token_id,
+                                      const MixedOptions& options) {
   if (rows.empty()) return {};
   for (const MixedRow& row : rows)
     if (row.task == nullptr || row.encoding == nullptr || row.encoding->input_ids.empty())
       throw Error("mixed_forward: a row without a task or tokens");
-  return MixedPass(base, rows, pad_token_id).run();
+  return MixedPass(base, rows, pad_token_id, options).run();
 }
 
 }  // namespace deltatune::serve

@@ -33,6 +33,16 @@
 
 namespace deltatune::serve {
 
+// How rows of a task with sparse weight changes get them: a sparse-dense
+// correction (W_t - W) x added to the shared product, or the task's rows
+// recomputed over a merged copy W + (W_t - W) made for the batch (kept for
+// measurement: bench/serve_compute.cpp, docs/BENCHMARKS.md).
+enum class SparseWeights { kCorrection, kMerged };
+
+struct MixedOptions {
+  SparseWeights sparse_weights = SparseWeights::kCorrection;
+};
+
 struct MixedRow {
   const ServedTask* task = nullptr;
   const text::Encoding* encoding = nullptr;
@@ -41,6 +51,7 @@ struct MixedRow {
 // Logits per row ([num_labels] of its task), in row order. `base` is the
 // shared model in eval mode with no hooks; call under no-grad.
 std::vector<at::Tensor> mixed_forward(model::SequenceClassifierImpl& base,
-                                      const std::vector<MixedRow>& rows, int64_t pad_token_id);
+                                      const std::vector<MixedRow>& rows, int64_t pad_token_id,
+                                      const MixedOptions& options = {});
 
 }  // namespace deltatune::serve
