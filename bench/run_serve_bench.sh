@@ -123,7 +123,7 @@ for i in $(seq 0 15); do
   name=bitfit-$(printf %04d "$i")
   [ -f "$work/hf/$name/config.json" ] || "$cli" export -d "$work/tasks-bitfit/$name" -o "$work/hf/$name" >&2
 done
-for count in 2 16; do
+for count in 1 2 16; do
   pids=() urls=()
   for i in $(seq 0 $((count - 1))); do
     p=$((9100 + i))

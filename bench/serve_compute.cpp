@@ -24,6 +24,13 @@ using namespace deltatune;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
+static double resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  double pages = 0, resident = 0;
+  statm >> pages >> resident;
+  return resident * 4096.0;
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"the serving engine's mixed forward pass, timed"};
   std::string model_dir, tasks_dir, texts_file, mode = "mixed", sparse = "correction";
@@ -56,9 +63,13 @@ int main(int argc, char** argv) {
   std::sort(dirs.begin(), dirs.end());
   if (tasks_wanted > 0 && tasks_wanted < dirs.size()) dirs.resize(tasks_wanted);
   std::vector<std::shared_ptr<const serve::ServedTask>> tasks;
+  const double resident_before = resident_bytes();
   const auto load_start = Clock::now();
   for (const auto& dir : dirs) tasks.push_back(loader.load(dir.filename().string(), dir));
   const double load_seconds = std::chrono::duration<double>(Clock::now() - load_start).count();
+  const double resident_loaded = resident_bytes();
+  int64_t delta_bytes = 0, task_bytes = 0;
+  for (const auto& t : tasks) delta_bytes += t->delta_bytes, task_bytes += t->resident_bytes;
 
   // Rows of exactly `length` tokens: a text's ids repeated, [CLS] ... [SEP].
   std::vector<std::string> texts;
@@ -121,7 +132,10 @@ int main(int argc, char** argv) {
                         {"threads", at::get_num_threads()},
                         {"iterations", iterations},
                         {"seq_per_s", static_cast<double>(iterations * batch) / elapsed},
-                        {"load_seconds", load_seconds}};
+                        {"load_seconds", load_seconds},
+                        {"resident_growth_loading", resident_loaded - resident_before},
+                        {"delta_bytes", delta_bytes},
+                        {"task_tensor_bytes", task_bytes}};
   std::cout << out.dump() << std::endl;
   return 0;
 }

@@ -157,7 +157,11 @@ int main(int argc, char** argv) {
           auto r = connection->Post("/predict", body, "application/json");
           const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
           if (!r || r->status != 200) {
-            ++failed;
+            if (failed++ < 5)
+              std::cerr << "serve_load: request " << i << ": "
+                        << (r ? "HTTP " + std::to_string(r->status) + " " + r->body
+                              : "transport error " + httplib::to_string(r.error()))
+                        << "\n";
             continue;
           }
           if (record) latencies[c].push_back(ms);

@@ -90,11 +90,18 @@ void register_serve_verb(CLI::App& app, Action& action, int& threads) {
       ->capture_default_str();
   serve->add_option("--tokenization-workers", o->engine.tokenizer_threads, "tokenizer threads")
       ->capture_default_str();
+  serve->add_option("--batch-workers", o->engine.batch_workers,
+                    "batches run at once, sharing --threads")
+      ->capture_default_str();
   serve->add_flag("--auto-truncate", o->engine.auto_truncate,
                   "truncate inputs over a task's max length instead of refusing them");
   serve->add_option("--payload-limit", o->http.payload_limit, "bytes of a request body")
       ->capture_default_str();
   serve->add_option("--http-threads", o->http.http_threads, "connections served at once")
+      ->capture_default_str();
+  serve->add_option("--pass-overhead-tokens", o->engine.pass_overhead_tokens,
+                    "a batch splits into passes over rows of similar length when the padding "
+                    "saved exceeds this many tokens per extra pass")
       ->capture_default_str();
   serve->add_flag("--group-per-task", o->group_per_task,
                   "run each task's rows of a batch separately (for comparison)");

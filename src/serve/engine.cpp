@@ -39,6 +39,31 @@ const std::vector<double> kSecondsBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01,
 
 }  // namespace
 
+std::vector<std::vector<size_t>> length_groups(const std::vector<size_t>& lengths,
+                                               size_t pass_overhead) {
+  const size_t n = lengths.size();
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return lengths[a] < lengths[b]; });
+  // cost[j]: the cheapest split of the j shortest rows; a group of rows
+  // i..j-1 (sorted) costs (j - i) * length of its longest + the overhead.
+  std::vector<size_t> cost(n + 1, 0), start(n + 1, 0);
+  for (size_t j = 1; j <= n; ++j) {
+    cost[j] = SIZE_MAX;
+    for (size_t i = 0; i < j; ++i) {
+      const size_t c = cost[i] + (j - i) * lengths[order[j - 1]] + pass_overhead;
+      if (c < cost[j]) cost[j] = c, start[j] = i;
+    }
+  }
+  std::vector<std::vector<size_t>> groups;
+  for (size_t j = n; j > 0; j = start[j])
+    groups.emplace_back(order.begin() + static_cast<std::ptrdiff_t>(start[j]),
+                        order.begin() + static_cast<std::ptrdiff_t>(j));
+  std::reverse(groups.begin(), groups.end());
+  return groups;
+}
+
 int ServeError::http_status() const {
   switch (kind_) {
     case Kind::kValidation:
@@ -141,11 +166,14 @@ Engine::Engine(train::BaseModel base, std::unique_ptr<text::Tokenizer> tokenizer
 
   for (unsigned i = 0; i < options_.tokenizer_threads; ++i)
     tokenizers_.emplace_back([this] { tokenizer_loop(); });
-  // OpenMP's thread count is per thread: the batcher computes with the creator's.
-  batcher_ = std::thread([this, threads = at::get_num_threads()] {
-    at::set_num_threads(threads);
-    batcher_loop();
-  });
+  // OpenMP's thread count is per thread: the batchers share the creator's.
+  const int per_worker =
+      std::max(1, at::get_num_threads() / static_cast<int>(options_.batch_workers));
+  for (unsigned i = 0; i < options_.batch_workers; ++i)
+    batchers_.emplace_back([this, per_worker] {
+      at::set_num_threads(per_worker);
+      batcher_loop();
+    });
 }
 
 Engine::~Engine() { shutdown(); }
@@ -317,9 +345,9 @@ void Engine::tokenizer_loop() {
       if (*job->request.cancelled)
         throw ServeError(ServeError::Kind::kCancelled, "the client went away");
     } catch (const ServeError& error) {
-      fail_job(job, error);
       rows.clear();
       pending_ -= n;
+      fail_job(job, error);
     }
     metrics_.observe("deltatune_tokenization_duration_seconds", seconds_since(start));
     {
@@ -374,6 +402,7 @@ void Engine::batcher_loop() {
         batch.push_back(std::move(next));
         batch_queue_.pop_front();
       }
+      if (!batch_queue_.empty()) batch_ready_.notify_one();  // another worker's batch
     }
     // Inputs of requests that failed or whose client went away are dropped.
     std::vector<Row> live;
@@ -381,14 +410,11 @@ void Engine::batcher_loop() {
       bool drop;
       {
         std::lock_guard lock(row.job->mutex);
-        drop = row.job->done;
-      }
-      if (!drop && *row.job->request.cancelled) {
-        fail_job(row.job, ServeError(ServeError::Kind::kCancelled, "the client went away"));
-        drop = true;
+        drop = row.job->done || *row.job->request.cancelled;
       }
       if (drop) {
         --pending_;
+        fail_job(row.job, ServeError(ServeError::Kind::kCancelled, "the client went away"));
       } else {
         live.push_back(std::move(row));
       }
@@ -413,15 +439,19 @@ void Engine::run_batch(std::vector<Row>& batch) {
       metrics_.observe("deltatune_queue_duration_seconds",
                        std::chrono::duration<double>(start - batch[i].queued).count());
     }
+    std::vector<std::vector<size_t>> passes;
     if (options_.group_per_task) {
-      for (const auto& [t, indices] : by_task) {
-        std::vector<MixedRow> group;
-        for (size_t i : indices) group.push_back(rows[i]);
-        auto out = mixed_forward(*model_, group, tokenizer_->pad_token_id());
-        for (size_t k = 0; k < indices.size(); ++k) logits[indices[k]] = out[k];
-      }
+      for (const auto& [t, indices] : by_task) passes.push_back(indices);
     } else {
-      logits = mixed_forward(*model_, rows, tokenizer_->pad_token_id());
+      std::vector<size_t> lengths;
+      for (const Row& row : batch) lengths.push_back(padded_tokens(row));
+      passes = length_groups(lengths, options_.pass_overhead_tokens);
+    }
+    for (const auto& indices : passes) {
+      std::vector<MixedRow> group;
+      for (size_t i : indices) group.push_back(rows[i]);
+      auto out = mixed_forward(*model_, group, tokenizer_->pad_token_id());
+      for (size_t k = 0; k < indices.size(); ++k) logits[indices[k]] = out[k];
     }
     metrics_.observe("deltatune_inference_duration_seconds", seconds_since(start));
     metrics_.observe("deltatune_batch_size", static_cast<double>(batch.size()));
@@ -430,8 +460,8 @@ void Engine::run_batch(std::vector<Row>& batch) {
   } catch (const std::exception& e) {
     ServeError error(ServeError::Kind::kBackend, std::string("inference failed: ") + e.what());
     for (Row& row : batch) {
-      fail_job(row.job, error);
       --pending_;
+      fail_job(row.job, error);
     }
     return;
   }
@@ -457,19 +487,17 @@ void Engine::run_batch(std::vector<Row>& batch) {
 
 void Engine::finish_row(Row& row, ItemPrediction prediction) {
   Job& job = *row.job;
-  {
-    std::lock_guard lock(job.mutex);
-    if (!job.done) {
-      job.results[row.index] = std::move(prediction);
-      if (--job.remaining == 0) {
-        job.done = true;
-        metrics_.increment("deltatune_requests_total", {{"outcome", "success"}});
-        metrics_.observe("deltatune_request_duration_seconds", seconds_since(job.submitted));
-        job.promise.set_value(std::move(job.results));
-      }
-    }
-  }
+  std::lock_guard lock(job.mutex);
+  // Off the queue before the caller can see the answer.
   --pending_;
+  if (job.done) return;
+  job.results[row.index] = std::move(prediction);
+  if (--job.remaining == 0) {
+    job.done = true;
+    metrics_.increment("deltatune_requests_total", {{"outcome", "success"}});
+    metrics_.observe("deltatune_request_duration_seconds", seconds_since(job.submitted));
+    job.promise.set_value(std::move(job.results));
+  }
 }
 
 void Engine::shutdown() {
@@ -485,7 +513,8 @@ void Engine::shutdown() {
   batch_ready_.notify_all();
   for (auto& t : tokenizers_)
     if (t.joinable()) t.join();
-  if (batcher_.joinable()) batcher_.join();
+  for (auto& t : batchers_)
+    if (t.joinable()) t.join();
 }
 
 json Engine::info() const {
@@ -504,6 +533,7 @@ json Engine::info() const {
           {"max_wait_ms", options_.max_wait.count() / 1000.0},
           {"queue_capacity", options_.queue_capacity},
           {"tokenization_workers", options_.tokenizer_threads},
+          {"batch_workers", options_.batch_workers},
           {"auto_truncate", options_.auto_truncate},
           {"tasks", tasks_json},
           {"version", std::string("deltatune ") + kVersion}};

@@ -159,7 +159,9 @@ int serve_http(Engine& engine, const HttpOptions& options,
   const unsigned threads = std::max(1u, options.http_threads);
   server.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server.set_payload_max_length(options.payload_limit);
-  server.set_keep_alive_timeout(2);
+  // Clients keep their connections (httplib closes one after 5 requests by default).
+  server.set_keep_alive_max_count(1 << 20);
+  server.set_keep_alive_timeout(5);
 
   server.Get("/health", [&](const httplib::Request&, httplib::Response& res) {
     if (!engine.accepting()) {

@@ -86,8 +86,8 @@ class MixedPass {
     if (!base.defined() || !any_task_has(&ServedTask::vectors, name)) return {};
     std::vector<at::Tensor> per_slot;
     for (const ServedTask* t : tasks_) {
-      auto found = t->vectors.find(name);
-      per_slot.push_back(found == t->vectors.end() ? base : found->second);
+      at::Tensor own = t->vector(name);
+      per_slot.push_back(own.defined() ? own : base);
     }
     return at::stack(per_slot).index_select(0, slot_);
   }
@@ -252,8 +252,7 @@ class MixedPass {
       ids[r].narrow(0, 0, n).copy_(at::tensor(e.input_ids, at::kLong));
       types[r].narrow(0, 0, n).copy_(at::tensor(e.token_type_ids, at::kLong));
       mask[r].narrow(0, 0, n).fill_(1);
-      if (const auto& prefix = rows_[static_cast<size_t>(r)].task->prefix)
-        offsets[static_cast<size_t>(r)] = prefix->position_offset();
+      offsets[static_cast<size_t>(r)] = rows_[static_cast<size_t>(r)].task->prefix_position_offset;
     }
     model::EmbeddingsImpl& embeddings = *base_.encoder->embeddings;
     const std::string at = prefix_ + ".embeddings.";
@@ -311,14 +310,14 @@ class MixedPass {
   void build_attention_mask() {
     int64_t longest = 0;
     for (const ServedTask* t : tasks_)
-      if (t->prefix) longest = std::max(longest, t->prefix->forward(0, 1).first.size(1));
+      if (!t->prefix_keys.empty()) longest = std::max(longest, t->prefix_keys[0].size(1));
     prefix_length_ = longest;
     at::Tensor mask = mask_;
     if (longest > 0) {
       at::Tensor visible = at::zeros({batch(), longest}, at::kLong);
       for (size_t s = 0; s < tasks_.size(); ++s) {
-        if (!tasks_[s]->prefix) continue;
-        const int64_t own = tasks_[s]->prefix->forward(0, 1).first.size(1);
+        if (tasks_[s]->prefix_keys.empty()) continue;
+        const int64_t own = tasks_[s]->prefix_keys[0].size(1);
         visible.index_fill_(0, row_index_[s], 0);
         for (int64_t r : rows_of_[s]) visible[r].narrow(0, 0, own).fill_(1);
       }
@@ -332,9 +331,10 @@ class MixedPass {
     at::Tensor keys = at::zeros({batch(), prefix_length_, like.size(-1)}, like.options());
     at::Tensor values = at::zeros_like(keys);
     for (size_t s = 0; s < tasks_.size(); ++s) {
-      if (!tasks_[s]->prefix) continue;
+      if (tasks_[s]->prefix_keys.empty()) continue;
       const int64_t n = row_index_[s].size(0);
-      auto [k, v] = tasks_[s]->prefix->forward(index, n);
+      const at::Tensor& k = tasks_[s]->prefix_keys[static_cast<size_t>(index)];
+      const at::Tensor& v = tasks_[s]->prefix_values[static_cast<size_t>(index)];
       keys = keys.index_copy(
           0, row_index_[s], pad_dim1(k.to(like.scalar_type()).expand({n, -1, -1}), prefix_length_));
       values = values.index_copy(

@@ -83,6 +83,12 @@ void check_head(const ServedTask& task, const model::EncoderConfig& config,
 
 }  // namespace
 
+at::Tensor ServedTask::vector(const std::string& name) const {
+  auto found = vectors.find(name);
+  if (found == vectors.end()) return {};
+  return vector_values.narrow(0, found->second.first, found->second.second);
+}
+
 std::string ServedTask::label(int64_t index) const {
   if (index >= 0 && index < static_cast<int64_t>(spec.label_names.size()))
     return spec.label_names[static_cast<size_t>(index)];
@@ -164,7 +170,6 @@ std::shared_ptr<const ServedTask> TaskLoader::load(const std::string& name,
   task->directory = directory;
   task->spec = train::task_of(delta);
   task->method = method->name();
-  task->meta = delta.meta;
   task->max_length = delta.meta.value("max_length", size_t{128});
   task->num_labels = delta.meta.value("num_labels", int64_t{0});
   if (task->num_labels < 1) throw Error(where + "/delta.json: missing field 'num_labels'");
@@ -195,6 +200,7 @@ std::shared_ptr<const ServedTask> TaskLoader::load(const std::string& name,
     if (!base_names.count(item.key())) module_names.insert(item.key());
 
   at::NoGradGuard no_grad;
+  std::vector<std::pair<std::string, at::Tensor>> replaced_vectors;
   for (const methods::DeltaTensor& t : delta.tensors) {
     if (methods::is_classifier_parameter(t.name)) {
       if (t.sparse()) throw Error(where + ": classifier tensor '" + t.name + "' is stored sparse");
@@ -228,7 +234,21 @@ std::shared_ptr<const ServedTask> TaskLoader::load(const std::string& name,
     }
     at::Tensor value = full_value(t, *base_value);
     if (at::equal(value, *base_value)) continue;  // stored but unchanged (a frozen pooler)
-    (base_value->dim() == 1 ? task->vectors : task->matrices)[t.name] = value;
+    if (base_value->dim() == 1) {
+      replaced_vectors.emplace_back(t.name, value);
+    } else {
+      task->matrices[t.name] = value;
+    }
+  }
+  if (!replaced_vectors.empty()) {
+    std::vector<at::Tensor> parts;
+    int64_t offset = 0;
+    for (const auto& [vector_name, value] : replaced_vectors) {
+      task->vectors[vector_name] = {offset, value.numel()};
+      offset += value.numel();
+      parts.push_back(value);
+    }
+    task->vector_values = at::cat(parts);
   }
   if (!module_names.empty())
     throw Error(fmt::format("{}: the delta lacks '{}', which {} needs", where,
@@ -236,8 +256,8 @@ std::shared_ptr<const ServedTask> TaskLoader::load(const std::string& name,
   check_head(*task, base_.config, where);
   guard.loader = nullptr;
   take_modules(task.get());
-  int64_t bytes = 0;
-  for (const auto* table : {&task->vectors, &task->matrices, &task->sparse_changes, &task->head})
+  int64_t bytes = tensor_bytes(task->vector_values);
+  for (const auto* table : {&task->matrices, &task->sparse_changes, &task->head})
     for (const auto& [key, value] : *table) bytes += tensor_bytes(value);
   for (const auto& [key, changes] : task->embedding_changes)
     bytes += tensor_bytes(changes.rows) + tensor_bytes(changes.differences);
@@ -254,6 +274,14 @@ std::shared_ptr<const ServedTask> TaskLoader::load(const std::string& name,
       parameter.requires_grad_(false);
       bytes += tensor_bytes(parameter);
     }
+  }
+  if (task->prefix) {
+    for (int64_t i = 0; i < base_.config.num_hidden_layers; ++i) {
+      auto [keys, values] = task->prefix->forward(i, 1);
+      task->prefix_keys.push_back(keys.detach());
+      task->prefix_values.push_back(values.detach());
+    }
+    task->prefix_position_offset = task->prefix->position_offset();
   }
   task->resident_bytes = bytes;
   return task;

@@ -272,3 +272,52 @@ TEST(ServeEngine, UnloadingKeepsAcceptedRequestsAndLoadingJoinsTheNextBatch) {
 
 }  // namespace
 }  // namespace deltatune::serve
+
+namespace deltatune::serve {
+namespace {
+
+// The padded tokens plus overhead of a split, as length_groups minimises it.
+size_t split_cost(const std::vector<std::vector<size_t>>& groups, const std::vector<size_t>& lengths,
+                  size_t overhead) {
+  size_t cost = 0;
+  for (const auto& g : groups) {
+    size_t longest = 0;
+    for (size_t i : g) longest = std::max(longest, lengths[i]);
+    cost += g.size() * longest + overhead;
+  }
+  return cost;
+}
+
+TEST(LengthGroups, CoverEveryRowOnceAndSplitOnlyWhenPaddingCostsMore) {
+  const std::vector<size_t> lengths = {12, 60, 11, 58, 13, 61, 12, 59};
+  // Two clusters: a pass per cluster saves 4 * ~47 padded tokens.
+  auto groups = length_groups(lengths, 64);
+  ASSERT_EQ(groups.size(), 2u);
+  std::vector<size_t> seen;
+  for (const auto& g : groups) seen.insert(seen.end(), g.begin(), g.end());
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(seen, (std::vector<size_t>{0, 1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_EQ(split_cost(groups, lengths, 64), 4 * 13 + 4 * 61 + 2 * 64u);
+  // A pass costing more than the padding it saves: one pass.
+  EXPECT_EQ(length_groups(lengths, 1000).size(), 1u);
+  // Exact: no split of the sorted rows into contiguous groups is cheaper
+  // (all 2^(n-1) of them for n = 8).
+  const std::vector<size_t> mixed = {5, 17, 9, 33, 21, 8, 40, 12};
+  std::vector<size_t> order(mixed.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return mixed[a] < mixed[b]; });
+  size_t best = SIZE_MAX;
+  for (unsigned cuts = 0; cuts < (1u << (mixed.size() - 1)); ++cuts) {
+    std::vector<std::vector<size_t>> split(1);
+    for (size_t k = 0; k < order.size(); ++k) {
+      split.back().push_back(order[k]);
+      if (k + 1 < order.size() && (cuts >> k & 1u)) split.emplace_back();
+    }
+    best = std::min(best, split_cost(split, mixed, 24));
+  }
+  EXPECT_EQ(split_cost(length_groups(mixed, 24), mixed, 24), best);
+  EXPECT_TRUE(length_groups({}, 10).empty());
+}
+
+}  // namespace
+}  // namespace deltatune::serve

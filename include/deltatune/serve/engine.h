@@ -5,6 +5,7 @@
 // Flow: submit() validates and queues a request -> tokenizer threads encode
 // its items -> one batcher thread forms batches under a token budget and a
 // maximum wait, runs them, and completes each request's future.
+// Passes read only immutable task data, so batch workers may run passes concurrently.
 // Invariants: the queue never holds more than queue_capacity items (submit
 // refuses beyond, kOverloaded); a cancelled request's items that have not
 // run are dropped; loading and unloading tasks never blocks a running batch
@@ -53,10 +54,25 @@ struct EngineOptions {
   std::size_t queue_capacity = 2048;         // items queued or being tokenized
   std::size_t max_client_batch_size = 64;    // items per request (TEI's flag of that name)
   unsigned tokenizer_threads = 1;
+  // Batches run at once, each on intra-op threads / batch_workers threads
+  // (at least one): with more workers than one, a core idle inside one pass's
+  // serial parts works on another pass.
+  unsigned batch_workers = 1;
   bool auto_truncate = false;  // truncate over-long inputs instead of refusing them
   // Group rows per task instead of one mixed pass (for benchmarks).
   bool group_per_task = false;
+  // A batch runs as passes over rows of similar length (length_groups) when
+  // the padding that saves outweighs this cost of one more pass, in tokens.
+  // Very large: one pass.
+  std::size_t pass_overhead_tokens = 192;
 };
+
+// Splits rows (their token counts) into groups of similar length, each one
+// forward pass, minimising the padded tokens plus `pass_overhead` per pass
+// (an exact dynamic programme over the rows sorted by length). Every row is
+// in exactly one group; groups list row indices.
+std::vector<std::vector<size_t>> length_groups(const std::vector<size_t>& lengths,
+                                               size_t pass_overhead);
 
 struct PredictItem {
   std::string task;
@@ -159,7 +175,7 @@ class Engine {
   std::mutex drained_mutex_;
 
   std::vector<std::thread> tokenizers_;
-  std::thread batcher_;
+  std::vector<std::thread> batchers_;
   MetricsRegistry metrics_;
 };
 

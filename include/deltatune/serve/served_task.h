@@ -39,8 +39,13 @@ struct ServedTask {
   int64_t num_labels = 0;
   int64_t added_positions = 0;
 
-  // 1-D base parameters the task replaces (biases, LayerNorm weights), whole.
-  std::map<std::string, at::Tensor> vectors;
+  // 1-D base parameters the task replaces (biases, LayerNorm weights), whole:
+  // their values one after another in vector_values (one allocation per
+  // task, not one per bias), by name as (offset, length).
+  at::Tensor vector_values;
+  std::map<std::string, std::pair<int64_t, int64_t>> vectors;
+  // The replaced value of `name` (a view), undefined when the task keeps the base's.
+  at::Tensor vector(const std::string& name) const;
   // 2-D base parameters the task replaces whole (full fine-tuning, dense-stored masks).
   std::map<std::string, at::Tensor> matrices;
   // 2-D weights with a few changed entries: (task - base) as a sparse COO matrix.
@@ -54,6 +59,11 @@ struct ServedTask {
   std::map<std::string, std::shared_ptr<model::SublayerAdapter>> adapters;
   std::map<int64_t, std::shared_ptr<model::FeedForward>> feed_forwards;  // by layer
   std::shared_ptr<model::AttentionPrefix> prefix;
+  // What `prefix` gives each layer, taken once at load: [1, P, H] keys and
+  // values per layer (views of its table) and its position offset. Passes
+  // read these, never the hook, so batches may run concurrently.
+  std::vector<at::Tensor> prefix_keys, prefix_values;
+  int64_t prefix_position_offset = 0;
   std::shared_ptr<model::EmbeddingInserter> inserter;
 
   // The classifier's tensors by their names ("classifier.weight", ...).
@@ -61,7 +71,6 @@ struct ServedTask {
 
   int64_t delta_bytes = 0;     // the delta's tensor bytes on disk
   int64_t resident_bytes = 0;  // bytes of every tensor held above
-  nlohmann::json meta;         // delta.json
 
   // Label of class `index` (HF's LABEL_i when the delta names none).
   std::string label(int64_t index) const;
