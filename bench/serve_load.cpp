@@ -92,6 +92,7 @@ int main(int argc, char** argv) {
       targets.push_back(target);
     }
     if (tasks_wanted > 0 && tasks_wanted < targets.size()) targets.resize(tasks_wanted);
+    if (targets.empty()) targets.push_back(server);  // a server of one task that lists none
   } else {
     for (const auto& url : urls) targets.push_back(parse_url(url));
   }

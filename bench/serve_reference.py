@@ -86,6 +86,7 @@ def hf_server(args):
             self.end_headers()
             self.wfile.write(body)
 
+    ThreadingHTTPServer.request_queue_size = 1024  # the listen backlog, as deltatune serve's
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     print(f"hf-server on http://127.0.0.1:{args.port}", flush=True)
     server.serve_forever()

@@ -84,6 +84,31 @@ int connection_socket(const httplib::Request& req) {
   return found;
 }
 
+// cpp-httplib 0.11 listens with a backlog of 5 (compiled into Debian's
+// library): a burst of clients overflows it and waits out SYN retries or
+// gets reset. listen() again on the bound socket raises it.
+void raise_listen_backlog(int port) {
+  DIR* fds = opendir("/proc/self/fd");
+  if (fds == nullptr) return;
+  while (dirent* entry = readdir(fds)) {
+    char* end = nullptr;
+    const long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0') continue;
+    sockaddr_storage local{}, peer{};
+    socklen_t local_size = sizeof local, peer_size = sizeof peer;
+    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_size) != 0)
+      continue;
+    const bool connected =
+        getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_size) == 0;
+    uint16_t bound = 0;
+    if (local.ss_family == AF_INET) bound = ntohs(reinterpret_cast<const sockaddr_in&>(local).sin_port);
+    if (local.ss_family == AF_INET6)
+      bound = ntohs(reinterpret_cast<const sockaddr_in6&>(local).sin6_port);
+    if (!connected && bound == port) ::listen(static_cast<int>(fd), SOMAXCONN);
+  }
+  closedir(fds);
+}
+
 // True when the peer closed its side of `fd` (a read would return 0).
 bool peer_closed(int fd) {
   if (fd < 0) return false;
@@ -267,6 +292,7 @@ int serve_http(Engine& engine, const HttpOptions& options,
                        : (server.bind_to_port(options.host, options.port) ? options.port : -1);
   if (port < 0)
     throw Error(fmt::format("serve: cannot listen on {}:{}", options.host, options.port));
+  raise_listen_backlog(port);
 
   g_signal = 0;
   struct sigaction action {};
