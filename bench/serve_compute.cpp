@@ -17,19 +17,13 @@
 #include <iostream>
 #include <map>
 
+#include "deltatune/io/cpus.h"
 #include "deltatune/serve/mixed_batch.h"
 #include "deltatune/text/tokenizer.h"
 
 using namespace deltatune;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-static double resident_bytes() {
-  std::ifstream statm("/proc/self/statm");
-  double pages = 0, resident = 0;
-  statm >> pages >> resident;
-  return resident * 4096.0;
-}
 
 int main(int argc, char** argv) {
   CLI::App app{"the serving engine's mixed forward pass, timed"};
@@ -63,11 +57,11 @@ int main(int argc, char** argv) {
   std::sort(dirs.begin(), dirs.end());
   if (tasks_wanted > 0 && tasks_wanted < dirs.size()) dirs.resize(tasks_wanted);
   std::vector<std::shared_ptr<const serve::ServedTask>> tasks;
-  const double resident_before = resident_bytes();
+  const double resident_before = io::resident_bytes();
   const auto load_start = Clock::now();
   for (const auto& dir : dirs) tasks.push_back(loader.load(dir.filename().string(), dir));
   const double load_seconds = std::chrono::duration<double>(Clock::now() - load_start).count();
-  const double resident_loaded = resident_bytes();
+  const double resident_loaded = io::resident_bytes();
   int64_t delta_bytes = 0, task_bytes = 0;
   for (const auto& t : tasks) delta_bytes += t->delta_bytes, task_bytes += t->resident_bytes;
 

@@ -1,6 +1,7 @@
 #include "deltatune/io/cpus.h"
 
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -102,6 +103,13 @@ unsigned available_cpus() {
   if (auto quota = cgroup_cpu_quota("/proc/self/cgroup", "/sys/fs/cgroup"))
     cpus = std::max(1u, std::min(cpus, static_cast<unsigned>(std::ceil(*quota))));
   return cpus;
+}
+
+double resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  double pages = 0, resident = 0;
+  if (!(statm >> pages >> resident)) return 0;
+  return resident * static_cast<double>(sysconf(_SC_PAGESIZE));
 }
 
 }  // namespace deltatune::io

@@ -2,11 +2,10 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <fstream>
 
+#include "deltatune/io/cpus.h"
 #include "deltatune/serve/mixed_batch.h"
 #include "deltatune/version.h"
 
@@ -19,13 +18,6 @@ namespace {
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double resident_bytes() {
-  std::ifstream statm("/proc/self/statm");
-  double pages = 0, resident = 0;
-  statm >> pages >> resident;
-  return resident * static_cast<double>(sysconf(_SC_PAGESIZE));
 }
 
 std::string names_of(const std::map<std::string, std::shared_ptr<const ServedTask>>& tasks) {
@@ -161,7 +153,7 @@ Engine::Engine(train::BaseModel base, std::unique_ptr<text::Tokenizer> tokenizer
         return out;
       });
   metrics_.add_computed_gauge("deltatune_resident_bytes", "Resident memory of the process", [] {
-    return std::vector<std::pair<Labels, double>>{{{}, resident_bytes()}};
+    return std::vector<std::pair<Labels, double>>{{{}, io::resident_bytes()}};
   });
 
   for (unsigned i = 0; i < options_.tokenizer_threads; ++i)

@@ -55,41 +55,19 @@ PredictItem parse_sequence(const json& value, const std::string& where) {
   throw invalid(where + " must be a text or a [text_a, text_b] pair");
 }
 
-// The socket of the connection serving `req`, found by its two addresses
-// (cpp-httplib 0.11 does not hand it to handlers); -1 when not found.
-int connection_socket(const httplib::Request& req) {
+// A socket of this process by its local port and its peer's port (-1: a
+// listening socket, with no peer), found through /proc/self/fd: cpp-httplib
+// 0.11 hands neither the listening nor a connection's socket out. -1 when none.
+int find_socket(int local_port, int peer_port) {
   DIR* fds = opendir("/proc/self/fd");
   if (fds == nullptr) return -1;
+  auto port_of = [](const sockaddr_storage& a) {
+    if (a.ss_family == AF_INET) return int{ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port)};
+    if (a.ss_family == AF_INET6)
+      return int{ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port)};
+    return -2;
+  };
   int found = -1;
-  while (dirent* entry = readdir(fds)) {
-    char* end = nullptr;
-    const long fd = std::strtol(entry->d_name, &end, 10);
-    if (end == entry->d_name || *end != '\0') continue;
-    sockaddr_storage local{}, peer{};
-    socklen_t local_size = sizeof local, peer_size = sizeof peer;
-    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_size) != 0 ||
-        getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_size) != 0)
-      continue;
-    auto port_of = [](const sockaddr_storage& a) {
-      if (a.ss_family == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in&>(a).sin_port);
-      if (a.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(a).sin6_port);
-      return uint16_t{0};
-    };
-    if (port_of(local) == req.local_port && port_of(peer) == req.remote_port) {
-      found = static_cast<int>(fd);
-      break;
-    }
-  }
-  closedir(fds);
-  return found;
-}
-
-// cpp-httplib 0.11 listens with a backlog of 5 (compiled into Debian's
-// library): a burst of clients overflows it and waits out SYN retries or
-// gets reset. listen() again on the bound socket raises it.
-void raise_listen_backlog(int port) {
-  DIR* fds = opendir("/proc/self/fd");
-  if (fds == nullptr) return;
   while (dirent* entry = readdir(fds)) {
     char* end = nullptr;
     const long fd = std::strtol(entry->d_name, &end, 10);
@@ -100,13 +78,13 @@ void raise_listen_backlog(int port) {
       continue;
     const bool connected =
         getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_size) == 0;
-    uint16_t bound = 0;
-    if (local.ss_family == AF_INET) bound = ntohs(reinterpret_cast<const sockaddr_in&>(local).sin_port);
-    if (local.ss_family == AF_INET6)
-      bound = ntohs(reinterpret_cast<const sockaddr_in6&>(local).sin6_port);
-    if (!connected && bound == port) ::listen(static_cast<int>(fd), SOMAXCONN);
+    if (port_of(local) == local_port && (connected ? port_of(peer) : -1) == peer_port) {
+      found = static_cast<int>(fd);
+      break;
+    }
   }
   closedir(fds);
+  return found;
 }
 
 // True when the peer closed its side of `fd` (a read would return 0).
@@ -241,7 +219,7 @@ int serve_http(Engine& engine, const HttpOptions& options,
       auto future = engine.submit(std::move(request));
       int socket = -2;  // looked up once the answer is not immediate
       while (future.wait_for(std::chrono::milliseconds(5)) != std::future_status::ready) {
-        if (socket == -2) socket = connection_socket(req);
+        if (socket == -2) socket = find_socket(req.local_port, req.remote_port);
         if (peer_closed(socket)) {
           *cancelled = true;  // the engine drops what has not run
           future.wait();
@@ -292,7 +270,10 @@ int serve_http(Engine& engine, const HttpOptions& options,
                        : (server.bind_to_port(options.host, options.port) ? options.port : -1);
   if (port < 0)
     throw Error(fmt::format("serve: cannot listen on {}:{}", options.host, options.port));
-  raise_listen_backlog(port);
+  // cpp-httplib 0.11 listens with a backlog of 5 (compiled into Debian's
+  // library): a burst of clients overflows it and waits out SYN retries or
+  // is reset. listen() again on the bound socket raises it.
+  if (const int listening = find_socket(port, -1); listening >= 0) ::listen(listening, SOMAXCONN);
 
   g_signal = 0;
   struct sigaction action {};

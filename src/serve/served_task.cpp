@@ -118,9 +118,11 @@ TaskLoader::TaskLoader(const train::BaseModel& base, model::SequenceClassifierIm
   // second copy of the weights.
   auto shared_parameters = shared_.named_parameters(true);
   at::NoGradGuard no_grad;
-  for (auto& item : scratch_->named_parameters(true))
+  for (auto& item : scratch_->named_parameters(true)) {
+    base_names_.insert(item.key());
     if (const at::Tensor* same = shared_parameters.find(item.key()); same != nullptr)
       item.value().set_data(*same);
+  }
   scratch_->eval();
 }
 
@@ -182,8 +184,6 @@ std::shared_ptr<const ServedTask> TaskLoader::load(const std::string& name,
   delta = methods::with_encoder_name(delta, base_.config.base_model_prefix());
 
   auto shared_parameters = shared_.named_parameters(true);
-  std::set<std::string> base_names;
-  for (const auto& item : scratch_->named_parameters(true)) base_names.insert(item.key());
 
   // The method's modules are made on the scratch model and always taken off
   // it again, whatever happens in between.
@@ -197,7 +197,7 @@ std::shared_ptr<const ServedTask> TaskLoader::load(const std::string& name,
   auto scratch_parameters = scratch_->named_parameters(true);
   std::set<std::string> module_names;  // the method's own parameters, to be filled
   for (const auto& item : scratch_parameters)
-    if (!base_names.count(item.key())) module_names.insert(item.key());
+    if (!base_names_.count(item.key())) module_names.insert(item.key());
 
   at::NoGradGuard no_grad;
   std::vector<std::pair<std::string, at::Tensor>> replaced_vectors;

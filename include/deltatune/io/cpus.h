@@ -20,4 +20,7 @@ unsigned available_cpus();
 std::optional<double> cgroup_cpu_quota(const std::filesystem::path& proc_self_cgroup,
                                        const std::filesystem::path& cgroup_root);
 
+// Bytes of this process resident in memory now (/proc/self/statm); 0 where unreadable.
+double resident_bytes();
+
 }  // namespace deltatune::io

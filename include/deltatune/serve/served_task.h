@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -98,6 +99,7 @@ class TaskLoader {
   const train::BaseModel& base_;
   model::SequenceClassifierImpl& shared_;
   model::SequenceClassifier scratch_{nullptr};
+  std::set<std::string> base_names_;  // the scratch model's own parameters, without any method's
 };
 
 }  // namespace deltatune::serve
