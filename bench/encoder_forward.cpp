@@ -96,7 +96,7 @@ void BM_Forward(benchmark::State& state) {
 }
 BENCHMARK(BM_Forward)
     ->ArgNames({"model", "batch", "len", "bf16"})
-    ->ArgsProduct({{kMiniLm, kBertBase}, {32}, {32, 128}, {0, 1}})
+    ->ArgsProduct({{kMiniLm, kBertBase}, {1, 32}, {16, 64, 128}, {0, 1}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()
     ->MinTime(3.0);

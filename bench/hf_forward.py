@@ -1,5 +1,9 @@
 #!/usr/bin/env python3
-"""Reference encoder-forward throughput with HF Transformers (PyTorch eager).
+"""Reference encoder-forward throughput: HF Transformers (PyTorch eager), or
+with --impl ort the same model exported to ONNX, put through ONNX Runtime's
+transformer optimizer (onnxruntime.transformers.optimizer, model_type bert:
+fused attention, SkipLayerNorm, BiasGelu, as its users deploy it) and run by
+ONNX Runtime's CPU provider (fp32 only: it has no bf16 CPU kernels).
 
 Run with the reference venv (tools/setup_python.sh prints its python):
 
@@ -47,6 +51,34 @@ def build_model(name, model_dir):
     return model.eval()
 
 
+class OrtModel:
+    """The model exported once (dynamic batch and length) and optimized."""
+
+    def __init__(self, model, threads, workdir):
+        import onnxruntime
+        from onnxruntime.transformers import optimizer
+
+        self.config = model.config
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        dummy = torch.ones((2, 8), dtype=torch.long)
+        raw, optimized = os.path.join(workdir, "model.onnx"), os.path.join(workdir, "model.opt.onnx")
+        torch.onnx.export(model, (dummy, dummy, torch.zeros_like(dummy)), raw, input_names=names,
+                          output_names=["last_hidden_state"], opset_version=14,
+                          dynamic_axes={n: {0: "batch", 1: "sequence"} for n in names + ["last_hidden_state"]})
+        opt = optimizer.optimize_model(raw, model_type="bert", num_heads=model.config.num_attention_heads,
+                                       hidden_size=model.config.hidden_size)
+        opt.save_model_to_file(optimized)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(optimized, options, providers=["CPUExecutionProvider"])
+        self.version = onnxruntime.__version__
+
+    def run(self, ids, mask, tt):
+        feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": tt.numpy()}
+        return self.session.run(None, feed)[0]
+
+
 def run_config(model, batch, seq_len, dtype, warmup, iters, min_seconds, seed):
     g = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
@@ -57,6 +89,8 @@ def run_config(model, batch, seq_len, dtype, warmup, iters, min_seconds, seed):
     tt = torch.zeros_like(ids)
 
     def step():
+        if isinstance(model, OrtModel):
+            return model.run(ids, mask, tt)
         if dtype == "bf16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return model(input_ids=ids, attention_mask=mask, token_type_ids=tt).last_hidden_state
@@ -89,7 +123,8 @@ def main():
     ap.add_argument("--model", choices=["minilm", "base"], default="minilm",
                     help="minilm: all-MiniLM-L6-v2 from --model-dir; base: BERT-base-size random weights (seed 0)")
     ap.add_argument("--model-dir", default=default_model_dir())
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--impl", choices=["hf", "ort"], default="hf")
+    ap.add_argument("--batch", type=int, nargs="+", default=[32])
     ap.add_argument("--seq-len", type=int, nargs="+", default=[128])
     ap.add_argument("--dtype", choices=["fp32", "bf16"], nargs="+", default=["fp32"])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
@@ -102,27 +137,34 @@ def main():
 
     torch.set_num_threads(args.threads)
     model = build_model(args.model, args.model_dir)
-    for dtype in args.dtype:
-        for seq_len in args.seq_len:
-            if seq_len > model.config.max_position_embeddings:
-                sys.exit("--seq-len %d exceeds max_position_embeddings" % seq_len)
-            r = run_config(model, args.batch, seq_len, dtype, args.warmup, args.iters,
-                           args.min_seconds, args.seed)
-            line = {
-                "impl": "hf-transformers",
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "model": args.model,
-                "batch": args.batch,
-                "seq_len": seq_len,
-                "dtype": dtype,
-                "threads": torch.get_num_threads(),
-                "seq_per_s": r["seq_per_s"],
-                "ms_per_batch": r["ms_per_batch"],
-                "ms_min": r["ms_min"],
-                "iters": r["iters"],
-            }
-            print(json.dumps(line), flush=True)
+    extra = {}
+    if args.impl == "ort":
+        import tempfile
+        workdir = tempfile.mkdtemp()
+        model = OrtModel(model, args.threads, workdir)
+        extra = {"onnxruntime": model.version}
+        args.dtype = ["fp32"]
+    for dtype, seq_len, batch in ((d, n, b) for d in args.dtype for n in args.seq_len for b in args.batch):
+        if seq_len > model.config.max_position_embeddings:
+            sys.exit("--seq-len %d exceeds max_position_embeddings" % seq_len)
+        r = run_config(model, batch, seq_len, dtype, args.warmup, args.iters,
+                       args.min_seconds, args.seed)
+        line = {
+            "impl": "hf-transformers" if args.impl == "hf" else "onnxruntime-optimized",
+            **extra,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "model": args.model,
+            "batch": batch,
+            "seq_len": seq_len,
+            "dtype": dtype,
+            "threads": torch.get_num_threads(),
+            "seq_per_s": r["seq_per_s"],
+            "ms_per_batch": r["ms_per_batch"],
+            "ms_min": r["ms_min"],
+            "iters": r["iters"],
+        }
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

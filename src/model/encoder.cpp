@@ -11,14 +11,6 @@
 
 namespace deltatune::model {
 
-at::Tensor activation(const at::Tensor& x, const std::string& name) {
-  if (name == "gelu") return at::gelu(x);
-  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast")
-    return at::gelu(x, "tanh");
-  if (name == "relu") return at::relu(x);
-  return at::silu(x);  // "silu" / "swish"; config.cpp admits no other name
-}
-
 at::Tensor additive_attention_mask(const at::Tensor& mask, at::ScalarType dtype) {
   const double lowest =
       dtype == at::kBFloat16
@@ -44,6 +36,11 @@ at::Tensor layer_norm(torch::nn::LayerNorm& norm, const at::Tensor& x) {
   return at::layer_norm(x.to(at::kFloat), options.normalized_shape(), norm->weight.to(at::kFloat),
                         norm->bias.to(at::kFloat), options.eps())
       .to(x.scalar_type());
+}
+
+// The probability a dropout module applies now: 0 in eval mode.
+double active_dropout(const torch::nn::Dropout& dropout) {
+  return dropout->is_training() ? dropout->options.p() : 0.0;
 }
 
 double classifier_dropout(const EncoderConfig& config) {
@@ -149,7 +146,7 @@ at::Tensor EmbeddingsImpl::combine(const at::Tensor& word_vectors, const at::Ten
 // --- Attention -----------------------------------------------------------------
 
 SelfAttentionImpl::SelfAttentionImpl(const EncoderConfig& config)
-    : heads_(config.num_attention_heads), head_dim_(config.head_dim()) {
+    : heads_(config.num_attention_heads) {
   const int64_t h = config.hidden_size;
   query = register_module("query", Dense(h, h));
   key = register_module("key", Dense(h, h));
@@ -181,24 +178,7 @@ at::Tensor SelfAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor
 
 at::Tensor SelfAttentionImpl::attend(const at::Tensor& queries, const at::Tensor& keys,
                                      const at::Tensor& values, const at::Tensor& additive_mask) {
-  const int64_t batch = queries.size(0), length = queries.size(1);
-  // [B, L, H] -> [B * heads, L, d]
-  auto split_heads = [&](const at::Tensor& x) {
-    return x.view({batch, x.size(1), heads_, head_dim_})
-        .transpose(1, 2)
-        .reshape({batch * heads_, x.size(1), head_dim_});
-  };
-  at::Tensor q = split_heads(queries), k = split_heads(keys), v = split_heads(values);
-  const int64_t key_length = k.size(1);
-  // softmax(q k^T / sqrt(d) + mask) v as BertSelfAttention computes it, with
-  // the scale and the mask folded into one batched GEMM.
-  at::Tensor mask = additive_mask.expand({batch, heads_, length, key_length})
-                        .reshape({batch * heads_, length, key_length});
-  at::Tensor scores = at::baddbmm(mask, q, k.transpose(1, 2), /*beta=*/1.0,
-                                  /*alpha=*/1.0 / std::sqrt(static_cast<double>(head_dim_)));
-  at::Tensor probs = dropout->forward(at::softmax(scores, -1));
-  at::Tensor context = at::bmm(probs, v).view({batch, heads_, length, head_dim_});
-  return context.transpose(1, 2).reshape({batch, length, heads_ * head_dim_});
+  return model::attention(queries, keys, values, additive_mask, heads_, active_dropout(dropout));
 }
 
 SublayerOutputImpl::SublayerOutputImpl(const EncoderConfig& config, int64_t in_features) {
@@ -209,6 +189,10 @@ SublayerOutputImpl::SublayerOutputImpl(const EncoderConfig& config, int64_t in_f
 }
 
 at::Tensor SublayerOutputImpl::forward(const at::Tensor& hidden, const at::Tensor& residual) {
+  if (!dense->has_deltas() && !adapter_ && active_dropout(dropout) == 0)
+    return layer_norm(LayerNorm,
+                      model::linear_residual(hidden, model::weight_operand({dense->weight}),
+                                             dense->bias, residual));
   return finish(dense->forward(hidden), residual);
 }
 
@@ -242,6 +226,9 @@ IntermediateImpl::IntermediateImpl(const EncoderConfig& config) : activation_(co
 }
 
 at::Tensor IntermediateImpl::forward(const at::Tensor& hidden) {
+  if (!dense->has_deltas())
+    return model::linear_activation(hidden, model::weight_operand({dense->weight}), dense->bias,
+                                    activation_);
   return activation(dense->forward(hidden), activation_);
 }
 

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
+#include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
@@ -11,9 +12,7 @@
 #include <mutex>
 #include <utility>
 
-#ifdef DELTATUNE_HAVE_ONEDNN
-#include <oneapi/dnnl/dnnl.hpp>
-#endif
+#include "onednn_matmul.h"
 
 namespace deltatune::model {
 
@@ -29,50 +28,19 @@ std::atomic<bool>& onednn_enabled() {
 
 }  // namespace
 
-#ifdef DELTATUNE_HAVE_ONEDNN
 namespace {
 
-using dnnl::memory;
-
-dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
-// C[M, N] (+)= op(A)[M, K] · op(B)[K, N] on plain fp32 buffers. A transposed
-// operand is described by its layout (format tag ba), never copied. oneDNN
-// caches the primitive for repeated shapes.
-void matmul(const float* a, bool a_transposed, const float* b, bool b_transposed, const float* bias,
-            float* c, int64_t m, int64_t k, int64_t n) {
-  const auto f32 = memory::data_type::f32;
-  memory::desc a_md({m, k}, f32, a_transposed ? memory::format_tag::ba : memory::format_tag::ab);
-  memory::desc b_md({k, n}, f32, b_transposed ? memory::format_tag::ba : memory::format_tag::ab);
-  memory::desc c_md({m, n}, f32, memory::format_tag::ab);
-  memory::desc bias_md = bias ? memory::desc({1, n}, f32, memory::format_tag::ab) : memory::desc();
-  auto& engine = cpu_engine();
-#if DNNL_VERSION_MAJOR >= 3
-  dnnl::matmul::primitive_desc pd(engine, a_md, b_md, bias_md, c_md);
-#else
-  dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, bias_md, c_md), engine);
-#endif
-  dnnl::matmul primitive(pd);
-  dnnl::stream stream(engine);
-  std::unordered_map<int, memory> args{
-      {DNNL_ARG_SRC, memory(a_md, engine, const_cast<float*>(a))},
-      {DNNL_ARG_WEIGHTS, memory(b_md, engine, const_cast<float*>(b))},
-      {DNNL_ARG_DST, memory(c_md, engine, c)}};
-  if (bias) args.emplace(DNNL_ARG_BIAS, memory(bias_md, engine, const_cast<float*>(bias)));
-  primitive.execute(stream, args);
-  stream.wait();
-}
+using onednn::view_of;
 
 // x2d [M, K] contiguous, weight [N, K] contiguous -> [M, N].
 at::Tensor forward_2d(const at::Tensor& x2d, const at::Tensor& weight, const at::Tensor& bias) {
   const int64_t m = x2d.size(0), k = x2d.size(1), n = weight.size(0);
   at::Tensor out = at::empty({m, n}, x2d.options());
   if (m == 0) return out;
-  matmul(x2d.data_ptr<float>(), false, weight.data_ptr<float>(), /*b_transposed=*/true,
-         bias.defined() ? bias.data_ptr<float>() : nullptr, out.data_ptr<float>(), m, k, n);
+  // The weight read as its transpose [K, N] through strides, never copied.
+  if (!onednn::matmul(view_of(x2d), view_of(weight, {k, n}, {1, k}),
+                      bias.defined() ? bias.data_ptr<float>() : nullptr, view_of(out)))
+    return at::linear(x2d, weight, bias);
   return out;
 }
 
@@ -100,9 +68,8 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
     at::Tensor grad_x, grad_w, grad_b;
     if (ctx->needs_input_grad(0)) {  // dX = dY W
       grad_x = at::empty({m, k}, grad.options());
-      if (m > 0)
-        matmul(grad.data_ptr<float>(), false, w.data_ptr<float>(), false, nullptr,
-               grad_x.data_ptr<float>(), m, n, k);
+      if (m > 0 && !onednn::matmul(view_of(grad), view_of(w), nullptr, view_of(grad_x)))
+        grad_x = at::mm(grad, w);
       auto sizes = grads[0].sizes().vec();
       sizes.back() = k;
       grad_x = grad_x.view(sizes);
@@ -110,9 +77,9 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
     if (ctx->needs_input_grad(1)) {  // dW = dY^T X
       // The product overwrites every entry; only an empty batch needs zeros.
       grad_w = m > 0 ? at::empty({n, k}, grad.options()) : at::zeros({n, k}, grad.options());
-      if (m > 0)
-        matmul(grad.data_ptr<float>(), /*a_transposed=*/true, x2d.data_ptr<float>(), false, nullptr,
-               grad_w.data_ptr<float>(), n, m, k);
+      if (m > 0 &&
+          !onednn::matmul(view_of(grad, {n, m}, {1, n}), view_of(x2d), nullptr, view_of(grad_w)))
+        grad_w = at::mm(grad.t(), x2d);
     }
     if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) grad_b = grad.sum(0);
     return {grad_x, grad_w, grad_b};
@@ -121,8 +88,8 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
 
 bool takes_onednn_path(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   // Under autocast at::linear must run so that it casts to bf16.
-  return onednn_enabled().load(std::memory_order_relaxed) && !at::autocast::is_cpu_enabled() &&
-         x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+  return onednn::available() && onednn_enabled().load(std::memory_order_relaxed) &&
+         !at::autocast::is_cpu_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
          weight.scalar_type() == at::kFloat &&
          (!bias.defined() || bias.scalar_type() == at::kFloat) && x.dim() >= 2 &&
          weight.dim() == 2 && !x.is_mkldnn() && x.layout() == at::kStrided;
@@ -132,21 +99,16 @@ bool takes_onednn_path(const at::Tensor& x, const at::Tensor& weight, const at::
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   if (!takes_onednn_path(x, weight, bias)) return at::linear(x, weight, bias);
+  const bool records_graph =
+      c10::GradMode::is_enabled() &&
+      (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
+  if (!records_graph)  // inference: the weight read from its packed copy
+    if (at::Tensor out = onednn::linear_frozen(x, weight, bias); out.defined()) return out;
   // LibTorch 1.13's custom functions reject undefined inputs: "no bias" travels as an empty tensor.
   return OneDnnLinear::apply(x, weight, bias.defined() ? bias : at::empty({0}, weight.options()));
 }
 
-bool onednn_linear_active() { return onednn_enabled().load(); }
-
-#else  // no oneDNN in this build
-
-at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  return at::linear(x, weight, bias);
-}
-
-bool onednn_linear_active() { return false; }
-
-#endif
+bool onednn_linear_active() { return onednn::available() && onednn_enabled().load(); }
 
 void set_onednn_linear(bool enabled) { onednn_enabled().store(enabled); }
 

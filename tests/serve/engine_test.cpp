@@ -94,7 +94,8 @@ void expect_equal_to_alone(const Engine& engine, const std::vector<ItemPredictio
       auto found = std::find_if(served[i].scores.begin(), served[i].scores.end(),
                                 [&](const LabelScore& s) { return s.label == label; });
       ASSERT_NE(found, served[i].scores.end()) << label;
-      EXPECT_NEAR(found->score, references[i].logits[k].item<double>(), 1e-5)
+      const double expected = references[i].logits[k].item<double>();
+      EXPECT_NEAR(found->score, expected, test::fp32_tolerance(expected))
           << "row " << i << " (" << references[i].task << "), label " << label;
     }
   }
@@ -277,8 +278,8 @@ namespace deltatune::serve {
 namespace {
 
 // The padded tokens plus overhead of a split, as length_groups minimises it.
-size_t split_cost(const std::vector<std::vector<size_t>>& groups, const std::vector<size_t>& lengths,
-                  size_t overhead) {
+size_t split_cost(const std::vector<std::vector<size_t>>& groups,
+                  const std::vector<size_t>& lengths, size_t overhead) {
   size_t cost = 0;
   for (const auto& g : groups) {
     size_t longest = 0;

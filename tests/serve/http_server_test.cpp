@@ -199,10 +199,12 @@ TEST(ServeHttp, MixedBatchesOfEveryMethodEqualDeltatunePredict) {
     const json& top = served[i][0];
     if (expected[i].contains("label")) {
       EXPECT_EQ(top["label"], expected[i]["label"]) << tasks[i];
-      EXPECT_NEAR(top["score"].get<double>(), expected[i]["probability"].get<double>(), 1e-5)
+      const double probability = expected[i]["probability"].get<double>();
+      EXPECT_NEAR(top["score"].get<double>(), probability, test::fp32_tolerance(probability))
           << tasks[i];
     } else {
-      EXPECT_NEAR(top["score"].get<double>(), expected[i]["score"].get<double>(), 1e-5) << tasks[i];
+      const double score = expected[i]["score"].get<double>();
+      EXPECT_NEAR(top["score"].get<double>(), score, test::fp32_tolerance(score)) << tasks[i];
     }
   }
   // Concurrent clients, each sending one input of a task: batches of whatever
@@ -223,7 +225,8 @@ TEST(ServeHttp, MixedBatchesOfEveryMethodEqualDeltatunePredict) {
         }
         const json got = json::parse(one->body).at(0);
         if (got[0]["label"] != served[i][0]["label"] ||
-            std::fabs(got[0]["score"].get<double>() - served[i][0]["score"].get<double>()) > 1e-5)
+            std::fabs(got[0]["score"].get<double>() - served[i][0]["score"].get<double>()) >
+                test::fp32_tolerance(served[i][0]["score"].get<double>()))
           ++mismatches;
       }
     });

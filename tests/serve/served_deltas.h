@@ -8,6 +8,8 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -23,6 +25,11 @@
 #include "test_paths.h"
 
 namespace deltatune::test {
+
+// "fp32 within 1e-5" between a served score and the same input predicted
+// alone: absolute below 1, relative above (a regression score of 6 carries
+// rounding of 6 * 2^-23 per operation), as torch.allclose's rtol and atol.
+inline double fp32_tolerance(double expected) { return 1e-5 * std::max(1.0, std::fabs(expected)); }
 
 struct ServedDeltaSpec {
   std::string name;    // the task name it is served under

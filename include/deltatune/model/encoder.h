@@ -20,6 +20,7 @@
 #include <string>
 
 #include "deltatune/model/config.h"
+#include "deltatune/model/fused_kernels.h"
 #include "deltatune/model/hooks.h"
 
 namespace deltatune::model {
@@ -98,7 +99,7 @@ class SelfAttentionImpl : public torch::nn::Module {
   torch::nn::Dropout dropout{nullptr};
 
  private:
-  int64_t heads_, head_dim_;
+  int64_t heads_;
 };
 TORCH_MODULE(SelfAttention);
 
@@ -160,9 +161,6 @@ class LayerImpl : public torch::nn::Module {
   std::shared_ptr<FeedForward> feed_forward_;
 };
 TORCH_MODULE(Layer);
-
-// The FFN activation named by config.hidden_act ("gelu", "gelu_new", "relu", ...).
-at::Tensor activation(const at::Tensor& x, const std::string& name);
 
 // HF's extended attention mask: (1 - mask) * finfo(dtype).min for mask [B, K]
 // (1 = attend), as [B, 1, 1, K] in `dtype`.

@@ -1,0 +1,47 @@
+// The encoder's elementwise chains fused into the products around them, for
+// passes that autograd does not record (eval, predict, the server).
+//
+// Each function computes exactly its plain LibTorch composition (stated
+// below) and takes that plain path itself whenever autograd has to record the
+// call, a tensor is not fp32 on the CPU, deltatune was built without oneDNN,
+// or fusion is off. Fused results equal the plain ones up to floating-point
+// summation order and oneDNN's erf/tanh/exp approximations (fp32 within
+// 1e-5: tests/model/fused_kernels_test.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+namespace deltatune::model {
+
+// The FFN activation named by config.hidden_act ("gelu", "gelu_new", "relu", ...).
+at::Tensor activation(const at::Tensor& x, const std::string& name);
+
+// act(x W^T + b): the activation (model::activation's names) applied in the
+// product's epilogue, while the output tile is in cache.
+at::Tensor linear_activation(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                             const std::string& activation);
+
+// x W^T + b + residual: a sub-layer's projection and its residual connection
+// in one pass (the product accumulates onto a copy of the residual).
+at::Tensor linear_residual(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                           const at::Tensor& residual);
+
+// Multi-head scaled dot-product attention (Vaswani et al., eq. 1):
+// softmax(Q K^T / sqrt(d) + mask) V for each of `heads` heads of width d.
+// queries [B, L, heads * d], keys and values [B, K, heads * d] (any strides
+// with a unit last stride, e.g. views into one fused QKV product), additive
+// mask [B or 1, 1, 1, K]. dropout_p > 0 applies dropout to the probabilities
+// (training; that path is never fused). Returns [B, L, heads * d]. Fused, the
+// heads are read and written in place through strides: no head-split copies,
+// no expanded mask, scale and mask in the score product's epilogue.
+at::Tensor attention(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
+                     const at::Tensor& additive_mask, int64_t heads, double dropout_p = 0);
+
+// Fusion on or off at run time (tests, benchmarks); DELTATUNE_FUSED=0 in the
+// environment turns it off at start-up.
+void set_fused_kernels(bool enabled);
+bool fused_kernels_active();
+
+}  // namespace deltatune::model

@@ -1,0 +1,154 @@
+#include "deltatune/model/fused_kernels.h"
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+#include <c10/core/GradMode.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+
+#include "deltatune/model/linear_kernel.h"
+#include "onednn_matmul.h"
+
+namespace deltatune::model {
+
+namespace {
+
+std::atomic<bool>& fused_enabled() {
+  static std::atomic<bool> enabled{[] {
+    const char* env = std::getenv("DELTATUNE_FUSED");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }()};
+  return enabled;
+}
+
+// True when the call may skip autograd and run on oneDNN's fp32 kernels.
+bool fusable(std::initializer_list<const at::Tensor*> tensors) {
+  if (!fused_enabled().load(std::memory_order_relaxed) || !onednn::available() ||
+      at::autocast::is_cpu_enabled())
+    return false;
+  const bool grad_mode = c10::GradMode::is_enabled();
+  for (const at::Tensor* t : tensors) {
+    if (!t->defined()) continue;
+    if (grad_mode && t->requires_grad()) return false;
+    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || t->layout() != at::kStrided ||
+        t->is_mkldnn())
+      return false;
+  }
+  return true;
+}
+
+bool epilogue_for(const std::string& name, onednn::Epilogue* epilogue) {
+  using onednn::Epilogue;
+  if (name == "gelu")
+    *epilogue = Epilogue::kGelu;
+  else if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast")
+    *epilogue = Epilogue::kGeluTanh;
+  else if (name == "relu")
+    *epilogue = Epilogue::kRelu;
+  else if (name == "silu" || name == "swish")
+    *epilogue = Epilogue::kSilu;
+  else
+    return false;
+  return true;
+}
+
+at::Tensor plain_attention(const at::Tensor& queries, const at::Tensor& keys,
+                           const at::Tensor& values, const at::Tensor& additive_mask, int64_t heads,
+                           double dropout_p) {
+  const int64_t batch = queries.size(0), length = queries.size(1);
+  const int64_t head_dim = queries.size(2) / heads;
+  // [B, L, H] -> [B * heads, L, d]
+  auto split_heads = [&](const at::Tensor& x) {
+    return x.view({batch, x.size(1), heads, head_dim})
+        .transpose(1, 2)
+        .reshape({batch * heads, x.size(1), head_dim});
+  };
+  at::Tensor q = split_heads(queries), k = split_heads(keys), v = split_heads(values);
+  const int64_t key_length = k.size(1);
+  // BertSelfAttention's products, with the scale and the mask in one batched GEMM.
+  at::Tensor mask = additive_mask.expand({batch, heads, length, key_length})
+                        .reshape({batch * heads, length, key_length});
+  at::Tensor scores = at::baddbmm(mask, q, k.transpose(1, 2), /*beta=*/1.0,
+                                  /*alpha=*/1.0 / std::sqrt(static_cast<double>(head_dim)));
+  at::Tensor probs = at::softmax(scores, -1);
+  if (dropout_p > 0) probs = at::dropout(probs, dropout_p, /*train=*/true);
+  at::Tensor context = at::bmm(probs, v).view({batch, heads, length, head_dim});
+  return context.transpose(1, 2).reshape({batch, length, heads * head_dim});
+}
+
+}  // namespace
+
+at::Tensor activation(const at::Tensor& x, const std::string& name) {
+  if (name == "gelu") return at::gelu(x);
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast")
+    return at::gelu(x, "tanh");
+  if (name == "relu") return at::relu(x);
+  return at::silu(x);  // "silu" / "swish"; config.cpp admits no other name
+}
+
+at::Tensor linear_activation(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                             const std::string& name) {
+  onednn::Epilogue kind;
+  if (fusable({&x, &weight, &bias}) && x.dim() >= 2 && epilogue_for(name, &kind))
+    if (at::Tensor out = onednn::linear_frozen(x, weight, bias, {kind}); out.defined()) return out;
+  return activation(model::linear(x, weight, bias), name);
+}
+
+at::Tensor linear_residual(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                           const at::Tensor& residual) {
+  auto sizes = x.sizes().vec();
+  sizes.back() = weight.size(0);
+  if (fusable({&x, &weight, &bias, &residual}) && x.dim() >= 2 &&
+      residual.sizes() == at::IntArrayRef(sizes))
+    if (at::Tensor out =
+            onednn::linear_frozen(x, weight, bias, {onednn::Epilogue::kAccumulate}, residual);
+        out.defined())
+      return out;
+  return model::linear(x, weight, bias) + residual;
+}
+
+at::Tensor attention(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
+                     const at::Tensor& additive_mask, int64_t heads, double dropout_p) {
+  const int64_t batch = queries.size(0), length = queries.size(1), width = queries.size(2);
+  const int64_t key_length = keys.size(1), head_dim = width / heads;
+  const bool shapes_fit = batch > 0 && length > 0 && key_length > 0 && queries.stride(2) == 1 &&
+                          keys.stride(2) == 1 && values.stride(2) == 1 &&
+                          additive_mask.dim() == 4 &&
+                          (additive_mask.size(0) == batch || additive_mask.size(0) == 1) &&
+                          additive_mask.size(1) == 1 && additive_mask.size(2) == 1 &&
+                          additive_mask.size(3) == key_length;
+  if (dropout_p == 0 && shapes_fit && fusable({&queries, &keys, &values, &additive_mask})) {
+    using onednn::view_of;
+    // Heads read through strides: [B, heads, L, d] views of [B, L, heads * d].
+    auto heads_of = [&](const at::Tensor& x) {
+      return view_of(x, {batch, heads, x.size(1), head_dim},
+                     {x.stride(0), head_dim, x.stride(1), 1});
+    };
+    auto keys_transposed = view_of(keys, {batch, heads, head_dim, key_length},
+                                   {keys.stride(0), head_dim, 1, keys.stride(1)});
+    at::Tensor mask = additive_mask.contiguous();
+    auto mask_view =
+        view_of(mask, {mask.size(0), 1, 1, key_length}, {key_length, key_length, key_length, 1});
+    at::Tensor scores = at::empty({batch, heads, length, key_length}, queries.options());
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+    if (onednn::matmul(heads_of(queries), keys_transposed, nullptr, view_of(scores),
+                       {onednn::Epilogue::kScaleAdd, scale, &mask_view})) {
+      at::Tensor probs = at::_softmax(scores, -1, false);
+      at::Tensor context = at::empty({batch, length, width}, queries.options());
+      if (onednn::matmul(view_of(probs), heads_of(values), nullptr,
+                         view_of(context, {batch, heads, length, head_dim},
+                                 {length * width, head_dim, width, 1})))
+        return context;
+    }
+  }
+  return plain_attention(queries, keys, values, additive_mask, heads, dropout_p);
+}
+
+void set_fused_kernels(bool enabled) { fused_enabled().store(enabled); }
+bool fused_kernels_active() { return fused_enabled().load() && onednn::available(); }
+
+}  // namespace deltatune::model

@@ -1,0 +1,285 @@
+#include "onednn_matmul.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+
+#ifdef DELTATUNE_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace deltatune::model::onednn {
+
+View view_of(const at::Tensor& tensor, std::vector<int64_t> dims, std::vector<int64_t> strides) {
+  View view;
+  view.data = tensor.data_ptr<float>();
+  view.dims = dims.empty() ? tensor.sizes().vec() : std::move(dims);
+  view.strides = strides.empty() ? tensor.strides().vec() : std::move(strides);
+  return view;
+}
+
+#ifdef DELTATUNE_HAVE_ONEDNN
+
+namespace {
+
+using dnnl::memory;
+
+dnnl::engine& cpu_engine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+memory::desc describe(const View& v) {
+  return memory::desc(memory::dims(v.dims.begin(), v.dims.end()), memory::data_type::f32,
+                      memory::dims(v.strides.begin(), v.strides.end()));
+}
+
+// The bias as oneDNN broadcasts it: [1, .., 1, N], contiguous.
+memory::desc bias_desc(const View& c) {
+  const int64_t n = c.dims.back();
+  memory::dims dims(c.dims.size(), 1), strides(c.dims.size(), n);
+  dims.back() = n;
+  strides.back() = 1;
+  return memory::desc(dims, memory::data_type::f32, strides);
+}
+
+dnnl::post_ops post_ops_for(const EpilogueSpec& e) {
+  dnnl::post_ops ops;
+  auto eltwise = [&](dnnl::algorithm algorithm, float alpha) {
+#if DNNL_VERSION_MAJOR >= 3
+    ops.append_eltwise(algorithm, alpha, 0.f);
+#else
+    ops.append_eltwise(1.f, algorithm, alpha, 0.f);
+#endif
+  };
+  switch (e.kind) {
+    case Epilogue::kNone:
+      break;
+    case Epilogue::kGelu:
+      eltwise(dnnl::algorithm::eltwise_gelu_erf, 0.f);
+      break;
+    case Epilogue::kGeluTanh:
+      eltwise(dnnl::algorithm::eltwise_gelu_tanh, 0.f);
+      break;
+    case Epilogue::kRelu:
+      eltwise(dnnl::algorithm::eltwise_relu, 0.f);
+      break;
+    case Epilogue::kSilu:
+      eltwise(dnnl::algorithm::eltwise_swish, 1.f);
+      break;
+    case Epilogue::kAccumulate:
+      ops.append_sum(1.f);
+      break;
+    case Epilogue::kScaleAdd:
+      eltwise(dnnl::algorithm::eltwise_linear, e.scale);
+      ops.append_binary(dnnl::algorithm::binary_add, describe(*e.addend));
+      break;
+  }
+  return ops;
+}
+
+// Everything a primitive depends on: dims, strides, bias, epilogue.
+using Key = std::vector<int64_t>;
+
+Key key_of(const View& a, const View& b, bool bias, const View& c, const EpilogueSpec& e,
+           bool packed) {
+  Key key{static_cast<int64_t>(e.kind), static_cast<int64_t>(bias), static_cast<int64_t>(packed)};
+  auto add = [&](const View& v) {
+    key.push_back(static_cast<int64_t>(v.dims.size()));
+    key.insert(key.end(), v.dims.begin(), v.dims.end());
+    key.insert(key.end(), v.strides.begin(), v.strides.end());
+  };
+  add(a), add(b), add(c);
+  if (e.kind == Epilogue::kScaleAdd) {
+    add(*e.addend);
+    float scale = e.scale;
+    int32_t bits;
+    static_assert(sizeof bits == sizeof scale);
+    std::memcpy(&bits, &scale, sizeof bits);
+    key.push_back(bits);
+  }
+  return key;
+}
+
+struct Primitive {
+  dnnl::matmul matmul;
+  memory::desc weights;  // as the primitive reads them (blocked when packed)
+};
+
+// Building a primitive descriptor costs tens of microseconds (implementation
+// dispatch), as much as a small product: each distinct call is built once.
+// Bounded: a server sees a shape per batch length, not an unbounded set.
+// `packed`: the weights' layout is left to oneDNN (format_tag::any).
+std::shared_ptr<Primitive> primitive_for(const View& a, const View& b, bool bias, const View& c,
+                                         const EpilogueSpec& e, bool packed) {
+  static std::mutex mutex;
+  static std::map<Key, std::shared_ptr<Primitive>> cache;
+  constexpr size_t kCapacity = 4096;
+  Key key = key_of(a, b, bias, c, e, packed);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto found = cache.find(key); found != cache.end()) return found->second;
+  }
+  memory::desc bias_md = bias ? bias_desc(c) : memory::desc();
+  memory::desc weights_md = packed ? memory::desc(memory::dims(b.dims.begin(), b.dims.end()),
+                                                  memory::data_type::f32, memory::format_tag::any)
+                                   : describe(b);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(post_ops_for(e));
+  auto& engine = cpu_engine();
+#if DNNL_VERSION_MAJOR >= 3
+  dnnl::matmul::primitive_desc pd(engine, describe(a), weights_md, bias_md, describe(c), attr);
+#else
+  dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(describe(a), weights_md, bias_md, describe(c)),
+                                  attr, engine);
+#endif
+  auto primitive = std::make_shared<Primitive>(Primitive{dnnl::matmul(pd), pd.weights_desc()});
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() >= kCapacity) cache.clear();
+  cache.emplace(std::move(key), primitive);
+  return primitive;
+}
+
+bool execute(const Primitive& primitive, const View& a, float* weights, const float* bias,
+             const View& c, const EpilogueSpec& epilogue) {
+  auto& engine = cpu_engine();
+  std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, memory(describe(a), engine, a.data)},
+      {DNNL_ARG_WEIGHTS, memory(primitive.weights, engine, weights)},
+      {DNNL_ARG_DST, memory(describe(c), engine, c.data)}};
+  if (bias) args.emplace(DNNL_ARG_BIAS, memory(bias_desc(c), engine, const_cast<float*>(bias)));
+  if (epilogue.kind == Epilogue::kScaleAdd)
+    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1,
+                 memory(describe(*epilogue.addend), engine, epilogue.addend->data));
+  dnnl::stream stream(engine);
+  primitive.matmul.execute(stream, args);
+  stream.wait();
+  return true;
+}
+
+// A weight reordered into a primitive's layout, valid while the source tensor
+// is alive at the same version.
+struct PackedWeight {
+  c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl> source;
+  int64_t version;
+  memory::desc layout;
+  at::Tensor buffer;  // layout.get_size() bytes
+};
+
+std::mutex& packed_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<const void*, std::vector<PackedWeight>>& packed_weights() {
+  static std::map<const void*, std::vector<PackedWeight>> cache;
+  return cache;
+}
+
+// The packed copy of `weight` in `layout`, made on first use. Returned by
+// reference count: a concurrent repack never frees a buffer in use.
+at::Tensor packed_for(const at::Tensor& weight, const View& plain, const memory::desc& layout) {
+  std::lock_guard<std::mutex> lock(packed_mutex());
+  auto& cache = packed_weights();
+  for (auto it = cache.begin(); it != cache.end();) {  // drop copies of freed weights
+    auto& list = it->second;
+    list.erase(std::remove_if(list.begin(), list.end(),
+                              [](const PackedWeight& p) { return p.source.expired(); }),
+               list.end());
+    it = list.empty() ? cache.erase(it) : ++it;
+  }
+  auto& list = cache[weight.unsafeGetTensorImpl()];
+  for (auto it = list.begin(); it != list.end(); ++it) {
+    if (it->layout != layout) continue;
+    if (it->source.lock().get() == weight.unsafeGetTensorImpl() && it->version == weight._version())
+      return it->buffer;
+    list.erase(it);  // changed since it was packed
+    break;
+  }
+  PackedWeight packed{
+      c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(weight.getIntrusivePtr()),
+      weight._version(), layout,
+      at::empty({static_cast<int64_t>(layout.get_size())}, weight.options().dtype(at::kByte))};
+  auto& engine = cpu_engine();
+  memory source(describe(plain), engine, plain.data);
+  memory target(layout, engine, packed.buffer.data_ptr());
+  dnnl::stream stream(engine);
+  dnnl::reorder(source, target).execute(stream, source, target);
+  stream.wait();
+  list.push_back(std::move(packed));
+  return list.back().buffer;
+}
+
+}  // namespace
+
+bool available() { return true; }
+
+bool matmul(const View& a, const View& b, const float* bias, const View& c,
+            const EpilogueSpec& epilogue) {
+  std::shared_ptr<Primitive> primitive;
+  try {
+    primitive = primitive_for(a, b, bias != nullptr, c, epilogue, /*packed=*/false);
+  } catch (const dnnl::error&) {
+    return false;  // no implementation for these layouts
+  }
+  return execute(*primitive, a, b.data, bias, c, epilogue);
+}
+
+at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                         const EpilogueSpec& epilogue, const at::Tensor& residual) {
+  const int64_t n = weight.size(0), k = weight.size(1);
+  auto sizes = x.sizes().vec();
+  sizes.back() = n;
+  at::Tensor out = residual.defined()
+                       ? residual.reshape({-1, n}).clone(at::MemoryFormat::Contiguous)
+                       : at::empty({x.numel() / k, n}, x.options());
+  if (out.numel() == 0) return out.view(sizes);
+  at::Tensor x2d = x.reshape({-1, k}).contiguous();
+  at::Tensor w = weight.contiguous();
+  at::Tensor b = bias.defined() ? bias.contiguous() : bias;
+  const float* bias_data = b.defined() ? b.data_ptr<float>() : nullptr;
+  const View a = view_of(x2d), c = view_of(out);
+  const View plain = view_of(w, {k, n}, {1, k});  // W^T through strides
+  std::shared_ptr<Primitive> primitive;
+  try {
+    primitive = primitive_for(a, plain, bias_data != nullptr, c, epilogue, /*packed=*/true);
+  } catch (const dnnl::error&) {
+    return {};
+  }
+  at::Tensor packed =
+      primitive->weights == describe(plain) ? w : packed_for(weight, plain, primitive->weights);
+  execute(*primitive, a, static_cast<float*>(packed.data_ptr()), bias_data, c, epilogue);
+  return out.view(sizes);
+}
+
+int64_t packed_weight_bytes() {
+  std::lock_guard<std::mutex> lock(packed_mutex());
+  int64_t bytes = 0;
+  for (const auto& [impl, list] : packed_weights())
+    for (const auto& p : list)
+      if (!p.source.expired()) bytes += p.buffer.numel();
+  return bytes;
+}
+
+#else  // no oneDNN in this build
+
+bool available() { return false; }
+
+bool matmul(const View&, const View&, const float*, const View&, const EpilogueSpec&) {
+  return false;
+}
+
+at::Tensor linear_frozen(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                         const EpilogueSpec&, const at::Tensor&) {
+  return {};
+}
+
+int64_t packed_weight_bytes() { return 0; }
+
+#endif
+
+}  // namespace deltatune::model::onednn

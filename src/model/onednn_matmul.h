@@ -1,0 +1,65 @@
+// oneDNN's fp32 matmul on strided views, with the epilogues the encoder's
+// inference kernels fuse into it. Internal to src/model: only this pair of
+// files sees oneDNN's headers (the precompiled header stays valid), and a
+// build without oneDNN compiles `available()` to false.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace deltatune::model::onednn {
+
+// A plain fp32 tensor as oneDNN describes one: dims and strides in elements.
+// Up to 4 dims; leading dims are batch dims, broadcast where 1.
+struct View {
+  float* data = nullptr;
+  std::vector<int64_t> dims;
+  std::vector<int64_t> strides;
+};
+
+// The view of an fp32 CPU tensor, with `dims`/`strides` taken as given when
+// not empty (a transposed or head-split reading of the same buffer).
+View view_of(const at::Tensor& tensor, std::vector<int64_t> dims = {},
+             std::vector<int64_t> strides = {});
+
+enum class Epilogue {
+  kNone,
+  kGelu,      // erf GELU (Hendrycks & Gimpel; BERT's "gelu")
+  kGeluTanh,  // tanh approximation ("gelu_new")
+  kRelu,
+  kSilu,        // x sigmoid(x)
+  kAccumulate,  // c += a b (+ bias): c holds the residual on entry
+  kScaleAdd,    // c = scale (a b) + addend, addend broadcast to c's dims
+};
+
+struct EpilogueSpec {
+  Epilogue kind = Epilogue::kNone;
+  float scale = 1;
+  const View* addend = nullptr;  // kScaleAdd only
+};
+
+bool available();
+
+// c = epilogue(a b + bias), a [.., M, K], b [.., K, N], c [.., M, N], bias
+// [N] or null. Primitives are cached by shape, strides and epilogue. False,
+// with c untouched, where oneDNN has no implementation for these layouts
+// (the caller then takes its plain path) or was not built in.
+bool matmul(const View& a, const View& b, const float* bias, const View& c,
+            const EpilogueSpec& epilogue = {});
+
+// epilogue(x W^T + bias) for x [.., K] and a weight W [N, K] that does not
+// change while it is used this way (a frozen base weight at inference), as
+// [.., N]. W is reordered once into the blocked layout oneDNN's kernel
+// prefers and the copy kept while W is alive and unchanged (same version
+// counter): packing a plain W on every call costs as much as the product
+// itself at small M. kAccumulate adds the product onto `residual` (shaped as
+// the result; not modified). Undefined where oneDNN has no implementation.
+at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                         const EpilogueSpec& epilogue = {}, const at::Tensor& residual = {});
+
+// Bytes held by packed weight copies (reported next to resident memory).
+int64_t packed_weight_bytes();
+
+}  // namespace deltatune::model::onednn

@@ -1,0 +1,132 @@
+#include "deltatune/model/fused_kernels.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "deltatune/model/encoder.h"
+#include "deltatune/model/linear_kernel.h"
+
+namespace deltatune::model {
+namespace {
+
+// The largest absolute difference, for messages.
+double max_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a - b).abs().max().item<double>();
+}
+
+// Runs `f` with fusion off (the plain LibTorch composition) and on.
+template <typename F>
+std::pair<at::Tensor, at::Tensor> plain_and_fused(F f) {
+  set_fused_kernels(false);
+  at::Tensor plain = f();
+  set_fused_kernels(true);
+  at::Tensor fused = f();
+  return {plain, fused};
+}
+
+class FusedKernels : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fused_kernels_active()) GTEST_SKIP() << "built without oneDNN: only the plain path exists";
+  }
+  void TearDown() override { set_fused_kernels(true); }
+  at::NoGradGuard no_grad_;
+};
+
+TEST_F(FusedKernels, LinearActivationEqualsPlainForEveryActivation) {
+  at::manual_seed(1);
+  at::Tensor x = at::randn({4, 7, 48}), w = at::randn({20, 48}) * 0.3, b = at::randn({20});
+  for (const char* name : {"gelu", "gelu_new", "relu", "silu"}) {
+    for (bool with_bias : {true, false}) {
+      at::Tensor bias = with_bias ? b : at::Tensor();
+      auto [plain, fused] = plain_and_fused([&] { return linear_activation(x, w, bias, name); });
+      ASSERT_EQ(fused.sizes(), (std::vector<int64_t>{4, 7, 20}));
+      EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << name << ": " << max_diff(fused, plain);
+      // The plain composition is what the encoder computed before fusion.
+      EXPECT_TRUE(at::allclose(plain, activation(at::linear(x, w, bias), name), 1e-5, 1e-5));
+    }
+  }
+}
+
+TEST_F(FusedKernels, LinearResidualEqualsPlainAndLeavesTheResidualAlone) {
+  at::manual_seed(2);
+  at::Tensor x = at::randn({3, 5, 64}), w = at::randn({32, 64}) * 0.2, b = at::randn({32});
+  at::Tensor residual = at::randn({3, 5, 32});
+  at::Tensor before = residual.clone();
+  auto [plain, fused] = plain_and_fused([&] { return linear_residual(x, w, b, residual); });
+  EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << max_diff(fused, plain);
+  EXPECT_TRUE(at::allclose(plain, at::linear(x, w, b) + residual, 1e-5, 1e-5));
+  EXPECT_TRUE(at::equal(residual, before));
+}
+
+TEST_F(FusedKernels, AttentionOnStridedHeadsWithPaddingAndPrefixesEqualsPlain) {
+  at::manual_seed(3);
+  const int64_t batch = 3, length = 9, heads = 4, width = 32;
+  // Q, K and V as views into one fused product, as SelfAttention makes them.
+  at::Tensor qkv = at::randn({batch, length, 3 * width});
+  auto parts = qkv.chunk(3, -1);
+  at::Tensor mask = at::ones({batch, length}, at::kLong);
+  mask[1].slice(0, 6).zero_();
+  mask[2].slice(0, 2).zero_();
+  at::Tensor additive = additive_attention_mask(mask, at::kFloat);
+  auto [plain, fused] =
+      plain_and_fused([&] { return attention(parts[0], parts[1], parts[2], additive, heads); });
+  ASSERT_EQ(fused.sizes(), (std::vector<int64_t>{batch, length, width}));
+  EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << max_diff(fused, plain);
+
+  // Prefix keys: more keys than queries, contiguous keys, one mask for all rows.
+  at::Tensor keys = at::randn({batch, length + 5, width}),
+             values = at::randn({batch, length + 5, width});
+  at::Tensor shared_mask =
+      additive_attention_mask(at::ones({1, length + 5}, at::kLong), at::kFloat);
+  std::tie(plain, fused) =
+      plain_and_fused([&] { return attention(parts[0], keys, values, shared_mask, heads); });
+  EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << max_diff(fused, plain);
+
+  // The plain path equals a direct reading of Vaswani et al.'s equation 1 per head.
+  at::Tensor q = parts[0].view({batch, length, heads, 8}).transpose(1, 2);
+  at::Tensor k = parts[1].view({batch, length, heads, 8}).transpose(1, 2);
+  at::Tensor v = parts[2].view({batch, length, heads, 8}).transpose(1, 2);
+  at::Tensor direct =
+      at::matmul(at::softmax(at::matmul(q, k.transpose(-1, -2)) / std::sqrt(8.0) + additive, -1), v)
+          .transpose(1, 2)
+          .reshape({batch, length, width});
+  set_fused_kernels(false);
+  EXPECT_TRUE(
+      at::allclose(attention(parts[0], parts[1], parts[2], additive, heads), direct, 1e-5, 1e-5));
+}
+
+TEST(FusedKernelsAutograd, CallsThatNeedGradientsTakeThePlainDifferentiablePath) {
+  at::manual_seed(4);
+  at::Tensor x = at::randn({2, 3, 16}).requires_grad_(true);
+  at::Tensor w = at::randn({8, 16}), b = at::randn({8}).requires_grad_(true);
+  at::Tensor y = linear_activation(x, w, b, "gelu");
+  ASSERT_TRUE(y.requires_grad());
+  y.sum().backward();
+  at::Tensor x2 = x.detach().clone().requires_grad_(true),
+             b2 = b.detach().clone().requires_grad_(true);
+  at::gelu(at::linear(x2, w, b2)).sum().backward();
+  EXPECT_TRUE(at::allclose(x.grad(), x2.grad(), 1e-5, 1e-5));
+  EXPECT_TRUE(at::allclose(b.grad(), b2.grad(), 1e-5, 1e-5));
+}
+
+TEST_F(FusedKernels, EncoderInEvalModeEqualsThePlainPath) {
+  nlohmann::json j = {
+      {"model_type", "bert"},         {"vocab_size", 120},        {"hidden_size", 48},
+      {"num_hidden_layers", 2},       {"num_attention_heads", 4}, {"intermediate_size", 96},
+      {"max_position_embeddings", 64}};
+  at::manual_seed(5);
+  EncoderModel model(EncoderConfig::from_json(j, "tiny"), true);
+  model->eval();
+  EncoderInput in;
+  in.input_ids = at::randint(1, 120, {3, 11}, at::kLong);
+  in.attention_mask = at::ones({3, 11}, at::kLong);
+  in.attention_mask[2].slice(0, 4).zero_();
+  auto [plain, fused] = plain_and_fused([&] { return model->forward(in).last_hidden_state; });
+  EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << max_diff(fused, plain);
+}
+
+}  // namespace
+}  // namespace deltatune::model
