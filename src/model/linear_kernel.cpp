@@ -148,8 +148,11 @@ std::map<PreparedKey, PreparedWeight>& prepared_weights() {
 }  // namespace
 
 at::Tensor weight_operand(const std::vector<at::Tensor>& parts) {
-  bool frozen = true;
-  for (const auto& p : parts) frozen = frozen && !p.requires_grad();
+  // Frozen: no gradient can flow to the parts here, because none wants one or
+  // autograd is not recording (inference; an optimizer step bumps versions).
+  bool wants_gradient = false;
+  for (const auto& p : parts) wants_gradient = wants_gradient || p.requires_grad();
+  const bool frozen = !wants_gradient || !c10::GradMode::is_enabled();
   const bool autocast = at::autocast::is_cpu_enabled() && parts.front().device().is_cpu() &&
                         parts.front().scalar_type() == at::kFloat;
   const at::ScalarType dtype =

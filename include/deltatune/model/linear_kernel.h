@@ -20,7 +20,7 @@ namespace deltatune::model {
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
 // The weight operand for `linear` made of `parts` (stacked along dim 0, as
-// Q, K and V fuse into one product). Frozen parts (no requires_grad) are
+// Q, K and V fuse into one product). Frozen parts (no requires_grad, or autograd off) are
 // prepared once and reused while every part is alive and unchanged (same
 // version counter): the concatenation, and under CPU autocast the cast to
 // its lower-precision dtype, which autocast itself would redo on every
