@@ -90,25 +90,48 @@ at::Tensor activation(const at::Tensor& x, const std::string& name) {
   return at::silu(x);  // "silu" / "swish"; config.cpp admits no other name
 }
 
+// [B, N] -> [B, 1, .., 1, N] broadcasting over x's tokens.
+at::Tensor per_row(const at::Tensor& row_bias, int64_t dims) {
+  std::vector<int64_t> shape(static_cast<size_t>(dims), 1);
+  shape.front() = row_bias.size(0);
+  shape.back() = row_bias.size(1);
+  return row_bias.view(shape);
+}
+
+// x W^T + b (+ each row's bias), the plain composition.
+at::Tensor plain_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                        const at::Tensor& row_bias) {
+  at::Tensor y = model::linear(x, weight, bias);
+  return row_bias.defined() ? y + per_row(row_bias, y.dim()) : y;
+}
+
+bool row_bias_fits(const at::Tensor& x, const at::Tensor& row_bias) {
+  return !row_bias.defined() ||
+         (x.dim() >= 2 && row_bias.dim() == 2 && row_bias.size(0) == x.size(0) && x.size(0) > 0);
+}
+
 at::Tensor linear_activation(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                             const std::string& name) {
+                             const std::string& name, const at::Tensor& row_bias) {
   onednn::Epilogue kind;
-  if (fusable({&x, &weight, &bias}) && x.dim() >= 2 && epilogue_for(name, &kind))
-    if (at::Tensor out = onednn::linear_frozen(x, weight, bias, {kind}); out.defined()) return out;
-  return activation(model::linear(x, weight, bias), name);
+  if (fusable({&x, &weight, &bias, &row_bias}) && x.dim() >= 2 && row_bias_fits(x, row_bias) &&
+      epilogue_for(name, &kind))
+    if (at::Tensor out = onednn::linear_frozen(x, weight, bias, {kind}, {}, row_bias);
+        out.defined())
+      return out;
+  return activation(plain_linear(x, weight, bias, row_bias), name);
 }
 
 at::Tensor linear_residual(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                           const at::Tensor& residual) {
+                           const at::Tensor& residual, const at::Tensor& row_bias) {
   auto sizes = x.sizes().vec();
   sizes.back() = weight.size(0);
-  if (fusable({&x, &weight, &bias, &residual}) && x.dim() >= 2 &&
-      residual.sizes() == at::IntArrayRef(sizes))
-    if (at::Tensor out =
-            onednn::linear_frozen(x, weight, bias, {onednn::Epilogue::kAccumulate}, residual);
+  if (fusable({&x, &weight, &bias, &residual, &row_bias}) && x.dim() >= 2 &&
+      row_bias_fits(x, row_bias) && residual.sizes() == at::IntArrayRef(sizes))
+    if (at::Tensor out = onednn::linear_frozen(x, weight, bias, {onednn::Epilogue::kAccumulate},
+                                               residual, row_bias);
         out.defined())
       return out;
-  return model::linear(x, weight, bias) + residual;
+  return plain_linear(x, weight, bias, row_bias) + residual;
 }
 
 at::Tensor attention(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,

@@ -57,8 +57,11 @@ dnnl::post_ops post_ops_for(const EpilogueSpec& e) {
     ops.append_eltwise(1.f, algorithm, alpha, 0.f);
 #endif
   };
+  if (e.kind == Epilogue::kAccumulate) ops.append_sum(1.f);
+  if (e.row_addend) ops.append_binary(dnnl::algorithm::binary_add, describe(*e.row_addend));
   switch (e.kind) {
     case Epilogue::kNone:
+    case Epilogue::kAccumulate:
       break;
     case Epilogue::kGelu:
       eltwise(dnnl::algorithm::eltwise_gelu_erf, 0.f);
@@ -72,15 +75,21 @@ dnnl::post_ops post_ops_for(const EpilogueSpec& e) {
     case Epilogue::kSilu:
       eltwise(dnnl::algorithm::eltwise_swish, 1.f);
       break;
-    case Epilogue::kAccumulate:
-      ops.append_sum(1.f);
-      break;
     case Epilogue::kScaleAdd:
       eltwise(dnnl::algorithm::eltwise_linear, e.scale);
       ops.append_binary(dnnl::algorithm::binary_add, describe(*e.addend));
       break;
   }
   return ops;
+}
+
+// The binary post-ops' operands with their positions in post_ops_for's chain.
+std::vector<std::pair<int, const View*>> binary_operands(const EpilogueSpec& e) {
+  std::vector<std::pair<int, const View*>> operands;
+  int position = e.kind == Epilogue::kAccumulate ? 1 : 0;
+  if (e.row_addend) operands.emplace_back(position++, e.row_addend);
+  if (e.kind == Epilogue::kScaleAdd) operands.emplace_back(position + 1, e.addend);
+  return operands;
 }
 
 // Everything a primitive depends on: dims, strides, bias, epilogue.
@@ -95,8 +104,11 @@ Key key_of(const View& a, const View& b, bool bias, const View& c, const Epilogu
     key.insert(key.end(), v.strides.begin(), v.strides.end());
   };
   add(a), add(b), add(c);
+  for (const auto& [position, operand] : binary_operands(e)) {
+    key.push_back(position);
+    add(*operand);
+  }
   if (e.kind == Epilogue::kScaleAdd) {
-    add(*e.addend);
     float scale = e.scale;
     int32_t bits;
     static_assert(sizeof bits == sizeof scale);
@@ -153,9 +165,9 @@ bool execute(const Primitive& primitive, const View& a, float* weights, const fl
       {DNNL_ARG_WEIGHTS, memory(primitive.weights, engine, weights)},
       {DNNL_ARG_DST, memory(describe(c), engine, c.data)}};
   if (bias) args.emplace(DNNL_ARG_BIAS, memory(bias_desc(c), engine, const_cast<float*>(bias)));
-  if (epilogue.kind == Epilogue::kScaleAdd)
-    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1,
-                 memory(describe(*epilogue.addend), engine, epilogue.addend->data));
+  for (const auto& [position, operand] : binary_operands(epilogue))
+    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(position) | DNNL_ARG_SRC_1,
+                 memory(describe(*operand), engine, operand->data));
   dnnl::stream stream(engine);
   primitive.matmul.execute(stream, args);
   stream.wait();
@@ -230,7 +242,8 @@ bool matmul(const View& a, const View& b, const float* bias, const View& c,
 }
 
 at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                         const EpilogueSpec& epilogue, const at::Tensor& residual) {
+                         EpilogueSpec epilogue, const at::Tensor& residual,
+                         const at::Tensor& row_bias) {
   const int64_t n = weight.size(0), k = weight.size(1);
   auto sizes = x.sizes().vec();
   sizes.back() = n;
@@ -242,8 +255,21 @@ at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at
   at::Tensor w = weight.contiguous();
   at::Tensor b = bias.defined() ? bias.contiguous() : bias;
   const float* bias_data = b.defined() ? b.data_ptr<float>() : nullptr;
-  const View a = view_of(x2d), c = view_of(out);
-  const View plain = view_of(w, {k, n}, {1, k});  // W^T through strides
+  // Always a batched product [B, L, K] x [1, K, N] (B = 1 without row biases),
+  // so that one packed copy of W serves both forms and a row addend [B, 1, N]
+  // broadcasts over each row's L tokens. W^T is read through strides.
+  const int64_t batch = row_bias.defined() ? row_bias.size(0) : 1;
+  const int64_t length = x2d.size(0) / batch;
+  const View a = view_of(x2d, {batch, length, k}, {length * k, k, 1});
+  const View c = view_of(out, {batch, length, n}, {length * n, n, 1});
+  const View plain = view_of(w, {1, k, n}, {n * k, 1, k});
+  at::Tensor rows;
+  View row_view;
+  if (row_bias.defined()) {
+    rows = row_bias.contiguous();
+    row_view = view_of(rows, {batch, 1, n}, {n, n, 1});
+    epilogue.row_addend = &row_view;
+  }
   std::shared_ptr<Primitive> primitive;
   try {
     primitive = primitive_for(a, plain, bias_data != nullptr, c, epilogue, /*packed=*/true);
@@ -273,8 +299,8 @@ bool matmul(const View&, const View&, const float*, const View&, const EpilogueS
   return false;
 }
 
-at::Tensor linear_frozen(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                         const EpilogueSpec&, const at::Tensor&) {
+at::Tensor linear_frozen(const at::Tensor&, const at::Tensor&, const at::Tensor&, EpilogueSpec,
+                         const at::Tensor&, const at::Tensor&) {
   return {};
 }
 

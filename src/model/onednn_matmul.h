@@ -38,6 +38,10 @@ struct EpilogueSpec {
   Epilogue kind = Epilogue::kNone;
   float scale = 1;
   const View* addend = nullptr;  // kScaleAdd only
+  // Added right after the product, before the epilogue's activation: one
+  // bias per batch row, [B, 1, N] against c [B, L, N] (a mixed batch's
+  // per-task biases).
+  const View* row_addend = nullptr;
 };
 
 bool available();
@@ -55,9 +59,12 @@ bool matmul(const View& a, const View& b, const float* bias, const View& c,
 // prefers and the copy kept while W is alive and unchanged (same version
 // counter): packing a plain W on every call costs as much as the product
 // itself at small M. kAccumulate adds the product onto `residual` (shaped as
-// the result; not modified). Undefined where oneDNN has no implementation.
+// the result; not modified). `row_bias` [B, N] for x [B, L, K] adds each
+// batch row's own bias before the activation. Undefined where oneDNN has no
+// implementation.
 at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                         const EpilogueSpec& epilogue = {}, const at::Tensor& residual = {});
+                         EpilogueSpec epilogue = {}, const at::Tensor& residual = {},
+                         const at::Tensor& row_bias = {});
 
 // Bytes held by packed weight copies (reported next to resident memory).
 int64_t packed_weight_bytes();

@@ -442,7 +442,7 @@ void Engine::run_batch(std::vector<Row>& batch) {
     for (const auto& indices : passes) {
       std::vector<MixedRow> group;
       for (size_t i : indices) group.push_back(rows[i]);
-      auto out = mixed_forward(*model_, group, tokenizer_->pad_token_id());
+      auto out = mixed_forward(*model_, group, tokenizer_->pad_token_id(), options_.mixed);
       for (size_t k = 0; k < indices.size(); ++k) logits[indices[k]] = out[k];
     }
     metrics_.observe("deltatune_inference_duration_seconds", seconds_since(start));

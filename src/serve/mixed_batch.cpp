@@ -7,6 +7,7 @@
 #include <string>
 
 #include "deltatune/error.h"
+#include "deltatune/model/fused_kernels.h"
 #include "deltatune/model/linear_kernel.h"
 
 namespace deltatune::serve {
@@ -73,33 +74,83 @@ class MixedPass {
  private:
   int64_t batch() const { return static_cast<int64_t>(rows_.size()); }
 
-  template <typename Map>
-  bool any_task_has(Map ServedTask::*member, const std::string& name) const {
+  template <typename Map, typename Key>
+  bool any_task_has(Map ServedTask::*member, const Key& name) const {
     for (const ServedTask* t : tasks_)
       if ((t->*member).count(name)) return true;
     return false;
   }
 
-  // [B, n]: each row's value of the 1-D parameter `name` (its task's, else
-  // the base's); undefined when no task in the batch replaces it.
-  at::Tensor row_vectors(const std::string& name, const at::Tensor& base) const {
-    if (!base.defined() || !any_task_has(&ServedTask::vectors, name)) return {};
+  // Each row's value of the 1-D parameter `name` (its task's, else the
+  // base's): `shared` [n] when every row of the batch has the same one (a
+  // one-task batch, or no task replaces it), so the plain broadcast and the
+  // fused kernels apply; else `table` [B, n].
+  struct RowVectors {
+    at::Tensor shared, table;
+  };
+  RowVectors vectors_of(const std::string& name, const at::Tensor& base) const {
+    if (!base.defined() || !any_task_has(&ServedTask::vectors, name)) return {base, {}};
+    if (tasks_.size() == 1) return {tasks_.front()->vector(name), {}};
     std::vector<at::Tensor> per_slot;
     for (const ServedTask* t : tasks_) {
       at::Tensor own = t->vector(name);
       per_slot.push_back(own.defined() ? own : base);
     }
-    return at::stack(per_slot).index_select(0, slot_);
+    return {{}, at::stack(per_slot).index_select(0, slot_)};
+  }
+
+  // z + each row's bias, for rows `rows` of the batch (all rows when undefined).
+  static at::Tensor add_bias(const at::Tensor& z, const RowVectors& bias, const at::Tensor& rows) {
+    if (bias.table.defined())
+      return z + per_row(rows.defined() ? bias.table.index_select(0, rows) : bias.table, z.dim());
+    return bias.shared.defined() ? z + bias.shared : z;
+  }
+
+  // Whether every row's Dense `name` is the base product plus its bias: no
+  // task of the batch changes its weight or hooks it. Then the fused
+  // inference kernels apply, with each row's bias in the product's epilogue.
+  bool plain_dense(const std::string& name, const at::Tensor& x) const {
+    const std::string weight = name + ".weight";
+    // Rows with different biases run as a batched product, one GEMM per row,
+    // only for long rows (MixedOptions::row_bias_min_length).
+    const bool biases_differ =
+        tasks_.size() > 1 && any_task_has(&ServedTask::vectors, name + ".bias");
+    if (biases_differ && (x.dim() < 3 || x.size(1) < options_.row_bias_min_length)) return false;
+    return !any_task_has(&ServedTask::matrices, weight) &&
+           !any_task_has(&ServedTask::sparse_changes, weight) &&
+           !any_task_has(&ServedTask::dense_deltas, name);
+  }
+
+  // act(dense(x)) for the FFN's first product.
+  at::Tensor dense_activation(const std::string& name, model::DenseImpl& d, const at::Tensor& x) {
+    if (plain_dense(name, x)) {
+      RowVectors bias = vectors_of(name + ".bias", d.bias);
+      return model::linear_activation(x, model::weight_operand({d.weight}), bias.shared,
+                                      config_.hidden_act, bias.table);
+    }
+    return model::activation(dense(name, d, x), config_.hidden_act);
+  }
+
+  // A sub-layer's output: dense -> each row's adapter -> LayerNorm(. + residual).
+  at::Tensor sublayer_output(const std::string& site, model::SublayerOutputImpl& out,
+                             const at::Tensor& x, const at::Tensor& residual) {
+    const std::string name = site + ".dense";
+    if (plain_dense(name, x) && !any_task_has(&ServedTask::adapters, site)) {
+      RowVectors bias = vectors_of(name + ".bias", out.dense->bias);
+      return layer_norm(site + ".LayerNorm", *out.LayerNorm,
+                        model::linear_residual(x, model::weight_operand({out.dense->weight}),
+                                               bias.shared, residual, bias.table));
+    }
+    return finish(site, out, dense(name, *out.dense, x), residual);
   }
 
   // The Dense `name`'s output for every row: the shared product plus each
   // row's task part.
   at::Tensor dense(const std::string& name, model::DenseImpl& d, const at::Tensor& x) {
-    at::Tensor bias_rows = row_vectors(name + ".bias", d.bias);
-    at::Tensor y = model::linear(x, model::weight_operand({d.weight}),
-                                 bias_rows.defined() ? at::Tensor() : d.bias);
-    if (bias_rows.defined()) y = y + per_row(bias_rows, y.dim());
-    return task_parts(name, d, x, y, bias_rows);
+    RowVectors bias = vectors_of(name + ".bias", d.bias);
+    at::Tensor y = model::linear(x, model::weight_operand({d.weight}), bias.shared);
+    if (bias.table.defined()) y = add_bias(y, bias, {});
+    return task_parts(name, d, x, y, bias);
   }
 
   // Query, key and value from one fused product, as the encoder computes them.
@@ -107,22 +158,21 @@ class MixedPass {
                                           const at::Tensor& x) {
     model::DenseImpl* parts[] = {self.query.get(), self.key.get(), self.value.get()};
     const std::string names[] = {name + ".query", name + ".key", name + ".value"};
-    at::Tensor bias_rows[3];
-    bool any_bias = false;
+    RowVectors bias[3];
+    bool any_table = false;
     for (int i = 0; i < 3; ++i) {
-      bias_rows[i] = row_vectors(names[i] + ".bias", parts[i]->bias);
-      any_bias = any_bias || bias_rows[i].defined();
+      bias[i] = vectors_of(names[i] + ".bias", parts[i]->bias);
+      any_table = any_table || bias[i].table.defined();
     }
     at::Tensor fused = model::linear(
         x, model::weight_operand({parts[0]->weight, parts[1]->weight, parts[2]->weight}),
-        any_bias ? at::Tensor() : at::cat({parts[0]->bias, parts[1]->bias, parts[2]->bias}));
+        any_table ? at::Tensor() : at::cat({bias[0].shared, bias[1].shared, bias[2].shared}));
     auto chunks = fused.chunk(3, -1);
     std::vector<at::Tensor> out;
     for (int i = 0; i < 3; ++i) {
       at::Tensor y = chunks[static_cast<size_t>(i)];
-      if (any_bias)
-        y = bias_rows[i].defined() ? y + per_row(bias_rows[i], y.dim()) : y + parts[i]->bias;
-      out.push_back(task_parts(names[i], *parts[i], x, y, bias_rows[i]));
+      if (any_table) y = add_bias(y, bias[i], {});
+      out.push_back(task_parts(names[i], *parts[i], x, y, bias[i]));
     }
     return out;
   }
@@ -130,7 +180,7 @@ class MixedPass {
   // y (the shared product with each row's bias) -> with each row's weight
   // changes and hooks.
   at::Tensor task_parts(const std::string& name, model::DenseImpl& d, const at::Tensor& x,
-                        at::Tensor y, const at::Tensor& bias_rows) {
+                        at::Tensor y, const RowVectors& bias) {
     const std::string weight = name + ".weight";
     RowUpdates updates;
     std::vector<int64_t> low_rows;
@@ -141,18 +191,16 @@ class MixedPass {
       const ServedTask* t = tasks_[s];
       const at::Tensor& rows = row_index_[s];
       if (auto found = t->matrices.find(weight); found != t->matrices.end()) {
-        at::Tensor z = model::linear(x.index_select(0, rows), found->second, at::Tensor());
-        z = bias_rows.defined() ? z + per_row(bias_rows.index_select(0, rows), z.dim())
-                                : (d.bias.defined() ? z + d.bias : z);
+        at::Tensor z = add_bias(model::linear(x.index_select(0, rows), found->second, at::Tensor()),
+                                bias, rows);
         updates.copy_rows.push_back(rows);
         updates.copy_values.push_back(z);
       }
       if (auto found = t->sparse_changes.find(weight); found != t->sparse_changes.end()) {
         at::Tensor xr = x.index_select(0, rows);
         if (options_.sparse_weights == SparseWeights::kMerged) {
-          at::Tensor z = model::linear(xr, d.weight + found->second, at::Tensor());
-          z = bias_rows.defined() ? z + per_row(bias_rows.index_select(0, rows), z.dim())
-                                  : (d.bias.defined() ? z + d.bias : z);
+          at::Tensor z =
+              add_bias(model::linear(xr, d.weight + found->second, at::Tensor()), bias, rows);
           updates.copy_rows.push_back(rows);
           updates.copy_values.push_back(z);
         } else {
@@ -203,13 +251,16 @@ class MixedPass {
 
   at::Tensor layer_norm(const std::string& name, torch::nn::LayerNormImpl& norm,
                         const at::Tensor& x) {
-    at::Tensor gains = row_vectors(name + ".weight", norm.weight);
-    at::Tensor shifts = row_vectors(name + ".bias", norm.bias);
-    if (!gains.defined() && !shifts.defined()) return norm.forward(x);
+    RowVectors gains = vectors_of(name + ".weight", norm.weight);
+    RowVectors shifts = vectors_of(name + ".bias", norm.bias);
+    if (!gains.table.defined() && !shifts.table.defined())
+      return at::layer_norm(x, norm.options.normalized_shape(), gains.shared, shifts.shared,
+                            norm.options.eps());
     at::Tensor normalized =
         at::layer_norm(x, norm.options.normalized_shape(), {}, {}, norm.options.eps());
-    return normalized * (gains.defined() ? per_row(gains, x.dim()) : norm.weight) +
-           (shifts.defined() ? per_row(shifts, x.dim()) : norm.bias);
+    return at::addcmul(shifts.table.defined() ? per_row(shifts.table, x.dim()) : shifts.shared,
+                       normalized,
+                       gains.table.defined() ? per_row(gains.table, x.dim()) : gains.shared);
   }
 
   // Rows of table `name` for ids [B, L], each row from its task's table.
@@ -402,9 +453,13 @@ class MixedPass {
       values = at::cat({pv, values}, 1);
     }
     at::Tensor context = l->attention->self->attend(qkv[0], keys, values, additive_mask_);
-    at::Tensor attended = finish(
-        at + ".attention.output", *l->attention->output,
-        dense(at + ".attention.output.dense", *l->attention->output->dense, context), hidden);
+    at::Tensor attended =
+        sublayer_output(at + ".attention.output", *l->attention->output, context, hidden);
+    if (!any_task_has(&ServedTask::feed_forwards, index)) {
+      at::Tensor inner =
+          dense_activation(at + ".intermediate.dense", *l->intermediate->dense, attended);
+      return sublayer_output(at + ".output", *l->output, inner, attended);
+    }
     at::Tensor inner = model::activation(
         dense(at + ".intermediate.dense", *l->intermediate->dense, attended), config_.hidden_act);
     at::Tensor projected = dense(at + ".output.dense", *l->output->dense, inner);

@@ -61,6 +61,22 @@ TEST_F(FusedKernels, LinearResidualEqualsPlainAndLeavesTheResidualAlone) {
   EXPECT_TRUE(at::equal(residual, before));
 }
 
+TEST_F(FusedKernels, PerRowBiasesInTheEpilogueEqualThePlainBroadcast) {
+  // A mixed batch: each of 3 rows carries its own task's bias, added before
+  // the activation (and, for a sub-layer output, beside the residual).
+  at::manual_seed(6);
+  at::Tensor x = at::randn({3, 5, 24}), w = at::randn({16, 24}) * 0.3;
+  at::Tensor rows = at::randn({3, 16}), residual = at::randn({3, 5, 16});
+  auto [plain, fused] =
+      plain_and_fused([&] { return linear_activation(x, w, at::Tensor(), "gelu", rows); });
+  EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << max_diff(fused, plain);
+  EXPECT_TRUE(at::allclose(plain, at::gelu(at::linear(x, w) + rows.unsqueeze(1)), 1e-5, 1e-5));
+  std::tie(plain, fused) =
+      plain_and_fused([&] { return linear_residual(x, w, at::Tensor(), residual, rows); });
+  EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << max_diff(fused, plain);
+  EXPECT_TRUE(at::allclose(plain, at::linear(x, w) + rows.unsqueeze(1) + residual, 1e-5, 1e-5));
+}
+
 TEST_F(FusedKernels, AttentionOnStridedHeadsWithPaddingAndPrefixesEqualsPlain) {
   at::manual_seed(3);
   const int64_t batch = 3, length = 9, heads = 4, width = 32;

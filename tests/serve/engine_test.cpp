@@ -131,6 +131,17 @@ TEST(MixedBatch, EveryMethodsRowsInOnePassEqualTheirTaskModelAlone) {
     EXPECT_EQ(name.rfind("bert.pooler.", 0), 0u) << name;
 }
 
+TEST(MixedBatch, PerRowBiasEpiloguesGiveTheSameScores) {
+  EngineOptions options;
+  options.max_client_batch_size = 256;
+  options.mixed.row_bias_min_length = 0;  // every pass, however short its rows
+  auto engine = make_engine(options);
+  for (const auto& spec : served_delta_specs())
+    engine->load_task(spec.name, served_deltas_dir() / spec.name);
+  auto [request, references] = mixed_request();
+  expect_equal_to_alone(*engine, engine->predict(request), references);
+}
+
 TEST(MixedBatch, GroupingRowsPerTaskGivesTheSameScores) {
   EngineOptions options;
   options.group_per_task = true;

@@ -20,13 +20,15 @@ at::Tensor activation(const at::Tensor& x, const std::string& name);
 
 // act(x W^T + b): the activation (model::activation's names) applied in the
 // product's epilogue, while the output tile is in cache.
+// `row_bias` [B, N] for x [B, L, K], when defined, adds each batch row's own
+// bias before the activation (a mixed batch's per-task biases).
 at::Tensor linear_activation(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                             const std::string& activation);
+                             const std::string& activation, const at::Tensor& row_bias = {});
 
 // x W^T + b + residual: a sub-layer's projection and its residual connection
 // in one pass (the product accumulates onto a copy of the residual).
 at::Tensor linear_residual(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                           const at::Tensor& residual);
+                           const at::Tensor& residual, const at::Tensor& row_bias = {});
 
 // Multi-head scaled dot-product attention (Vaswani et al., eq. 1):
 // softmax(Q K^T / sqrt(d) + mask) V for each of `heads` heads of width d.

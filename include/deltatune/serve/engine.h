@@ -28,6 +28,7 @@
 
 #include "deltatune/error.h"
 #include "deltatune/serve/metrics.h"
+#include "deltatune/serve/mixed_batch.h"
 #include "deltatune/serve/served_task.h"
 #include "deltatune/text/tokenizer.h"
 #include "deltatune/train/task_model.h"
@@ -65,6 +66,7 @@ struct EngineOptions {
   // the padding that saves outweighs this cost of one more pass, in tokens.
   // Very large: one pass.
   std::size_t pass_overhead_tokens = 192;
+  MixedOptions mixed;  // how a pass computes rows of different tasks
 };
 
 // Splits rows (their token counts) into groups of similar length, each one
