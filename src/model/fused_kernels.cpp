@@ -6,8 +6,6 @@
 
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <initializer_list>
 
 #include "deltatune/model/linear_kernel.h"
@@ -18,10 +16,7 @@ namespace deltatune::model {
 namespace {
 
 std::atomic<bool>& fused_enabled() {
-  static std::atomic<bool> enabled{[] {
-    const char* env = std::getenv("DELTATUNE_FUSED");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }()};
+  static std::atomic<bool> enabled{onednn::switched_on("DELTATUNE_FUSED")};
   return enabled;
 }
 
@@ -41,19 +36,15 @@ bool fusable(std::initializer_list<const at::Tensor*> tensors) {
   return true;
 }
 
-bool epilogue_for(const std::string& name, onednn::Epilogue* epilogue) {
+// The epilogue computing config.hidden_act `name`; config.cpp admits only
+// these names, "silu" / "swish" being the last.
+onednn::Epilogue epilogue_for(const std::string& name) {
   using onednn::Epilogue;
-  if (name == "gelu")
-    *epilogue = Epilogue::kGelu;
-  else if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast")
-    *epilogue = Epilogue::kGeluTanh;
-  else if (name == "relu")
-    *epilogue = Epilogue::kRelu;
-  else if (name == "silu" || name == "swish")
-    *epilogue = Epilogue::kSilu;
-  else
-    return false;
-  return true;
+  if (name == "gelu") return Epilogue::kGelu;
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast")
+    return Epilogue::kGeluTanh;
+  if (name == "relu") return Epilogue::kRelu;
+  return Epilogue::kSilu;
 }
 
 at::Tensor plain_attention(const at::Tensor& queries, const at::Tensor& keys,
@@ -80,24 +71,6 @@ at::Tensor plain_attention(const at::Tensor& queries, const at::Tensor& keys,
   return context.transpose(1, 2).reshape({batch, length, heads * head_dim});
 }
 
-}  // namespace
-
-at::Tensor activation(const at::Tensor& x, const std::string& name) {
-  if (name == "gelu") return at::gelu(x);
-  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast")
-    return at::gelu(x, "tanh");
-  if (name == "relu") return at::relu(x);
-  return at::silu(x);  // "silu" / "swish"; config.cpp admits no other name
-}
-
-// [B, N] -> [B, 1, .., 1, N] broadcasting over x's tokens.
-at::Tensor per_row(const at::Tensor& row_bias, int64_t dims) {
-  std::vector<int64_t> shape(static_cast<size_t>(dims), 1);
-  shape.front() = row_bias.size(0);
-  shape.back() = row_bias.size(1);
-  return row_bias.view(shape);
-}
-
 // x W^T + b (+ each row's bias), the plain composition.
 at::Tensor plain_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                         const at::Tensor& row_bias) {
@@ -110,12 +83,32 @@ bool row_bias_fits(const at::Tensor& x, const at::Tensor& row_bias) {
          (x.dim() >= 2 && row_bias.dim() == 2 && row_bias.size(0) == x.size(0) && x.size(0) > 0);
 }
 
+}  // namespace
+
+at::Tensor activation(const at::Tensor& x, const std::string& name) {
+  switch (epilogue_for(name)) {
+    case onednn::Epilogue::kGelu:
+      return at::gelu(x);
+    case onednn::Epilogue::kGeluTanh:
+      return at::gelu(x, "tanh");
+    case onednn::Epilogue::kRelu:
+      return at::relu(x);
+    default:
+      return at::silu(x);
+  }
+}
+
+at::Tensor per_row(const at::Tensor& table, int64_t dims) {
+  std::vector<int64_t> shape(static_cast<size_t>(dims), 1);
+  shape.front() = table.size(0);
+  shape.back() = table.size(1);
+  return table.view(shape);
+}
+
 at::Tensor linear_activation(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                              const std::string& name, const at::Tensor& row_bias) {
-  onednn::Epilogue kind;
-  if (fusable({&x, &weight, &bias, &row_bias}) && x.dim() >= 2 && row_bias_fits(x, row_bias) &&
-      epilogue_for(name, &kind))
-    if (at::Tensor out = onednn::linear_frozen(x, weight, bias, {kind}, {}, row_bias);
+  if (fusable({&x, &weight, &bias, &row_bias}) && x.dim() >= 2 && row_bias_fits(x, row_bias))
+    if (at::Tensor out = onednn::linear_frozen(x, weight, bias, {epilogue_for(name)}, {}, row_bias);
         out.defined())
       return out;
   return activation(plain_linear(x, weight, bias, row_bias), name);

@@ -6,8 +6,6 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -19,10 +17,7 @@ namespace deltatune::model {
 namespace {
 
 std::atomic<bool>& onednn_enabled() {
-  static std::atomic<bool> enabled{[] {
-    const char* env = std::getenv("DELTATUNE_ONEDNN");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }()};
+  static std::atomic<bool> enabled{onednn::switched_on("DELTATUNE_ONEDNN")};
   return enabled;
 }
 
@@ -158,10 +153,7 @@ at::Tensor weight_operand(const std::vector<at::Tensor>& parts) {
   const at::ScalarType dtype =
       autocast ? at::autocast::get_autocast_cpu_dtype() : parts.front().scalar_type();
   // DELTATUNE_PREPARED_WEIGHTS=0 turns the reuse off (plain autocast), for comparisons.
-  static const bool reuse = [] {
-    const char* env = std::getenv("DELTATUNE_PREPARED_WEIGHTS");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
+  static const bool reuse = onednn::switched_on("DELTATUNE_PREPARED_WEIGHTS");
   if (!frozen || !reuse) return parts.size() == 1 ? parts.front() : at::cat(parts);
   if (parts.size() == 1 && dtype == parts.front().scalar_type()) return parts.front();
 

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -21,6 +22,11 @@ View view_of(const at::Tensor& tensor, std::vector<int64_t> dims, std::vector<in
   view.dims = dims.empty() ? tensor.sizes().vec() : std::move(dims);
   view.strides = strides.empty() ? tensor.strides().vec() : std::move(strides);
   return view;
+}
+
+bool switched_on(const char* variable) {
+  const char* value = std::getenv(variable);
+  return value == nullptr || std::strcmp(value, "0") != 0;
 }
 
 #ifdef DELTATUNE_HAVE_ONEDNN
@@ -197,7 +203,19 @@ std::map<const void*, std::vector<PackedWeight>>& packed_weights() {
 at::Tensor packed_for(const at::Tensor& weight, const View& plain, const memory::desc& layout) {
   std::lock_guard<std::mutex> lock(packed_mutex());
   auto& cache = packed_weights();
-  for (auto it = cache.begin(); it != cache.end();) {  // drop copies of freed weights
+  if (auto found = cache.find(weight.unsafeGetTensorImpl()); found != cache.end()) {
+    auto& list = found->second;
+    for (auto it = list.begin(); it != list.end(); ++it) {
+      if (it->layout != layout) continue;
+      if (it->source.lock().get() == weight.unsafeGetTensorImpl() &&
+          it->version == weight._version())
+        return it->buffer;
+      list.erase(it);  // changed since it was packed
+      break;
+    }
+  }
+  // A miss: drop the copies of freed weights before making a new one.
+  for (auto it = cache.begin(); it != cache.end();) {
     auto& list = it->second;
     list.erase(std::remove_if(list.begin(), list.end(),
                               [](const PackedWeight& p) { return p.source.expired(); }),
@@ -205,13 +223,6 @@ at::Tensor packed_for(const at::Tensor& weight, const View& plain, const memory:
     it = list.empty() ? cache.erase(it) : ++it;
   }
   auto& list = cache[weight.unsafeGetTensorImpl()];
-  for (auto it = list.begin(); it != list.end(); ++it) {
-    if (it->layout != layout) continue;
-    if (it->source.lock().get() == weight.unsafeGetTensorImpl() && it->version == weight._version())
-      return it->buffer;
-    list.erase(it);  // changed since it was packed
-    break;
-  }
   PackedWeight packed{
       c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>(weight.getIntrusivePtr()),
       weight._version(), layout,
@@ -282,15 +293,6 @@ at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at
   return out.view(sizes);
 }
 
-int64_t packed_weight_bytes() {
-  std::lock_guard<std::mutex> lock(packed_mutex());
-  int64_t bytes = 0;
-  for (const auto& [impl, list] : packed_weights())
-    for (const auto& p : list)
-      if (!p.source.expired()) bytes += p.buffer.numel();
-  return bytes;
-}
-
 #else  // no oneDNN in this build
 
 bool available() { return false; }
@@ -303,8 +305,6 @@ at::Tensor linear_frozen(const at::Tensor&, const at::Tensor&, const at::Tensor&
                          const at::Tensor&, const at::Tensor&) {
   return {};
 }
-
-int64_t packed_weight_bytes() { return 0; }
 
 #endif
 

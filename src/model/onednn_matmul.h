@@ -46,6 +46,10 @@ struct EpilogueSpec {
 
 bool available();
 
+// An environment switch of the kernels (DELTATUNE_ONEDNN, DELTATUNE_FUSED,
+// ...): on unless the variable is set to "0".
+bool switched_on(const char* variable);
+
 // c = epilogue(a b + bias), a [.., M, K], b [.., K, N], c [.., M, N], bias
 // [N] or null. Primitives are cached by shape, strides and epilogue. False,
 // with c untouched, where oneDNN has no implementation for these layouts
@@ -65,8 +69,5 @@ bool matmul(const View& a, const View& b, const float* bias, const View& c,
 at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                          EpilogueSpec epilogue = {}, const at::Tensor& residual = {},
                          const at::Tensor& row_bias = {});
-
-// Bytes held by packed weight copies (reported next to resident memory).
-int64_t packed_weight_bytes();
 
 }  // namespace deltatune::model::onednn

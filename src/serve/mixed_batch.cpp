@@ -13,13 +13,7 @@
 namespace deltatune::serve {
 namespace {
 
-// [B, n] -> [B, 1, ..., 1, n] with `dims` dimensions, to broadcast over tokens.
-at::Tensor per_row(const at::Tensor& table, int64_t dims) {
-  std::vector<int64_t> shape(static_cast<size_t>(dims), 1);
-  shape.front() = table.size(0);
-  shape.back() = table.size(1);
-  return table.view(shape);
-}
+using model::per_row;
 
 at::Tensor pad_dim1(const at::Tensor& x, int64_t length, double value = 0) {
   const int64_t missing = length - x.size(1);
@@ -455,13 +449,10 @@ class MixedPass {
     at::Tensor context = l->attention->self->attend(qkv[0], keys, values, additive_mask_);
     at::Tensor attended =
         sublayer_output(at + ".attention.output", *l->attention->output, context, hidden);
-    if (!any_task_has(&ServedTask::feed_forwards, index)) {
-      at::Tensor inner =
-          dense_activation(at + ".intermediate.dense", *l->intermediate->dense, attended);
+    at::Tensor inner =
+        dense_activation(at + ".intermediate.dense", *l->intermediate->dense, attended);
+    if (!any_task_has(&ServedTask::feed_forwards, index))
       return sublayer_output(at + ".output", *l->output, inner, attended);
-    }
-    at::Tensor inner = model::activation(
-        dense(at + ".intermediate.dense", *l->intermediate->dense, attended), config_.hidden_act);
     at::Tensor projected = dense(at + ".output.dense", *l->output->dense, inner);
     RowUpdates replaced;  // a task's own feed-forward module replaces the pair
     for (size_t s = 0; s < tasks_.size(); ++s) {

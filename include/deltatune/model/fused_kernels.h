@@ -18,6 +18,10 @@ namespace deltatune::model {
 // The FFN activation named by config.hidden_act ("gelu", "gelu_new", "relu", ...).
 at::Tensor activation(const at::Tensor& x, const std::string& name);
 
+// [B, n] -> [B, 1, .., 1, n] with `dims` dimensions: a table of one vector
+// per batch row (a mixed batch's per-task biases) broadcast over tokens.
+at::Tensor per_row(const at::Tensor& table, int64_t dims);
+
 // act(x W^T + b): the activation (model::activation's names) applied in the
 // product's epilogue, while the output tile is in cache.
 // `row_bias` [B, N] for x [B, L, K], when defined, adds each batch row's own
