@@ -91,7 +91,7 @@ def command(side, args, task, method, seed, run_dir):
               "--epochs", str(args.epochs[method]), "--max-length", str(args.max_length)]
     common += ["--threads", str(args.threads)]
     if side in ("ours", "ours-bf16"):
-        cmd = [args.deltatune, "train", "--model", args.model, "--method", name, "--json",
+        cmd = [args.deltatune, "train", "--model", args.model, "--method", name, "--json", "--overwrite",
                "--out", run_dir] + common
         if side == "ours-bf16":
             cmd.append("--bf16")

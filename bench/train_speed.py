@@ -96,7 +96,7 @@ def main():
                         if precision.startswith("bf16"):
                             common.append("--bf16")
                         if side.startswith("ours"):
-                            cmd = [args.deltatune, "train", "--json", "--out",
+                            cmd = [args.deltatune, "train", "--json", "--overwrite", "--out",
                                    f"/tmp/deltatune-speed-{os.getpid()}"] + common
                             cmd += PEFT_LAYOUT.get(method, [])  # what the PEFT side computes
                         else:

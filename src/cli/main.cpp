@@ -4,6 +4,7 @@
 
 #include <fmt/core.h>
 #include <CLI/CLI.hpp>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -13,7 +14,6 @@
 
 #include "commands.h"
 #include "deltatune/error.h"
-#include "deltatune/version.h"
 #include "deltatune/io/cpus.h"
 #include "deltatune/methods/method.h"
 #include "deltatune/model/batch.h"
@@ -21,6 +21,8 @@
 #include "deltatune/model/parameter_groups.h"
 #include "deltatune/model/pretrained.h"
 #include "deltatune/text/tokenizer.h"
+#include "deltatune/train/interrupt.h"
+#include "deltatune/version.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -367,6 +369,9 @@ int main(int argc, char** argv) {
   cli::register_serve_verb(app, action, common.threads);
 
   CLI11_PARSE(app, argc, argv);
+  // A write past RLIMIT_FSIZE fails with EFBIG and a clear error instead of
+  // killing the process mid-file.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     // Debian's LibTorch starts with one intra-op thread; use every CPU this
     // process may run on (affinity and cgroup quota) unless told otherwise.
@@ -383,6 +388,9 @@ int main(int argc, char** argv) {
     if (*info) return run_info(common, num_labels);
     if (*download) return run_download(repo_id, out_dir, revision, common.json_output);
     if (action) return action();
+  } catch (const train::Interrupted& e) {
+    std::cerr << "deltatune: " << e.what() << "\n";
+    return e.exit_status();
   } catch (const Error& e) {
     std::cerr << "deltatune: error: " << e.what() << "\n";
     return 1;

@@ -27,6 +27,7 @@ struct ServeOptions {
   serve::EngineOptions engine;
   double max_wait_ms = 2;
   bool group_per_task = false;
+  bool allow_base_mismatch = false;
 };
 
 int run_serve(ServeOptions& o) {
@@ -51,7 +52,9 @@ int run_serve(ServeOptions& o) {
   if (deltas.empty()) fmt::print(stderr, "deltatune serve: no task yet (POST /tasks loads one)\n");
   o.engine.max_wait = std::chrono::microseconds(static_cast<int64_t>(o.max_wait_ms * 1000));
   o.engine.group_per_task = o.group_per_task;
-  serve::Engine engine(train::load_base(o.model_dir), text::load_tokenizer(o.model_dir), o.engine);
+  train::BaseModel base = train::load_base(o.model_dir);
+  base.allow_mismatch = o.allow_base_mismatch;
+  serve::Engine engine(std::move(base), text::load_tokenizer(o.model_dir), o.engine);
   const auto start = std::chrono::steady_clock::now();
   for (const auto& [name, dir] : deltas) engine.load_task(name, dir);
   if (!deltas.empty())
@@ -90,8 +93,9 @@ void register_serve_verb(CLI::App& app, Action& action, int& threads) {
       ->capture_default_str();
   serve->add_option("--tokenization-workers", o->engine.tokenizer_threads, "tokenizer threads")
       ->capture_default_str();
-  serve->add_option("--batch-workers", o->engine.batch_workers,
-                    "batches run at once, sharing --threads")
+  serve
+      ->add_option("--batch-workers", o->engine.batch_workers,
+                   "batches run at once, sharing --threads")
       ->capture_default_str();
   serve->add_flag("--auto-truncate", o->engine.auto_truncate,
                   "truncate inputs over a task's max length instead of refusing them");
@@ -99,12 +103,16 @@ void register_serve_verb(CLI::App& app, Action& action, int& threads) {
       ->capture_default_str();
   serve->add_option("--http-threads", o->http.http_threads, "connections served at once")
       ->capture_default_str();
-  serve->add_option("--pass-overhead-tokens", o->engine.pass_overhead_tokens,
-                    "a batch splits into passes over rows of similar length when the padding "
-                    "saved exceeds this many tokens per extra pass")
+  serve
+      ->add_option("--pass-overhead-tokens", o->engine.pass_overhead_tokens,
+                   "a batch splits into passes over rows of similar length when the padding "
+                   "saved exceeds this many tokens per extra pass")
       ->capture_default_str();
   serve->add_flag("--group-per-task", o->group_per_task,
                   "run each task's rows of a batch separately (for comparison)");
+  serve->add_flag("--allow-base-mismatch", o->allow_base_mismatch,
+                  "load deltas made on another base (checksum differs) with a warning instead "
+                  "of refusing them");
   serve->add_option("--threads", threads,
                     "intra-op threads of the forward pass (0: every CPU the process may use)");
   serve->callback([&action, o] { action = [o] { return run_serve(*o); }; });

@@ -20,6 +20,7 @@
 #include "deltatune/methods/peft_format.h"
 #include "deltatune/text/tokenizer.h"
 #include "deltatune/train/export.h"
+#include "deltatune/train/interrupt.h"
 #include "deltatune/train/prompt_ensemble.h"
 #include "deltatune/train/task_model.h"
 
@@ -173,6 +174,17 @@ TaskData read_eval_data(DataOptions d, const methods::Delta& delta, const std::s
   return out;
 }
 
+// The base a delta is applied to; a delta of another base is refused unless
+// --allow-base-mismatch asked for it to be applied with a warning.
+train::BaseModel base_for_deltas(const std::string& model_dir, bool allow_base_mismatch) {
+  train::BaseModel base = train::load_base(model_dir);
+  base.allow_mismatch = allow_base_mismatch;
+  return base;
+}
+
+const char* const kAllowBaseMismatchHelp =
+    "apply a delta made on another base (checksum differs) with a warning instead of refusing it";
+
 // The reference recipes (docs/METHODS.md "Recipes") as defaults per method.
 struct Recipe {
   double learning_rate;
@@ -230,6 +242,7 @@ struct TrainOptions {
   std::optional<double> dropout;  // overrides the config's dropout rates
   std::string init_from;          // safetensors of starting values by parameter name
   bool resume = false;
+  bool overwrite = false;
   bool json_output = false;
 };
 
@@ -371,8 +384,9 @@ int run_train(TrainOptions& o) {
   std::vector<std::pair<std::string, const data::EncodedDataset*>> extra_eval;
   for (size_t i = 0; i < other_dev_sets.size(); ++i)
     extra_eval.emplace_back(task_data.other_dev[i].first, &other_dev_sets[i]);
+  train::StopOnSignals stop_on_signals;  // SIGINT/SIGTERM: checkpoint, exit 130/143
   train::MethodRun run = train::run_method(task_model, *method, task_data.task, c, train_set,
-                                           dev_set, extra_eval, o.resume);
+                                           dev_set, extra_eval, o.resume, o.overwrite);
   const train::TrainResult& result = run.result;
   const json& stages = run.stages;
 
@@ -425,6 +439,7 @@ struct EvalOptions {
   int64_t batch_size = 64;
   bool bf16 = false;
   bool json_output = false;
+  bool allow_base_mismatch = false;
 };
 
 // Several prompt-tuning deltas of one task evaluated as one ensemble, each
@@ -433,7 +448,7 @@ int run_ensemble_eval(EvalOptions& o) {
   std::vector<methods::Delta> deltas{methods::Delta::load(o.delta_dir)};
   for (const auto& dir : o.more_deltas) deltas.push_back(methods::Delta::load(dir));
   const train::EnsembleCombine combine = train::parse_ensemble_combine(o.ensemble);
-  train::BaseModel base = train::load_base(o.model_dir);
+  train::BaseModel base = base_for_deltas(o.model_dir, o.allow_base_mismatch);
   train::PromptEnsemble ensemble(base, deltas);
   TaskData task_data = read_eval_data(o.data, deltas.front(), o.delta_dir);
   if (task_data.task.num_labels() != ensemble.num_labels())
@@ -469,7 +484,7 @@ int run_ensemble_eval(EvalOptions& o) {
 int run_eval(EvalOptions& o) {
   if (!o.more_deltas.empty()) return run_ensemble_eval(o);
   methods::Delta delta = methods::Delta::load(o.delta_dir);
-  train::BaseModel base = train::load_base(o.model_dir);
+  train::BaseModel base = base_for_deltas(o.model_dir, o.allow_base_mismatch);
   auto task_model = train::model_from_delta(base, delta);
   TaskData task_data = read_eval_data(o.data, delta, o.delta_dir);
   if (task_data.task.num_labels() != task_model->num_labels())
@@ -515,11 +530,12 @@ struct PredictOptions {
   std::string input, output;
   std::string text_a, text_b;
   int64_t batch_size = 64;
+  bool allow_base_mismatch = false;
 };
 
 int run_predict(PredictOptions& o) {
   methods::Delta delta = methods::Delta::load(o.delta_dir);
-  train::BaseModel base = train::load_base(o.model_dir);
+  train::BaseModel base = base_for_deltas(o.model_dir, o.allow_base_mismatch);
   auto task_model = train::model_from_delta(base, delta);
   data::TaskSpec task = train::task_of(delta);
   data::ReadOptions options;
@@ -560,9 +576,10 @@ int run_predict(PredictOptions& o) {
   return 0;
 }
 
-int run_export(const std::string& model_dir, const std::string& delta_dir, const std::string& out) {
+int run_export(const std::string& model_dir, const std::string& delta_dir, const std::string& out,
+               bool allow_base_mismatch) {
   methods::Delta delta = methods::Delta::load(delta_dir);
-  train::BaseModel base = train::load_base(model_dir);
+  train::BaseModel base = base_for_deltas(model_dir, allow_base_mismatch);
   train::export_hf_directory(base, delta, out);
   fmt::print("{} + {} -> {} (Hugging Face {} directory)\n", model_dir, delta_dir, out,
              base.config.model_type);
@@ -572,12 +589,10 @@ int run_export(const std::string& model_dir, const std::string& delta_dir, const
 // Mean |b_F - b_0| per layer and bias group (the BitFit paper's figure), as a
 // table, CSV and JSON.
 int run_analyze(const std::string& model_dir, const std::string& delta_dir, std::string out,
-                bool json_output) {
+                bool json_output, bool allow_base_mismatch) {
   methods::Delta delta = methods::Delta::load(delta_dir);
-  train::BaseModel base = train::load_base(model_dir);
-  const std::string expected = delta.meta.value("base_model", json::object()).value("checksum", "");
-  if (expected != base.checksum)
-    throw Error(delta_dir + " was not made on " + model_dir + " (base checksum differs)");
+  train::BaseModel base = base_for_deltas(model_dir, allow_base_mismatch);
+  train::check_base_identity(base, delta);
   auto changes = methods::bias_changes(delta, base.checkpoint, base.config.base_model_prefix());
   if (changes.empty()) throw Error(delta_dir + " stores no encoder biases to analyse");
   if (out.empty()) out = (fs::path(delta_dir) / "bias_changes").string();
@@ -722,6 +737,8 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   train->add_option("--seed", t->config.seed, "random seed")->capture_default_str();
   train->add_flag("--bf16", t->config.bf16, "bf16 mixed precision (autocast)");
   train->add_flag("--resume", t->resume, "continue the run in --out from its checkpoint");
+  train->add_flag("--overwrite", t->overwrite,
+                  "replace a different run that --out already holds (default: refuse)");
   train->add_flag("--json", t->json_output, "print the summary as JSON");
   train->add_option("--threads", threads, threads_help);
   train->callback([&action, t] { action = [t] { return run_train(*t); }; });
@@ -740,6 +757,7 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   eval->add_option("--batch-size", e->batch_size, "examples per batch")->capture_default_str();
   eval->add_flag("--bf16", e->bf16, "bf16 autocast");
   eval->add_flag("--json", e->json_output, "print JSON");
+  eval->add_flag("--allow-base-mismatch", e->allow_base_mismatch, kAllowBaseMismatchHelp);
   eval->add_option("--threads", threads, threads_help);
   eval->callback([&action, e] { action = [e] { return run_eval(*e); }; });
 
@@ -751,6 +769,7 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   predict->add_option("--output", p->output, "JSONL predictions (default: stdout)");
   predict->add_option("--text-a", p->text_a, "column of the first text");
   predict->add_option("--text-b", p->text_b, "column of the second text");
+  predict->add_flag("--allow-base-mismatch", p->allow_base_mismatch, kAllowBaseMismatchHelp);
   predict->add_option("--threads", threads, threads_help);
   predict->callback([&action, p] { action = [p] { return run_predict(*p); }; });
 
@@ -758,6 +777,7 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
     std::string model_dir = default_model_dir();
     std::string delta_dir, out;
     bool json_output = false;
+    bool allow_base_mismatch = false;
   };
   auto x = std::make_shared<DeltaVerbOptions>();
   auto* export_verb =
@@ -766,8 +786,10 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
       ->capture_default_str();
   export_verb->add_option("--delta,-d", x->delta_dir, "delta directory")->required();
   export_verb->add_option("--out,-o", x->out, "new directory to write")->required();
-  export_verb->callback(
-      [&action, x] { action = [x] { return run_export(x->model_dir, x->delta_dir, x->out); }; });
+  export_verb->add_flag("--allow-base-mismatch", x->allow_base_mismatch, kAllowBaseMismatchHelp);
+  export_verb->callback([&action, x] {
+    action = [x] { return run_export(x->model_dir, x->delta_dir, x->out, x->allow_base_mismatch); };
+  });
 
   auto a = std::make_shared<DeltaVerbOptions>();
   auto* analyze =
@@ -777,8 +799,12 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   analyze->add_option("--out,-o", a->out,
                       "output prefix for .csv and .json (default: <delta>/bias_changes)");
   analyze->add_flag("--json", a->json_output, "print JSON");
+  analyze->add_flag("--allow-base-mismatch", a->allow_base_mismatch, kAllowBaseMismatchHelp);
   analyze->callback([&action, a] {
-    action = [a] { return run_analyze(a->model_dir, a->delta_dir, a->out, a->json_output); };
+    action = [a] {
+      return run_analyze(a->model_dir, a->delta_dir, a->out, a->json_output,
+                         a->allow_base_mismatch);
+    };
   });
 }
 

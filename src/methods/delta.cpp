@@ -56,7 +56,6 @@ int64_t Delta::stored_bytes() const {
 }
 
 void Delta::save(const fs::path& dir) const {
-  fs::create_directories(dir);
   io::NamedTensors named;
   json index = json::object();
   for (const auto& t : tensors) {
@@ -76,8 +75,10 @@ void Delta::save(const fs::path& dir) const {
   document["tensors"] = index;
   document["stored_values"] = stored_values();
   document["stored_bytes"] = stored_bytes();
-  io::save_safetensors(dir / "delta.safetensors", named, {{"format", kFormat}});
-  io::write_text_atomically(dir / "delta.json", document.dump(2) + "\n");
+  io::write_directory_atomically(dir, [&](const fs::path& staging) {
+    io::save_safetensors(staging / "delta.safetensors", named, {{"format", kFormat}});
+    io::write_text_atomically(staging / "delta.json", document.dump(2) + "\n");
+  });
 }
 
 Delta Delta::load(const fs::path& dir) {

@@ -134,6 +134,29 @@ void DiffPruning::on_backward(model::SequenceClassifierImpl& /*model*/, int64_t 
   }
 }
 
+MethodState DiffPruning::state() const {
+  MethodState state = projected_ ? masks_state(masks_) : MethodState{};
+  state.facts = {{"relaxed_steps", relaxed_steps_}, {"projected", projected_}};
+  return state;
+}
+
+void DiffPruning::restore_state(const MethodState& state) {
+  if (state.facts.value("projected", false) != projected_)
+    throw Error(std::string("diff-pruning: the checkpoint is of the ") +
+                (projected_ ? "relaxed" : "fixed-mask") + " stage, not of the " +
+                (projected_ ? "fixed-mask" : "relaxed") + " stage being resumed");
+  relaxed_steps_ = state.facts.value("relaxed_steps", int64_t{0});
+  if (!projected_) return;
+  // The projection was replayed from stage 1's final checkpoint: it must be the saved one.
+  const auto saved = masks_of_state(state, name());
+  for (const auto& [parameter, mask] : masks_) {
+    auto it = saved.find(parameter);
+    if (it == saved.end() || !at::equal(it->second, mask))
+      throw Error("diff-pruning: the checkpoint's projected mask of " + parameter +
+                  " differs from the projection of its stage-1 state");
+  }
+}
+
 std::optional<int64_t> DiffPruning::sparse_budget(
     const model::SequenceClassifierImpl& model) const {
   int64_t total = 0;

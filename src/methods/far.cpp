@@ -239,6 +239,29 @@ void Far::restore_layout(model::SequenceClassifierImpl& model) {
   reconfigured_ = false;
 }
 
+MethodState Far::state() const {
+  MethodState state;
+  state.facts = {{"priming_steps", priming_steps_}, {"reconfigured", reconfigured_}};
+  for (size_t layer = 0; layer < learned_nodes_.size(); ++layer)
+    state.tensors.emplace_back("learned_nodes::" + std::to_string(layer), learned_nodes_[layer]);
+  return state;
+}
+
+void Far::restore_state(const MethodState& state) {
+  if (state.facts.value("reconfigured", false) != reconfigured_)
+    throw Error(std::string("far: the checkpoint is of the ") +
+                (reconfigured_ ? "priming" : "learned-nodes") + " stage, not of the " +
+                (reconfigured_ ? "learned-nodes" : "priming") + " stage being resumed");
+  priming_steps_ = state.facts.value("priming_steps", int64_t{0});
+  // The split was replayed from the priming's final checkpoint: it must be the saved one.
+  for (const auto& [name, nodes] : state.tensors) {
+    const size_t layer = std::stoul(name.substr(name.find("::") + 2));
+    if (layer >= learned_nodes_.size() || !at::equal(learned_nodes_[layer], nodes))
+      throw Error("far: the checkpoint's learned nodes of layer " + std::to_string(layer) +
+                  " differ from the split of its priming state");
+  }
+}
+
 std::optional<int64_t> Far::sparse_budget(const model::SequenceClassifierImpl& model) const {
   const auto& config = model.config();
   return learned_per_layer(model) * (2 * config.hidden_size + 1) * config.num_hidden_layers;

@@ -211,4 +211,23 @@ std::unique_ptr<Method> make_method(const std::string& name, const nlohmann::jso
   throw Error("unknown method '" + name + "' (known: " + known + ")");
 }
 
+namespace {
+const std::string kMaskPrefix = "mask::";
+}
+
+MethodState masks_state(const std::map<std::string, at::Tensor>& masks) {
+  MethodState state;
+  for (const auto& [name, mask] : masks) state.tensors.emplace_back(kMaskPrefix + name, mask);
+  return state;
+}
+
+std::map<std::string, at::Tensor> masks_of_state(const MethodState& state,
+                                                 const std::string& method) {
+  std::map<std::string, at::Tensor> masks;
+  for (const auto& [name, tensor] : state.tensors)
+    if (name.rfind(kMaskPrefix, 0) == 0) masks[name.substr(kMaskPrefix.size())] = tensor.clone();
+  if (masks.empty()) throw Error(method + ": the checkpoint holds no masks");
+  return masks;
+}
+
 }  // namespace deltatune::methods

@@ -205,10 +205,11 @@ void save_peft_adapter(const Delta& delta, const fs::path& dir) {
       adapter["tokenizer_kwargs"] = nullptr;
     }
   }
-  fs::create_directories(dir);
-  io::save_safetensors(dir / "adapter_model.safetensors", tensors,
-                       {{"format", "pt"}, {"deltatune", delta.meta.dump()}});
-  io::write_text_atomically(dir / "adapter_config.json", adapter.dump(2) + "\n");
+  io::write_directory_atomically(dir, [&](const fs::path& staging) {
+    io::save_safetensors(staging / "adapter_model.safetensors", tensors,
+                         {{"format", "pt"}, {"deltatune", delta.meta.dump()}});
+    io::write_text_atomically(staging / "adapter_config.json", adapter.dump(2) + "\n");
+  });
 }
 
 namespace {

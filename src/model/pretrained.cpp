@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -191,10 +192,19 @@ LoadedEncoder load_encoder(const fs::path& model_dir) {
   return out;
 }
 
-std::string weights_checksum(const std::map<std::string, at::Tensor>& checkpoint) {
+bool task_model_reads(Architecture architecture, const std::string& key) {
+  if (starts_with(key, "classifier.")) return false;
+  if (key.find("pooler.") != std::string::npos) return architecture == Architecture::kBert;
+  return !is_known_unused(key);
+}
+
+namespace {
+
+std::string checksum_of(const std::map<std::string, at::Tensor>& checkpoint,
+                        const std::function<bool(const std::string&)>& covered) {
   io::Sha256 hash;
   for (const auto& [name, tensor] : checkpoint) {
-    if (is_known_unused(name)) continue;
+    if (!covered(name)) continue;
     at::Tensor t = tensor.contiguous();
     hash.update(name);
     hash.update(std::string(c10::toString(t.scalar_type())));
@@ -202,6 +212,19 @@ std::string weights_checksum(const std::map<std::string, at::Tensor>& checkpoint
     hash.update(t.data_ptr(), t.numel() * t.element_size());
   }
   return hash.hex_digest();
+}
+
+}  // namespace
+
+std::string weights_checksum(const std::map<std::string, at::Tensor>& checkpoint,
+                             Architecture architecture) {
+  return checksum_of(checkpoint, [architecture](const std::string& name) {
+    return task_model_reads(architecture, name);
+  });
+}
+
+std::string legacy_weights_checksum(const std::map<std::string, at::Tensor>& checkpoint) {
+  return checksum_of(checkpoint, [](const std::string& name) { return !is_known_unused(name); });
 }
 
 }  // namespace deltatune::model

@@ -55,22 +55,13 @@ void export_hf_directory(const BaseModel& base, const methods::Delta& delta, con
   config_json["deltatune"] = {{"method", delta.meta.value("method", json::object())},
                               {"base_model", delta.meta.value("base_model", json::object())}};
 
-  const fs::path staging = out.string() + ".partial-" + std::to_string(::getpid());
-  fs::remove_all(staging);
-  fs::create_directories(staging);
-  try {
+  io::write_directory_atomically(out, [&](const fs::path& staging) {
     io::save_safetensors(staging / "model.safetensors", model::named_state(*task_model),
                          {{"format", "pt"}});
     io::write_text_atomically(staging / "config.json", config_json.dump(2) + "\n");
     for (const char* file : kTokenizerFiles)
       if (fs::exists(base.directory / file)) fs::copy_file(base.directory / file, staging / file);
-    if (fs::exists(out)) fs::remove(out);
-    fs::rename(staging, out);
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    throw;
-  }
+  });
 }
 
 }  // namespace deltatune::train

@@ -18,6 +18,7 @@ json BaseModel::identity() const {
           {"path", fs::absolute(directory).string()},
           {"model_type", config.model_type},
           {"checksum", checksum},
+          {"checksum_scope", kChecksumScope},
           {"hidden_size", config.hidden_size},
           {"num_hidden_layers", config.num_hidden_layers},
           {"num_attention_heads", config.num_attention_heads}};
@@ -31,7 +32,7 @@ BaseModel load_base(const fs::path& directory) {
   base.config = model::EncoderConfig::from_file(directory / "config.json");
   base.checkpoint = model::read_checkpoint(directory);
   model::check_config_matches(base.config, base.checkpoint, directory.string());
-  base.checksum = model::weights_checksum(base.checkpoint);
+  base.checksum = model::weights_checksum(base.checkpoint, base.config.architecture);
   return base;
 }
 
@@ -120,11 +121,25 @@ void check_base_identity(const BaseModel& base, const methods::Delta& delta) {
   const std::string expected = identity.value("checksum", "");
   // A PEFT adapter records only the base's name, not its weights: it is not
   // checked here (a base of another shape still fails on the first tensor).
-  const bool verifiable = identity.value("verifiable", true);
-  if (verifiable && expected != base.checksum)
-    throw Error("delta was made on base '" + identity.value("name", std::string("?")) +
-                "' (weights " + expected.substr(0, 12) + "...), not on " + base.directory.string() +
-                " (weights " + base.checksum.substr(0, 12) + "...)");
+  if (!identity.value("verifiable", true)) return;
+  // Deltas older than "checksum_scope" recorded a checksum that skipped the
+  // pooler; they are checked against that, with a note that it is weaker.
+  const bool legacy = identity.value("checksum_scope", std::string()) != kChecksumScope;
+  const std::string actual =
+      legacy ? model::legacy_weights_checksum(base.checkpoint) : base.checksum;
+  if (expected == actual) {
+    if (legacy && base.config.architecture == model::Architecture::kBert)
+      fmt::print(stderr,
+                 "note: this delta was made by an older deltatune whose base checksum skips "
+                 "the pooler; its pooler is not verified\n");
+    return;
+  }
+  const std::string mismatch = "delta was made on base '" +
+                               identity.value("name", std::string("?")) + "' (weights " +
+                               expected.substr(0, 12) + "...), not on " + base.directory.string() +
+                               " (weights " + actual.substr(0, 12) + "...)";
+  if (!base.allow_mismatch) throw Error(mismatch + "; --allow-base-mismatch applies it anyway");
+  fmt::print(stderr, "warning: {}; applied anyway (--allow-base-mismatch)\n", mismatch);
 }
 
 model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta,

@@ -6,14 +6,18 @@
 #include <ATen/core/Generator.h>
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 
 #include "deltatune/error.h"
 #include "deltatune/io/atomic_file.h"
+#include "deltatune/io/crash_point.h"
 #include "deltatune/io/progress.h"
 #include "deltatune/io/safetensors.h"
+#include "deltatune/train/interrupt.h"
 #include "deltatune/train/optimizer.h"
 
 namespace deltatune::train {
@@ -297,25 +301,34 @@ Trainer::Trainer(model::SequenceClassifier model, methods::Method& method, data:
 
 void Trainer::append_metrics(const json& record) {
   if (config_.run_dir.empty()) return;
-  std::ofstream out(config_.run_dir / "metrics.jsonl", std::ios::app);
+  const fs::path path = config_.run_dir / "metrics.jsonl";
+  std::ofstream out(path, std::ios::app);
   out << record.dump() << "\n";
+  out.flush();
+  if (!out) throw Error("write to " + path.string() + " failed: " + std::strerror(errno));
 }
 
-void Trainer::save_checkpoint(AdamW& optimizer, const json& position,
+void Trainer::save_checkpoint(AdamW& optimizer, json position,
                               const std::map<std::string, at::Tensor>& best_parameters) {
   if (config_.run_dir.empty()) return;
-  const fs::path dir = config_.run_dir / "checkpoint";
-  fs::create_directories(dir);
   io::NamedTensors tensors;
-  for (auto& item : model_->named_parameters(true))
-    if (item.value().requires_grad()) tensors.emplace_back("model." + item.key(), item.value());
+  for (auto& [name, value] : trained_tensors(*model_, optimizer))
+    tensors.emplace_back("model." + name, value);
   for (auto& [name, value] : best_parameters) tensors.emplace_back("best." + name, value);
   for (auto& entry : optimizer.state()) tensors.push_back(entry);
   tensors.emplace_back("rng.cpu", at::detail::getDefaultCPUGenerator().get_state());
-  // Tensors first, then the JSON that points at them: a crash between the two
-  // leaves the previous, consistent pair (position is only trusted with its tensors).
-  io::save_safetensors(dir / "state.safetensors", tensors);
-  io::write_text_atomically(dir / "state.json", position.dump(2) + "\n");
+  methods::MethodState method_state = method_.state();
+  for (auto& [name, value] : method_state.tensors) tensors.emplace_back("method." + name, value);
+  position["method_state"] = method_state.facts;
+  // The log's length at this point: a resume cuts off what came after.
+  const fs::path log = config_.run_dir / "metrics.jsonl";
+  position["metrics_bytes"] = fs::exists(log) ? static_cast<int64_t>(fs::file_size(log)) : 0;
+  // One directory swapped in whole: the checkpoint is the previous one or
+  // this one, never tensors of one step with the position of another.
+  io::write_directory_atomically(config_.run_dir / "checkpoint", [&](const fs::path& staging) {
+    io::save_safetensors(staging / "state.safetensors", tensors);
+    io::write_text_atomically(staging / "state.json", position.dump(2) + "\n");
+  });
 }
 
 void Trainer::add_eval_split(std::string name, const data::EncodedDataset& dataset) {
@@ -349,24 +362,58 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   const int64_t warmup_steps = static_cast<int64_t>(std::ceil(config_.warmup_ratio * run_steps));
   const Schedule schedule = parse_schedule(config_.schedule);
 
-  // Methods that choose what trains from gradients (Fisher) do so here, on the
-  // initial model; on resume that is the same model, so the same choice.
-  {
-    data::BatchOptions one_by_one;
-    one_by_one.batch_size = 1;
-    one_by_one.shuffle = false;
-    one_by_one.group_by_length = false;
-    data::Batcher examples(train, one_by_one);
-    methods::Preparation preparation;
-    preparation.num_examples = train.size();
-    preparation.seed = config_.seed;
-    preparation.forward = [&](const std::vector<std::size_t>& indices) {
-      data::Batch batch = examples.make(indices);
-      return std::make_pair(model.forward(batch.input), batch.labels);
-    };
-    model.eval();
-    method_.prepare(model, preparation);
-    model.train();
+  // A resume reads its checkpoint first: the method's choices come from it
+  // instead of prepare().
+  const json plan = run_plan(config_, method_, train, dev);
+  json position;
+  std::map<std::string, at::Tensor> state;
+  if (resume) {
+    const fs::path dir = config_.run_dir / "checkpoint";
+    if (!fs::exists(dir / "state.json"))
+      throw Error(config_.run_dir.string() + ": no checkpoint to resume from");
+    position = json::parse(io::read_text_file(dir / "state.json"));
+    if (!position.contains("plan"))
+      throw Error(dir.string() +
+                  ": the checkpoint records no run plan (made by an older deltatune); start "
+                  "afresh without --resume");
+    if (auto differences = plan_differences(position["plan"], plan); !differences.empty())
+      throw Error(fmt::format(
+          "{}: the checkpoint is of another run ({}); run without --resume to start afresh, or "
+          "give another --out",
+          dir.string(), fmt::join(differences, "; ")));
+    state = io::SafetensorsFile::open(dir / "state.safetensors").load_all();
+    // The log as it was at the checkpoint: records written after it are made again.
+    const fs::path log = config_.run_dir / "metrics.jsonl";
+    if (position.contains("metrics_bytes") && fs::exists(log))
+      fs::resize_file(log, position["metrics_bytes"].get<uintmax_t>());
+  }
+
+  if (resume && position.contains("method_state")) {
+    methods::MethodState saved;
+    saved.facts = position["method_state"];
+    for (const auto& [key, value] : state)
+      if (key.rfind("method.", 0) == 0) saved.tensors.emplace_back(key.substr(7), value);
+    method_.restore_state(saved);
+  } else {
+    // Methods that choose what trains from gradients (Fisher) do so here, on the
+    // initial model; on resume that is the same model, so the same choice.
+    {
+      data::BatchOptions one_by_one;
+      one_by_one.batch_size = 1;
+      one_by_one.shuffle = false;
+      one_by_one.group_by_length = false;
+      data::Batcher examples(train, one_by_one);
+      methods::Preparation preparation;
+      preparation.num_examples = train.size();
+      preparation.seed = config_.seed;
+      preparation.forward = [&](const std::vector<std::size_t>& indices) {
+        data::Batch batch = examples.make(indices);
+        return std::make_pair(model.forward(batch.input), batch.labels);
+      };
+      model.eval();
+      method_.prepare(model, preparation);
+      model.train();
+    }
   }
 
   AdamW optimizer(method_.parameter_groups(model, config_.learning_rate, config_.weight_decay),
@@ -385,23 +432,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   // A later stage starts at the batch after the earlier stages' last step.
   int64_t start_epoch = config_.prior_steps / epoch_steps;
   int64_t start_batch = (config_.prior_steps % epoch_steps) * config_.gradient_accumulation;
-  const json plan = run_plan(config_, method_, train, dev);
-
+  bool finished = false;  // a resumed stage that had ended: nothing left to train
   if (resume) {
-    const fs::path dir = config_.run_dir / "checkpoint";
-    if (!fs::exists(dir / "state.json"))
-      throw Error(config_.run_dir.string() + ": no checkpoint to resume from");
-    json position = json::parse(io::read_text_file(dir / "state.json"));
-    if (!position.contains("plan"))
-      throw Error(dir.string() +
-                  ": the checkpoint records no run plan (made by an older deltatune); start "
-                  "afresh without --resume");
-    if (auto differences = plan_differences(position["plan"], plan); !differences.empty())
-      throw Error(fmt::format(
-          "{}: the checkpoint is of another run ({}); run without --resume to start afresh, or "
-          "give another --out",
-          dir.string(), fmt::join(differences, "; ")));
-    auto state = io::SafetensorsFile::open(dir / "state.safetensors").load_all();
     std::map<std::string, at::Tensor> current, best, optimizer_state;
     for (auto& [key, value] : state) {
       if (key.rfind("model.", 0) == 0)
@@ -423,6 +455,17 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       best_main = position["best_main"].get<double>();
     result.best_step = position.value("best_step", int64_t{0});
     evals_without_improvement = position.value("evals_without_improvement", int64_t{0});
+    finished = position.value("finished", false);
+    if (config_.keep_best && config_.early_stopping_patience > 0 &&
+        evals_without_improvement >= config_.early_stopping_patience) {
+      result.stopped_early = true;
+      finished = true;
+    }
+    if (finished) {
+      result.seconds = position.value("seconds", 0.0);
+      result.train_tokens_per_second = position.value("train_tokens_per_s", 0.0);
+      result.stopped_early = position.value("stopped_early", false);
+    }
     if (position.contains("best")) {
       result.best.metrics.values = position["best"]["metrics"].get<std::map<std::string, double>>();
       result.best.metrics.main_metric = task_.main_metric;
@@ -445,7 +488,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   int64_t tokens = 0;
   double loss_window = 0;
   int64_t loss_count = 0;
-  bool stop = optimizer.steps() >= total_steps;  // a resumed run that had finished
+  bool stop = finished;
 
   double eval_seconds = 0;
   auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
@@ -503,12 +546,29 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
                 {"plan", plan}};
   };
 
+  // A stop requested by a signal: checkpoint where the run stands, then leave.
+  auto stop_if_requested = [&](int64_t epoch, int64_t next_batch) {
+    const int signal = stop_requested();
+    if (signal == 0) return;
+    bar.finish();
+    std::string where = "no run directory, nothing saved";
+    if (!config_.run_dir.empty()) {
+      save_checkpoint(optimizer, position_json(epoch, next_batch), best_parameters);
+      where = "checkpoint in " + (config_.run_dir / "checkpoint").string() + "; --resume continues";
+    }
+    throw Interrupted(signal, fmt::format("interrupted by signal {} at step {}: {}", signal,
+                                          config_.prior_steps + optimizer.steps(), where));
+  };
+
   model.train();
   optimizer.zero_grad();
+  if (!finished) stop_if_requested(start_epoch, start_batch);
   for (int64_t epoch = start_epoch; epoch < epochs && !stop; ++epoch) {
     const data::EpochPlan plan = batcher.plan(static_cast<size_t>(epoch));
     const int64_t first = epoch == start_epoch ? start_batch : 0;
-    for (int64_t b = first; b < static_cast<int64_t>(plan.batches.size()) && !stop; ++b) {
+    for (int64_t b = first;
+         b < static_cast<int64_t>(plan.batches.size()) && !stop && optimizer.steps() < total_steps;
+         ++b) {
       data::Batch batch = batcher.make(plan.batches[static_cast<size_t>(b)]);
       tokens += real_tokens(batch);
       at::Tensor logits;
@@ -532,6 +592,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       optimizer.step(lr_multiplier(schedule, config_.prior_steps + optimizer.steps(), warmup_steps,
                                    run_steps));
       optimizer.zero_grad();
+      io::crash_point("step");
 
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -551,18 +612,34 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
         run_evaluation(epoch, b + 1);
       if (config_.checkpoint_every > 0 && optimizer.steps() % config_.checkpoint_every == 0)
         save_checkpoint(optimizer, position_json(epoch, b + 1), best_parameters);
+      stop_if_requested(epoch, b + 1);
       if (optimizer.steps() >= total_steps) stop = true;
     }
+    // The epoch's evaluation also ends a run resumed from its last step's checkpoint.
     if (config_.eval_every == 0 || optimizer.steps() % config_.eval_every != 0)
       run_evaluation(epoch + 1, 0);
+    if (optimizer.steps() >= total_steps) stop = true;
   }
   bar.finish();
   result.steps = optimizer.steps();
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  // Training throughput counts the training steps only, not the evaluations.
-  result.train_tokens_per_second = tokens / std::max(result.seconds - eval_seconds, 1e-9);
+  if (!finished) {
+    result.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    // Training throughput counts the training steps only, not the evaluations.
+    result.train_tokens_per_second = tokens / std::max(result.seconds - eval_seconds, 1e-9);
+  }
   if (!best_parameters.empty()) restore(model, optimizer, best_parameters);
   model.eval();
+  // The stage's end state, kept best included: a resume of a finished stage
+  // starts from it without training (and a later stage replays from it).
+  if (!finished && config_.final_checkpoint && !config_.run_dir.empty()) {
+    json end = position_json(epochs, 0);
+    end["finished"] = true;
+    end["seconds"] = result.seconds;
+    end["train_tokens_per_s"] = result.train_tokens_per_second;
+    end["stopped_early"] = result.stopped_early;
+    save_checkpoint(optimizer, end, {});
+  }
   append_metrics({{"split", "summary"},
                   {"best_step", result.best_step},
                   {"best", result.best.to_json()},
@@ -584,35 +661,79 @@ json stage_record(const std::string& stage, const TrainResult& r) {
 
 }  // namespace
 
+namespace {
+
+// The run directories of a method's stages, in order.
+std::vector<fs::path> stage_directories(const std::vector<methods::Stage>& stages,
+                                        const fs::path& run_dir) {
+  std::vector<fs::path> out;
+  for (const auto& stage : stages)
+    out.push_back(stage.directory.empty() ? run_dir : run_dir / stage.directory);
+  return out;
+}
+
+// Claims `run_dir` for this run before any work: refuses one that holds
+// another run (unless `overwrite`), then records this run's plan there, which
+// also proves the directory writable.
+void claim_run_directory(const fs::path& run_dir, const json& plan, bool resume, bool overwrite) {
+  const fs::path record = run_dir / "run.json";
+  if (!resume && !overwrite && fs::exists(record)) {
+    json saved;
+    try {
+      saved = json::parse(io::read_text_file(record));
+    } catch (const json::exception&) {
+      throw Error(record.string() + " is not valid JSON; give --overwrite to replace that run");
+    }
+    if (auto differences = plan_differences(saved, plan); !differences.empty())
+      throw Error(fmt::format(
+          "{} holds another run ({}); give --resume to continue it, --overwrite to replace it, "
+          "or another --out",
+          run_dir.string(), differences.front()));
+  }
+  std::error_code ec;
+  fs::create_directories(run_dir, ec);
+  if (ec) throw Error("cannot create the run directory " + run_dir.string() + ": " + ec.message());
+  io::write_text_atomically(record, plan.dump(2) + "\n");
+}
+
+}  // namespace
+
 MethodRun run_method(
     model::SequenceClassifier model, methods::Method& method, const data::TaskSpec& task,
     const TrainConfig& config, const data::EncodedDataset& train, const data::EncodedDataset& dev,
-    const std::vector<std::pair<std::string, const data::EncodedDataset*>>& extra_eval,
-    bool resume) {
+    const std::vector<std::pair<std::string, const data::EncodedDataset*>>& extra_eval, bool resume,
+    bool overwrite) {
   auto fit = [&](const TrainConfig& stage_config, bool resume_stage) {
     Trainer trainer(model, method, task, stage_config);
     for (const auto& [name, dataset] : extra_eval) trainer.add_eval_split(name, *dataset);
     return trainer.fit(train, dev, resume_stage);
   };
   const std::vector<methods::Stage> stages = method.stages();
-  MethodRun run;
-  if (stages.size() == 1) {
-    run.result = fit(config, resume);
-    method.after_training(*model);
-    return run;
+  const std::vector<fs::path> directories = stage_directories(stages, config.run_dir);
+  if (!config.run_dir.empty()) {
+    claim_run_directory(config.run_dir, run_plan(config, method, train, dev), resume, overwrite);
+    // A fresh run owns every stage's log and checkpoint: a later stage must
+    // not resume from a checkpoint an earlier run left.
+    if (!resume)
+      for (const fs::path& dir : directories) {
+        fs::remove_all(dir / "checkpoint");
+        fs::remove(dir / "metrics.jsonl");
+      }
   }
-  if (resume) throw Error("--resume is not supported for " + method.name());
   const int64_t total = planned_steps(train, config);
   int64_t prior = 0;              // planned steps of the stages run so far
   json pending = json::object();  // a transition's facts for the next stage's record
+  MethodRun run;
   for (size_t i = 0; i < stages.size(); ++i) {
     const methods::Stage& stage = stages[i];
+    const bool last = i + 1 == stages.size();
     TrainConfig c = config;
     if (stage.learning_rate) c.learning_rate = *stage.learning_rate;
     if (stage.epochs) c.epochs = *stage.epochs;
     c.keep_best = config.keep_best && stage.keep_best;
-    if (!stage.directory.empty() && !config.run_dir.empty())
-      c.run_dir = config.run_dir / stage.directory;
+    if (!config.run_dir.empty()) c.run_dir = directories[i];
+    // A later stage replays from this one's end state on resume.
+    c.final_checkpoint = !last || config.checkpoint_every > 0;
     if (stage.step_share > 0) {
       const int64_t steps = std::max<int64_t>(1, std::llround(stage.step_share * total));
       if (steps >= total)
@@ -625,9 +746,13 @@ MethodRun run_method(
       c.prior_steps = prior;
       c.schedule_steps = total;
     }
-    run.result = fit(c, false);
+    // On resume the first stage must have a checkpoint; a later one without
+    // one was not reached before the stop and starts here.
+    const bool resume_stage =
+        resume && (i == 0 || fs::exists(c.run_dir / "checkpoint" / "state.json"));
+    run.result = fit(c, resume_stage);
+    if (stages.size() == 1) break;
     if (stage.step_share > 0 || stage.rest_of_run) prior += c.max_steps;
-    const bool last = i + 1 == stages.size();
     if (last) {
       method.after_training(*model);
       if (stage.evaluate_after_training)
@@ -637,7 +762,7 @@ MethodRun run_method(
     record.update(pending);
     pending = json::object();
     run.stages.push_back(record);
-    if (last) break;
+    if (last) return run;
     const methods::StageTransition transition = method.between_stages(i, *model);
     Evaluation now;
     if (transition.evaluate) now = evaluate(*model, task, dev, config.eval_batch_size, config.bf16);
@@ -655,6 +780,7 @@ MethodRun run_method(
                run.result.best.metrics.main_metric, run.result.best.metrics.main, run.result.steps,
                transition.message, evaluated);
   }
+  method.after_training(*model);  // a single stage
   return run;
 }
 

@@ -2,12 +2,9 @@
 // delta's own task record (labels, type, pairness), and refuse data that
 // does not fit it with a one-line error and a non-zero exit.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "cli/cli_run.h"
 #include "deltatune/data/task.h"
 #include "deltatune/methods/method.h"
 #include "deltatune/train/task_model.h"
@@ -17,37 +14,11 @@ namespace deltatune {
 namespace {
 namespace fs = std::filesystem;
 
-struct CliRun {
-  int status = -1;
-  std::string output;  // stdout and stderr
-};
+using test::CliRun;
+using test::deltatune;
 
-CliRun deltatune(const std::string& arguments) {
-  const std::string command = std::string(DELTATUNE_CLI) + " " + arguments + " --model '" +
-                              test::minilm_dir().string() + "' --threads 1 2>&1";
-  CliRun run;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return run;
-  std::array<char, 4096> buffer;
-  for (size_t n; (n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0;)
-    run.output.append(buffer.data(), n);
-  const int status = ::pclose(pipe);
-  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return run;
-}
-
-// A BitFit delta of a user task named like GLUE's SST-2, with its own labels.
 fs::path user_delta(const test::ScratchDir& tmp) {
-  train::BaseModel base = train::load_base(test::minilm_dir());
-  auto model = train::make_task_model(base, 2, 0);
-  auto method = methods::make_method("bitfit");
-  method->attach(*model);
-  const data::TaskSpec task =
-      data::custom_task("sst2", data::TaskType::kClassification, {"neg", "pos"}, false);
-  const fs::path dir = tmp.path() / "delta";
-  train::build_delta(base, *model, *method, task, 64, train::TrainConfig{}, train::TrainResult{})
-      .save(dir);
-  return dir;
+  return test::user_bitfit_delta(tmp.path() / "delta");
 }
 
 TEST(CliDeltaTask, EvalReadsADevFileWithTheDeltasLabelsEvenWhenAClassIsMissing) {

@@ -109,9 +109,33 @@ TEST(Loading, MissingWeightsFileIsNamed) {
 TEST(Loading, WeightsChecksumIdentifiesTheBase) {
   auto a = read_checkpoint(test::fixtures() / "model" / "tiny_bert");
   auto b = a;
-  EXPECT_EQ(weights_checksum(a), weights_checksum(b));
+  EXPECT_EQ(weights_checksum(a, Architecture::kBert), weights_checksum(b, Architecture::kBert));
   b["bert.embeddings.LayerNorm.bias"] = b["bert.embeddings.LayerNorm.bias"] + 1e-3;
-  EXPECT_NE(weights_checksum(a), weights_checksum(b));
+  EXPECT_NE(weights_checksum(a, Architecture::kBert), weights_checksum(b, Architecture::kBert));
+}
+
+TEST(Loading, WeightsChecksumCoversExactlyWhatTheTaskModelReads) {
+  const auto a = read_checkpoint(test::fixtures() / "model" / "tiny_bert");
+  auto changed = [&](const std::string& key) {
+    auto b = a;
+    b[key] = b[key] + 1e-3;
+    return b;
+  };
+  const auto pooler = changed("bert.pooler.dense.weight");
+  // BERT's classifier reads the pooled output; RoBERTa's and ELECTRA's heads do not.
+  EXPECT_NE(weights_checksum(a, Architecture::kBert),
+            weights_checksum(pooler, Architecture::kBert));
+  EXPECT_EQ(weights_checksum(a, Architecture::kRoberta),
+            weights_checksum(pooler, Architecture::kRoberta));
+  // The checkpoint's own classifier is replaced by a new task's head.
+  const auto head = changed("classifier.weight");
+  EXPECT_EQ(weights_checksum(a, Architecture::kBert), weights_checksum(head, Architecture::kBert));
+  EXPECT_TRUE(task_model_reads(Architecture::kBert, "bert.pooler.dense.bias"));
+  EXPECT_FALSE(task_model_reads(Architecture::kElectra, "electra.pooler.dense.bias"));
+  EXPECT_FALSE(task_model_reads(Architecture::kBert, "bert.embeddings.position_ids"));
+  EXPECT_FALSE(task_model_reads(Architecture::kBert, "cls.predictions.bias"));
+  // The checksum deltas recorded before: blind to the pooler.
+  EXPECT_EQ(legacy_weights_checksum(a), legacy_weights_checksum(pooler));
 }
 
 }  // namespace

@@ -17,6 +17,15 @@ namespace deltatune::io {
 void write_file_atomically(const std::filesystem::path& path,
                            const std::function<void(std::ostream&)>& writer);
 
+// Builds a whole directory and then puts it at `dir` in one step: `writer`
+// fills an empty staging directory beside `dir`, which then replaces `dir`
+// (an atomic exchange when `dir` exists). Readers of `dir` see the old
+// directory or the new one, never a mix; a writer that throws or is killed
+// leaves `dir` as it was (a killed one leaves a hidden ".<name>.partial-<pid>-*"
+// sibling, removed by the next write of `dir`).
+void write_directory_atomically(const std::filesystem::path& dir,
+                                const std::function<void(const std::filesystem::path&)>& writer);
+
 void write_text_atomically(const std::filesystem::path& path, std::string_view text);
 
 // Reads a whole file; throws deltatune::Error naming `path` when it cannot.

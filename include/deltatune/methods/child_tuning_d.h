@@ -22,6 +22,9 @@ class ChildTuningD : public Method {
   nlohmann::json config() const override;
   void attach(model::SequenceClassifierImpl& model) override;
   void prepare(model::SequenceClassifierImpl& model, const Preparation& data) override;
+  // The masks prepare() chose.
+  MethodState state() const override { return masks_state(masks_); }
+  void restore_state(const MethodState& state) override { masks_ = masks_of_state(state, name()); }
   // g <- g ⊙ M on the scored tensors (after clipping, before the step).
   void before_step(model::SequenceClassifierImpl& model, int64_t step) override;
   // The fixed masks prepare() chose (true: the gradient is kept).

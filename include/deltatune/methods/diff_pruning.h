@@ -41,6 +41,9 @@ class DiffPruning : public Method {
                                                double weight_decay) const override;
   void before_forward(model::SequenceClassifierImpl& model, bool training) override;
   void on_backward(model::SequenceClassifierImpl& model, int64_t step) override;
+  // Stage 1's step count, whether projected, and the projected mask.
+  MethodState state() const override;
+  void restore_state(const MethodState& state) override;
   std::map<std::string, at::Tensor> gradient_masks() const override { return masks_; }
   std::optional<int64_t> sparse_budget(const model::SequenceClassifierImpl& model) const override;
   // w and log-alpha for every non-head entry, plus the head: ~200% (stage 1).

@@ -44,6 +44,9 @@ class Far : public Method {
   void on_backward(model::SequenceClassifierImpl& /*model*/, int64_t /*step*/) override {
     if (!reconfigured_) ++priming_steps_;
   }
+  // The priming's step count, whether split, and the learned nodes.
+  MethodState state() const override;
+  void restore_state(const MethodState& state) override;
   std::optional<int64_t> sparse_budget(const model::SequenceClassifierImpl& model) const override;
   std::optional<int64_t> settled_trainable(
       const model::SequenceClassifierImpl& model) const override;

@@ -16,6 +16,9 @@ class FishMask : public Method {
   nlohmann::json config() const override;
   void attach(model::SequenceClassifierImpl& model) override;
   void prepare(model::SequenceClassifierImpl& model, const Preparation& data) override;
+  // The masks prepare() chose.
+  MethodState state() const override { return masks_state(masks_); }
+  void restore_state(const MethodState& state) override { masks_ = masks_of_state(state, name()); }
   std::map<std::string, at::Tensor> gradient_masks() const override;
   // Zeroes masked-out gradient entries right after backward, before clipping,
   // as the authors' SparseUpdateTrainer.training_step does (so the clipping

@@ -15,6 +15,8 @@
 //        per evaluation: before_forward(model, false) -> forward
 //     5. between stages (stages()): between_stages(i, model), which is
 //        DiffPruning::project after stage 1 and Far::reconfigure after priming
+//      on resume: restore_state(saved) replaces prepare(); state() is saved
+//      with every checkpoint
 //   after training (train::run_method runs 2-6 for every stage)
 //     6. after_training(model)         once, before the delta is built (FAR
 //                                      restores its ordinary layout here)
@@ -102,6 +104,14 @@ struct StageTransition {
   std::string message;    // one line for the log
 };
 
+// What a method chose or counted during a run that a checkpoint must hold
+// for a resume to continue exactly: Fisher masks, Diff Pruning's steps and
+// projected mask, FAR's priming steps and node split. Facts as JSON, tensors by name.
+struct MethodState {
+  nlohmann::json facts = nlohmann::json::object();
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+};
+
 class Method {
  public:
   virtual ~Method() = default;
@@ -147,6 +157,13 @@ class Method {
   // Once before training, after attach(), on the initial model: chooses what
   // trains (Fisher scores and the like). The default does nothing.
   virtual void prepare(model::SequenceClassifierImpl& /*model*/, const Preparation& /*data*/) {}
+  // The method's state at a step boundary, saved with every checkpoint.
+  virtual MethodState state() const { return {}; }
+  // On resume, in place of prepare(): the state a checkpoint saved, on a
+  // method attached to a model that went through the same stages so far.
+  // Throws deltatune::Error when it contradicts what the method holds (a
+  // checkpoint of another stage, a mask other than the replayed one).
+  virtual void restore_state(const MethodState& /*state*/) {}
   // Fixed optimizer masks by parameter name (true: may change), known after
   // prepare(); masked-out entries stay bit-identical through training.
   virtual std::map<std::string, at::Tensor> gradient_masks() const { return {}; }
@@ -189,6 +206,12 @@ class Method {
   // A short human description of what trains and what is stored ("info").
   virtual std::string describe() const = 0;
 };
+
+// Fixed masks by parameter name as a MethodState ("mask::<name>" tensors), and back;
+// masks_of_state throws an Error naming `method` when the state holds none.
+MethodState masks_state(const std::map<std::string, at::Tensor>& masks);
+std::map<std::string, at::Tensor> masks_of_state(const MethodState& state,
+                                                 const std::string& method);
 
 // What a method trains and stores on a given model ("deltatune info").
 struct Footprint {

@@ -63,8 +63,22 @@ struct LoadedEncoder {
 };
 LoadedEncoder load_encoder(const std::filesystem::path& model_dir);
 
-// sha256 over the checkpoint's tensors (names, dtypes, shapes and bytes in
-// name order), independent of file layout: the base-model identity deltas record.
-std::string weights_checksum(const std::map<std::string, at::Tensor>& checkpoint);
+// Whether a task model of `architecture` reads checkpoint tensor `key`: the
+// embeddings and every encoder layer always; the pooler for BERT only, whose
+// classifier reads the pooled output (RoBERTa's and ELECTRA's heads read the
+// first token's hidden state); never position_ids buffers, pre-training
+// heads, nor a checkpoint's own classifier (a new task gets a new head).
+bool task_model_reads(Architecture architecture, const std::string& key);
+
+// sha256 over the checkpoint tensors a task model reads (names, dtypes,
+// shapes and bytes in name order), independent of file layout: the
+// base-model identity deltas record. Any changed byte a task model reads
+// changes it; tensors it never reads do not.
+std::string weights_checksum(const std::map<std::string, at::Tensor>& checkpoint,
+                             Architecture architecture);
+
+// The checksum deltas recorded before "checksum_scope" existed: every tensor
+// but pre-training heads and the pooler (which BERT's classifier does read).
+std::string legacy_weights_checksum(const std::map<std::string, at::Tensor>& checkpoint);
 
 }  // namespace deltatune::model

@@ -21,6 +21,9 @@ struct BaseModel {
   model::EncoderConfig config;
   std::map<std::string, at::Tensor> checkpoint;
   std::string checksum;  // model::weights_checksum of the checkpoint
+  // Deltas made on another base are applied with a warning instead of
+  // refused (--allow-base-mismatch).
+  bool allow_mismatch = false;
   nlohmann::json identity() const;
 };
 
@@ -52,7 +55,12 @@ methods::Delta build_delta(const BaseModel& base, model::SequenceClassifierImpl&
 // The method a delta was trained with, rebuilt from delta.json.
 std::unique_ptr<methods::Method> method_of(const methods::Delta& delta);
 
-// Refuses a delta made on another base (checksum mismatch), naming both.
+// What the recorded base checksum covers (model::weights_checksum): every
+// tensor the task model reads, the BERT pooler included.
+inline constexpr const char* kChecksumScope = "task-model-reads";
+
+// Refuses a delta made on another base (checksum mismatch), naming both;
+// with base.allow_mismatch it warns instead.
 void check_base_identity(const BaseModel& base, const methods::Delta& delta);
 
 // The task model a delta describes: refuses a delta made on another base

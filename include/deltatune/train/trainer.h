@@ -36,6 +36,10 @@ struct TrainConfig {
   int64_t log_every = 50;  // optimizer steps per mean-loss line in metrics.jsonl; 0: none
   int64_t early_stopping_patience = 0;  // evaluations without improvement; 0: off
   int64_t checkpoint_every = 0;         // optimizer steps; 0: no checkpoints
+  // A checkpoint of the end state when the run finishes (finished: true):
+  // train::run_method sets it for every stage a later one follows, and for
+  // the last when checkpoint_every > 0. Not part of the run's plan.
+  bool final_checkpoint = false;
   uint64_t seed = 0;
   bool bf16 = false;  // bf16 autocast for forward passes; parameters and optimizer stay fp32
   bool group_by_length = true;
@@ -114,7 +118,7 @@ class Trainer {
   void add_eval_split(std::string name, const data::EncodedDataset& dataset);
 
  private:
-  void save_checkpoint(class AdamW& optimizer, const nlohmann::json& position,
+  void save_checkpoint(class AdamW& optimizer, nlohmann::json position,
                        const std::map<std::string, at::Tensor>& best_parameters);
   void append_metrics(const nlohmann::json& record);
 
@@ -135,12 +139,20 @@ struct MethodRun {
 // The library's one training path: runs every stage of `method`
 // (Method::stages) on `model` with `config`, the method's transitions in
 // between, then after_training(). Extra evaluation splits are evaluated in
-// every stage. `resume` continues a single-stage run from its checkpoint;
-// methods of several stages refuse it.
+// every stage.
+//
+// config.run_dir, when set, is claimed first: its run.json records the run's
+// plan, and a directory holding another run is refused unless `resume` or
+// `overwrite`. With `resume` the run continues from its checkpoints exactly:
+// finished stages are replayed from their end state (their transitions are
+// deterministic), the stage that was stopped continues from its checkpoint,
+// and the method's own choices (Method::state) come back with it.
+// A SIGINT/SIGTERM under train::StopOnSignals checkpoints and throws
+// train::Interrupted.
 MethodRun run_method(
     model::SequenceClassifier model, methods::Method& method, const data::TaskSpec& task,
     const TrainConfig& config, const data::EncodedDataset& train, const data::EncodedDataset& dev,
     const std::vector<std::pair<std::string, const data::EncodedDataset*>>& extra_eval = {},
-    bool resume = false);
+    bool resume = false, bool overwrite = false);
 
 }  // namespace deltatune::train

@@ -1,0 +1,44 @@
+#include "deltatune/io/crash_point.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <string>
+
+namespace deltatune::io {
+namespace {
+
+struct CrashTarget {
+  std::string point;
+  long hit = 0;  // the n-th arrival that kills; 0: none
+};
+
+const CrashTarget& target() {
+  static const CrashTarget parsed = [] {
+    CrashTarget t;
+    const char* spec = std::getenv("DELTATUNE_CRASH_AT");
+    if (spec == nullptr) return t;
+    const std::string text = spec;
+    // "<point>:<n>", or "<point>" for its first arrival ("write:delta").
+    const auto colon = text.rfind(':');
+    const bool counted = colon != std::string::npos && colon + 1 < text.size() &&
+                         text.find_first_not_of("0123456789", colon + 1) == std::string::npos;
+    t.point = counted ? text.substr(0, colon) : text;
+    t.hit = counted ? std::strtol(text.c_str() + colon + 1, nullptr, 10) : 1;
+    return t;
+  }();
+  return parsed;
+}
+
+}  // namespace
+
+void crash_point(std::string_view point) {
+  const CrashTarget& t = target();
+  if (t.hit <= 0 || point != t.point) return;
+  static std::atomic<long> arrivals{0};
+  if (++arrivals == t.hit) ::kill(::getpid(), SIGKILL);
+}
+
+}  // namespace deltatune::io

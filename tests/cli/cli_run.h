@@ -1,0 +1,55 @@
+// Runs the command-line binary as a user does, with the test model.
+#pragma once
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+#include "deltatune/data/task.h"
+#include "deltatune/methods/method.h"
+#include "deltatune/train/task_model.h"
+
+#include "test_paths.h"
+
+namespace deltatune::test {
+
+struct CliRun {
+  int status = -1;     // the exit status; -1 when killed by a signal
+  std::string output;  // stdout and stderr
+};
+
+// `deltatune ARGUMENTS --model <MiniLM> --threads 1`, unless `model_dir` names
+// another base; `environment` ("NAME=value ...") is set for the command.
+inline CliRun deltatune(const std::string& arguments, const std::string& model_dir = {},
+                        const std::string& environment = {}) {
+  const std::string command =
+      environment + " " + std::string(DELTATUNE_CLI) + " " + arguments + " --model '" +
+      (model_dir.empty() ? minilm_dir().string() : model_dir) + "' --threads 1 2>&1";
+  CliRun run;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (pipe == nullptr) return run;
+  std::array<char, 4096> buffer;
+  for (size_t n; (n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0;)
+    run.output.append(buffer.data(), n);
+  const int status = ::pclose(pipe);
+  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run;
+}
+
+// An untrained BitFit delta of a user task named like GLUE's SST-2, with its
+// own labels "neg" and "pos", written to `dir`.
+inline std::filesystem::path user_bitfit_delta(const std::filesystem::path& dir) {
+  train::BaseModel base = train::load_base(minilm_dir());
+  auto model = train::make_task_model(base, 2, 0);
+  auto method = methods::make_method("bitfit");
+  method->attach(*model);
+  const data::TaskSpec task =
+      data::custom_task("sst2", data::TaskType::kClassification, {"neg", "pos"}, false);
+  train::build_delta(base, *model, *method, task, 64, train::TrainConfig{}, train::TrainResult{})
+      .save(dir);
+  return dir;
+}
+
+}  // namespace deltatune::test
