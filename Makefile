@@ -14,7 +14,7 @@ export DELTATUNE_HOME GLUE_DIR
 
 DELTATUNE := $(BUILD_DIR)/deltatune
 
-.PHONY: all setup configure build test test-torch-latest demo bench fixtures format clean
+.PHONY: all setup configure build test test-torch-latest test-sanitize fuzz demo bench fixtures format clean
 
 all: build
 
@@ -43,6 +43,33 @@ test-torch-latest: setup
 	       -DCMAKE_PREFIX_PATH="$$prefix" $(CMAKE_FLAGS)
 	@cmake --build $(TORCH_LATEST_BUILD_DIR) -j$(JOBS)
 	@cd $(TORCH_LATEST_BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
+
+# ASan + UBSan, and libFuzzer: one clang build in build-sanitize/ (docs/RELIABILITY.md).
+#   make test-sanitize                   every unit test under the sanitizers
+#   make test-sanitize SANITIZE_TESTS=R  only the tests matching the regex R
+#   make fuzz FUZZ_SECONDS=300           each fuzz target for that long
+SANITIZE_BUILD_DIR ?= build-sanitize
+SANITIZE_TESTS ?=
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+configure-sanitize: setup
+	@scripts/setup.sh sanitizers
+	@if [ ! -f $(SANITIZE_BUILD_DIR)/CMakeCache.txt ]; then \
+	  CC=clang CXX=clang++ cmake -S . -B $(SANITIZE_BUILD_DIR) -G "Unix Makefiles" \
+	    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDELTATUNE_SANITIZE=ON -DDELTATUNE_FUZZ=ON \
+	    -DDELTATUNE_BUILD_BENCH=OFF $(CMAKE_FLAGS); \
+	fi
+
+test-sanitize: configure-sanitize
+	@cmake --build $(SANITIZE_BUILD_DIR) -j$(JOBS)
+	@cd $(SANITIZE_BUILD_DIR) && ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure -j$(JOBS) $(if $(SANITIZE_TESTS),-R '$(SANITIZE_TESTS)')
+
+fuzz: configure-sanitize
+	@cmake --build $(SANITIZE_BUILD_DIR) -j$(JOBS) --target \
+	  $(addsuffix _fuzz,$(or $(FUZZ_TARGETS),safetensors torch_pickle config tokenizer dataset delta predict_request))
+	@scripts/fuzz.sh $(SANITIZE_BUILD_DIR) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # BitFit on a 4,000-sentence sample of SST-2 (one epoch), then the dev metric and the delta's size.
 DEMO_FLAGS ?= --task SST-2 --method bitfit --max-train-samples 4000 --epochs 1 --max-length 64

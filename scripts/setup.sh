@@ -4,6 +4,7 @@
 #
 #   scripts/setup.sh            # packages + model
 #   scripts/setup.sh packages   # packages only
+#   scripts/setup.sh sanitizers # clang and compiler-rt (make test-sanitize, make fuzz)
 #   scripts/setup.sh model      # model only
 #
 # Environment:
@@ -26,9 +27,13 @@ debian_packages=(
   python3-pip unzip
 )
 
+# For `make test-sanitize` and `make fuzz` only.
+sanitizer_packages=(clang libclang-rt-dev)
+
 install_packages() {
-  local missing=()
-  for p in "${debian_packages[@]}"; do
+  local missing=() wanted=("$@")
+  ((${#wanted[@]})) || wanted=("${debian_packages[@]}")
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if ((${#missing[@]})); then
@@ -40,7 +45,7 @@ install_packages() {
   else
     log "Debian packages: all present"
   fi
-  check_blas
+  [ $# -gt 0 ] || check_blas
 }
 
 # LibTorch links libblas.so.3, which Debian resolves through alternatives.
@@ -101,5 +106,6 @@ case "$what" in
   packages) install_packages ;;
   model) fetch_model ;;
   blas) check_blas ;;
-  *) die "unknown step '$what' (all | packages | model | blas)" ;;
+  sanitizers) install_packages "${sanitizer_packages[@]}" ;;
+  *) die "unknown step '$what' (all | packages | model | blas | sanitizers)" ;;
 esac

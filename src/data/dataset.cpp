@@ -417,12 +417,18 @@ void Reader::read_jsonl() {
       json j;
       try {
         j = json::parse(line);
-      } catch (const json::parse_error& e) {
+      } catch (const json::exception& e) {
         // nlohmann's message: "[json.exception.parse_error.101] parse error at line 1, column 5:
-        // syntax error ..."; keep from "column".
+        // syntax error ..."; keep from "column". Out-of-range numbers
+        // ("[json.exception.out_of_range.406] number overflow parsing '1E400'") are
+        // parse failures too: keep what follows the bracket.
         std::string what = e.what();
         const auto at = what.find("column ");
-        throw BadRecord{n, "invalid JSON at " + (at == std::string::npos ? what : what.substr(at))};
+        const auto bracket = what.find("] ");
+        throw BadRecord{
+            n, "invalid JSON" + (at != std::string::npos        ? " at " + what.substr(at)
+                                 : bracket != std::string::npos ? ": " + what.substr(bracket + 2)
+                                                                : ": " + what)};
       }
       if (!j.is_object())
         throw BadRecord{n, std::string("expected a JSON object, found ") + j.type_name()};

@@ -93,9 +93,9 @@ Delta Delta::load(const fs::path& dir) {
   } catch (const json::exception& e) {
     throw Error(json_path.string() + ": not valid JSON (" + e.what() + ")");
   }
-  if (!document.is_object() || document.value("format", "") != kFormat)
+  if (!document.is_object() || document.value("format", json()) != kFormat)
     throw Error(json_path.string() + ": field 'format' is not \"" + kFormat + "\"");
-  if (document.value("version", 0) != kVersion)
+  if (document.value("version", json()) != kVersion)
     throw Error(json_path.string() + ": unsupported delta version " +
                 document.value("version", json()).dump());
   if (!document.contains("tensors") || !document["tensors"].is_object())
@@ -106,7 +106,16 @@ Delta Delta::load(const fs::path& dir) {
     DeltaTensor t;
     t.name = name;
     try {
-      t.shape = info.at("shape").get<std::vector<int64_t>>();
+      const json& shape = info.at("shape");
+      if (!shape.is_array())
+        throw Error(json_path.string() + ": tensor '" + name + "': 'shape' is not a list");
+      for (const json& size : shape) {
+        // Only integers: a float outside int64's range does not convert.
+        if (!size.is_number_integer() || size.get<int64_t>() < 0)
+          throw Error(json_path.string() + ": tensor '" + name + "': 'shape' holds " + size.dump() +
+                      ", not a size");
+        t.shape.push_back(size.get<int64_t>());
+      }
       const std::string storage = info.at("storage").get<std::string>();
       if (storage == "sparse") {
         t.indices = file.tensor(name + kIndicesSuffix).clone();

@@ -320,6 +320,8 @@ Delta load_peft_adapter(const fs::path& dir) {
       throw field_error(pattern, "must be empty (one rank and alpha for every layer)");
   if (!config.contains("target_modules") || !config["target_modules"].is_array())
     throw field_error("target_modules", "must be a list of module names (a regex is not read)");
+  if (!config.contains("r") || !config["r"].is_number_integer())
+    throw field_error("r", "must be an integer");
   json method_config;
   try {
     method_config = {{"rank", config.at("r").get<int64_t>()},

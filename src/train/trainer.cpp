@@ -371,8 +371,13 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     const fs::path dir = config_.run_dir / "checkpoint";
     if (!fs::exists(dir / "state.json"))
       throw Error(config_.run_dir.string() + ": no checkpoint to resume from");
-    position = json::parse(io::read_text_file(dir / "state.json"));
-    if (!position.contains("plan"))
+    try {
+      position = json::parse(io::read_text_file(dir / "state.json"));
+    } catch (const json::exception& e) {
+      throw Error((dir / "state.json").string() + ": not valid JSON (" + e.what() +
+                  "); start afresh without --resume");
+    }
+    if (!position.is_object() || !position.contains("plan"))
       throw Error(dir.string() +
                   ": the checkpoint records no run plan (made by an older deltatune); start "
                   "afresh without --resume");

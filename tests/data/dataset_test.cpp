@@ -360,6 +360,10 @@ TEST_F(ReadDataset, JsonlMalformed) {
   EXPECT_EQ(err("{\"text\": \"\xE2\x82\", \"label\": 1}\n"),
             ":2: invalid UTF-8 (byte 0xE2 at column 11)");
   EXPECT_EQ(err("{\"text\": \"\", \"label\": 1}\n"), ":2: empty text in text_a");
+  // Found by the dataset fuzz target (fuzz/regressions/dataset): a number too
+  // large for a double escaped as an uncaught exception.
+  EXPECT_EQ(err("{\"text\": \"x\", \"label\": 4444444444E4400008}\n"),
+            ":2: invalid JSON: number overflow parsing '4444444444E4400008'");
 
   ReadOptions o;
   o.text_a = ColumnRef(0);

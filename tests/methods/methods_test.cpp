@@ -161,6 +161,18 @@ TEST(Delta, ShapeMismatchAndCorruptFilesAreRefused) {
   EXPECT_THROW(Delta::load(tmp.path()), Error);
   tmp.write("delta.json", "{\"format\": \"something-else\"}");
   EXPECT_THROW(Delta::load(tmp.path()), Error);
+  // Found by the delta fuzz target (fuzz/regressions/delta): wrongly typed
+  // fields threw nlohmann's exceptions, and a float size was converted to an
+  // integer outside its range (undefined behaviour).
+  tmp.write("delta.json", "{\"format\": 7, \"version\": \"1\"}");
+  EXPECT_NE(test::error_of([&] { Delta::load(tmp.path()); }).find("field 'format'"),
+            std::string::npos);
+  io::save_safetensors(tmp.path() / "delta.safetensors", {{"w", at::zeros({2})}});
+  tmp.write("delta.json",
+            "{\"format\": \"deltatune-delta\", \"version\": 1, \"tensors\": {\"w\": "
+            "{\"shape\": [1.1e41], \"storage\": \"dense\"}}}");
+  EXPECT_NE(test::error_of([&] { Delta::load(tmp.path()); }).find("'shape' holds 1.1e+41"),
+            std::string::npos);
 }
 
 }  // namespace
