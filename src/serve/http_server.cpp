@@ -28,7 +28,8 @@ json error_body(const std::string& message, const std::string& type) {
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  // Messages may quote what a client sent, invalid UTF-8 included: replaced, never thrown.
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
 void send_error(httplib::Response& res, const ServeError& error) {
