@@ -141,10 +141,7 @@ MethodState DiffPruning::state() const {
 }
 
 void DiffPruning::restore_state(const MethodState& state) {
-  if (state.facts.value("projected", false) != projected_)
-    throw Error(std::string("diff-pruning: the checkpoint is of the ") +
-                (projected_ ? "relaxed" : "fixed-mask") + " stage, not of the " +
-                (projected_ ? "fixed-mask" : "relaxed") + " stage being resumed");
+  check_saved_stage(state, name(), "projected", projected_, "relaxed", "fixed-mask");
   relaxed_steps_ = state.facts.value("relaxed_steps", int64_t{0});
   if (!projected_) return;
   // The projection was replayed from stage 1's final checkpoint: it must be the saved one.

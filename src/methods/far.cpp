@@ -248,10 +248,7 @@ MethodState Far::state() const {
 }
 
 void Far::restore_state(const MethodState& state) {
-  if (state.facts.value("reconfigured", false) != reconfigured_)
-    throw Error(std::string("far: the checkpoint is of the ") +
-                (reconfigured_ ? "priming" : "learned-nodes") + " stage, not of the " +
-                (reconfigured_ ? "learned-nodes" : "priming") + " stage being resumed");
+  check_saved_stage(state, name(), "reconfigured", reconfigured_, "priming", "learned-nodes");
   priming_steps_ = state.facts.value("priming_steps", int64_t{0});
   // The split was replayed from the priming's final checkpoint: it must be the saved one.
   for (const auto& [name, nodes] : state.tensors) {

@@ -230,4 +230,11 @@ std::map<std::string, at::Tensor> masks_of_state(const MethodState& state,
   return masks;
 }
 
+void check_saved_stage(const MethodState& state, const std::string& method, const char* flag,
+                       bool later_now, const std::string& earlier, const std::string& later) {
+  if (state.facts.value(flag, false) == later_now) return;
+  throw Error(method + ": the checkpoint is of the " + (later_now ? earlier : later) +
+              " stage, not of the " + (later_now ? later : earlier) + " stage being resumed");
+}
+
 }  // namespace deltatune::methods

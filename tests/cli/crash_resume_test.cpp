@@ -15,11 +15,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 #include <thread>
 
 #include "cli/cli_run.h"
 #include "deltatune/data/glue.h"
+#include "deltatune/io/atomic_file.h"
 #include "test_paths.h"
 
 extern char** environ;
@@ -29,12 +29,7 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-std::string file_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
+std::string file_bytes(const fs::path& path) { return io::read_text_file(path); }
 
 // delta.json without the fields that record when, not what: "created".
 json delta_record(const fs::path& delta_dir) {

@@ -11,6 +11,7 @@
 
 #include "cli/cli_run.h"
 #include "deltatune/data/glue.h"
+#include "deltatune/io/atomic_file.h"
 #include "test_paths.h"
 
 namespace deltatune {
@@ -92,10 +93,7 @@ TEST_F(OutputErrors, AReadOnlyOutputDirectoryIsNamedBeforeAnyTraining) {
 TEST_F(OutputErrors, AnOutHoldingAnotherRunIsRefusedUnlessResumedOrOverwritten) {
   const fs::path out = tmp_.path() / "run";
   ASSERT_EQ(test::deltatune(train_arguments(out)).status, 0);
-  const std::string delta = [&] {
-    std::ifstream in(out / "delta" / "delta.safetensors", std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }();
+  const std::string delta = io::read_text_file(out / "delta" / "delta.safetensors");
   test::CliRun other = test::deltatune(train_arguments(out, "--lr 0.01"));
   EXPECT_NE(other.status, 0) << other.output;
   EXPECT_NE(other.output.find(out.string() + " holds another run (learning_rate"),
@@ -103,8 +101,7 @@ TEST_F(OutputErrors, AnOutHoldingAnotherRunIsRefusedUnlessResumedOrOverwritten) 
       << other.output;
   EXPECT_NE(other.output.find("--overwrite"), std::string::npos) << other.output;
   // Untouched by the refused run.
-  std::ifstream in(out / "delta" / "delta.safetensors", std::ios::binary);
-  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(in), {}), delta);
+  EXPECT_EQ(io::read_text_file(out / "delta" / "delta.safetensors"), delta);
 
   // The same run again is no conflict; --overwrite replaces another.
   EXPECT_EQ(test::deltatune(train_arguments(out)).status, 0);

@@ -213,6 +213,11 @@ MethodState masks_state(const std::map<std::string, at::Tensor>& masks);
 std::map<std::string, at::Tensor> masks_of_state(const MethodState& state,
                                                  const std::string& method);
 
+// For a method of two stages: refuses a saved state whose `flag` (true: the
+// later stage) differs from `later_now`, naming both stages.
+void check_saved_stage(const MethodState& state, const std::string& method, const char* flag,
+                       bool later_now, const std::string& earlier, const std::string& later);
+
 // What a method trains and stores on a given model ("deltatune info").
 struct Footprint {
   std::string method;
