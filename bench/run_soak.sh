@@ -12,6 +12,8 @@ deltas=$(ls -d /tmp/deltatune-served-deltas-v1-*/ 2>/dev/null | head -1)
 [ -n "$deltas" ] && [ -f "$deltas/complete" ] || { echo "no served deltas: run the ServeEngine tests first" >&2; exit 1; }
 glue=${GLUE_DIR:-$root/../shared/data/glue}
 texts=$(mktemp); tail -n +2 "$glue/SST-2/dev.tsv" | cut -f1 > "$texts"
+hot=(--hot-task "hot=${deltas}lora4-stsb")  # SOAK_NO_HOT=1: no hot loading
+[ -n "${SOAK_NO_HOT:-}" ] && hot=()
 port=$((20000 + RANDOM % 20000))
 args=()
 for t in bitfit-sst2 lora-rte prompt-sst2 fish-stsb prefix-rte adapters-stsb diff-pruning-sst2 far-sst2; do
@@ -23,4 +25,4 @@ trap 'kill $pid 2>/dev/null || true; rm -f "$texts"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, $(date -u +%FT%TZ)" >&2
 "$build/bench/serve_soak" --url "http://127.0.0.1:$port" --pid "$pid" --texts "$texts" \
-  --hot-task "hot=${deltas}lora4-stsb" --clients "$clients" --seconds "$seconds"
+  "${hot[@]}" --clients "$clients" --seconds "$seconds"

@@ -13,8 +13,10 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -111,7 +113,8 @@ int main(int argc, char** argv) {
   app.add_option("--url", url, "server address")->required();
   app.add_option("--pid", pid, "the server's process id (resident memory)")->required();
   app.add_option("--texts", texts_file, "one input text per line")->required();
-  app.add_option("--hot-task", hot, "NAME=DELTA_DIR loaded and unloaded over and over")->required();
+  app.add_option("--hot-task", hot,
+                 "NAME=DELTA_DIR loaded and unloaded over and over (none: no hot loading)");
   app.add_option("--clients", clients, "concurrent connections")->capture_default_str();
   app.add_option("--seconds", seconds, "length of the soak")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -171,19 +174,20 @@ int main(int argc, char** argv) {
       std::lock_guard<std::mutex> lock(mutex);
       for (auto [status, n] : mine) statuses[status] += n;
     });
-  threads.emplace_back([&] {  // hot load and unload
-    httplib::Client client(host, port);
-    client.set_read_timeout(60, 0);
-    while (Clock::now() < end) {
-      auto loaded = client.Post("/tasks", json{{"name", hot_name}, {"path", hot_dir}}.dump(),
-                                "application/json");
-      if (loaded && loaded->status / 100 == 2) ++loads;
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      auto removed = client.Delete("/tasks/" + hot_name);
-      if (removed && removed->status / 100 == 2) ++unloads;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  });
+  if (!hot.empty())
+    threads.emplace_back([&] {  // hot load and unload
+      httplib::Client client(host, port);
+      client.set_read_timeout(60, 0);
+      while (Clock::now() < end) {
+        auto loaded = client.Post("/tasks", json{{"name", hot_name}, {"path", hot_dir}}.dump(),
+                                  "application/json");
+        if (loaded && loaded->status / 100 == 2) ++loads;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        auto removed = client.Delete("/tasks/" + hot_name);
+        if (removed && removed->status / 100 == 2) ++unloads;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    });
   std::vector<std::pair<double, int64_t>> rss;  // (seconds, bytes)
   threads.emplace_back([&] {
     while (Clock::now() < end) {
@@ -215,6 +219,9 @@ int main(int argc, char** argv) {
     if (status >= 500 && status != 503) server_errors += n;
   }
   const bool alive = ::kill(pid, 0) == 0;
+  json every_ten_seconds = json::array();
+  for (size_t i = 0; i < rss.size(); i += 10)
+    every_ten_seconds.push_back(std::round(rss[i].second / 1e5) / 10);
   const double growth = early > 0 ? static_cast<double>(late) / early : 0;
   const bool flat = growth > 0 && growth < 1.05;
   json out = {{"seconds", seconds},
@@ -230,6 +237,7 @@ int main(int argc, char** argv) {
               {"rss_end_mb", late / 1e6},
               {"rss_peak_mb", peak / 1e6},
               {"rss_growth", growth},
+              {"rss_every_10s_mb", every_ten_seconds},
               {"server_alive", alive}};
   std::cout << out.dump() << "\n";
   return server_errors == 0 && unanswered == 0 && valid_failed == 0 && alive && flat ? 0 : 1;

@@ -23,4 +23,7 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads);
 // serve: many tasks on one base over HTTP (serve_verb.cpp).
 void register_serve_verb(CLI::App& app, Action& action, int& threads);
 
+// launch: the ranks of a data-parallel job on this machine (launch_verb.cpp).
+void register_launch_verb(CLI::App& app, Action& action);
+
 }  // namespace deltatune::cli

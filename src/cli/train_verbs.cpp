@@ -244,6 +244,7 @@ struct TrainOptions {
   bool resume = false;
   bool overwrite = false;
   bool json_output = false;
+  double job_timeout_s = 300;  // a data-parallel job's wait for the other ranks
 };
 
 std::vector<std::string> split_commas(const std::string& text) {
@@ -385,37 +386,16 @@ int run_train(TrainOptions& o) {
   for (size_t i = 0; i < other_dev_sets.size(); ++i)
     extra_eval.emplace_back(task_data.other_dev[i].first, &other_dev_sets[i]);
   train::StopOnSignals stop_on_signals;  // SIGINT/SIGTERM: checkpoint, exit 130/143
+  // A data-parallel job when torchrun's environment describes one (deltatune launch, torchrun).
+  train::JobOptions job_options;
+  job_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.job_timeout_s * 1000));
+  const std::unique_ptr<train::Collective> job = train::join_job_from_environment(job_options);
+  c.collective = job.get();
   train::MethodRun run = train::run_method(task_model, *method, task_data.task, c, train_set,
                                            dev_set, extra_eval, o.resume, o.overwrite);
   const train::TrainResult& result = run.result;
-  const json& stages = run.stages;
-
-  methods::Delta delta =
-      train::build_delta(base, *task_model, *method, task_data.task, o.data.max_length, c, result);
-  const fs::path delta_dir = fs::path(o.out) / "delta";
-  delta.save(delta_dir);
-  std::optional<fs::path> peft_dir;
-  if (methods::has_peft_format(method->name())) {  // the same adapter in PEFT's format
-    if (auto why_not = methods::peft_incompatibility(delta)) {
-      fmt::print(stderr, "no PEFT adapter written: {}\n", *why_not);
-    } else {
-      peft_dir = fs::path(o.out) / "peft";
-      methods::save_peft_adapter(delta, *peft_dir);
-    }
-  }
-  json summary = {{"task", task_data.task.name},
-                  {"method", method->name()},
-                  {"dev", result.best.to_json()},
-                  {"best_step", result.best_step},
-                  {"steps", result.steps},
-                  {"train_seconds", result.seconds},
-                  {"train_tokens_per_s", result.train_tokens_per_second},
-                  {"delta", delta_dir.string()},
-                  {"delta_bytes", delta.stored_bytes()},
-                  {"delta_values", delta.stored_values()}};
-  if (!stages.empty()) summary["stages"] = stages;
-  if (peft_dir) summary["peft_adapter"] = peft_dir->string();
-  io::write_text_atomically(fs::path(o.out) / "summary.json", summary.dump(2) + "\n");
+  const json summary = train::save_run_outputs(base, *task_model, *method, task_data.task,
+                                               o.data.max_length, c, run, o.out);
   if (o.json_output) {
     fmt::print("{}\n", summary.dump());
   } else {
@@ -424,8 +404,9 @@ int run_train(TrainOptions& o) {
     for (const auto& [name, value] : result.best.metrics.values)
       if (name != result.best.metrics.main_metric) fmt::print(", {} = {:.4f}", name, value);
     fmt::print(" (best of {} steps at step {})\n", result.steps, result.best_step);
-    fmt::print("delta: {} ({} values, {:.1f} KB)\n", delta_dir.string(), delta.stored_values(),
-               delta.stored_bytes() / 1024.0);
+    fmt::print("delta: {} ({} values, {:.1f} KB)\n", summary["delta"].get<std::string>(),
+               summary["delta_values"].get<int64_t>(),
+               summary["delta_bytes"].get<int64_t>() / 1024.0);
   }
   return 0;
 }
@@ -737,6 +718,12 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   train->add_option("--seed", t->config.seed, "random seed")->capture_default_str();
   train->add_flag("--bf16", t->config.bf16, "bf16 mixed precision (autocast)");
   train->add_flag("--resume", t->resume, "continue the run in --out from its checkpoint");
+  train
+      ->add_option("--job-timeout", t->job_timeout_s,
+                   "data-parallel job (torchrun's environment, deltatune launch): seconds a rank "
+                   "waits for the others before it stops with an error")
+      ->check(CLI::Range(1.0, 86400.0))
+      ->capture_default_str();
   train->add_flag("--overwrite", t->overwrite,
                   "replace a different run that --out already holds (default: refuse)");
   train->add_flag("--json", t->json_output, "print the summary as JSON");

@@ -20,6 +20,11 @@ const CrashTarget& target() {
     CrashTarget t;
     const char* spec = std::getenv("DELTATUNE_CRASH_AT");
     if (spec == nullptr) return t;
+    // DELTATUNE_CRASH_RANK: only the rank of a data-parallel job with that RANK.
+    if (const char* only = std::getenv("DELTATUNE_CRASH_RANK")) {
+      const char* rank = std::getenv("RANK");
+      if (rank == nullptr || std::string(rank) != only) return t;
+    }
     const std::string text = spec;
     // "<point>:<n>", or "<point>" for its first arrival ("write:delta").
     const auto colon = text.rfind(':');

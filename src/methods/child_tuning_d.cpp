@@ -48,6 +48,7 @@ void ChildTuningD::prepare(model::SequenceClassifierImpl& model, const Preparati
   options.batch_size = fisher_batch_size_;
   options.clip_norm = fisher_clip_norm_;
   options.seed = data.seed;
+  options.shards = data.shards;
   auto fisher = diagonal_fisher(parameters, data.num_examples, data.forward, options);
   masks_ = top_k_masks(fisher, *sparse_budget(model));
 }

@@ -50,6 +50,7 @@ void FishMask::prepare(model::SequenceClassifierImpl& model, const Preparation& 
   options.batch_size = 1;
   options.expected_labels = expected_labels_;
   options.seed = data.seed;
+  options.shards = data.shards;
   auto fisher = diagonal_fisher(parameters, data.num_examples, data.forward, options);
   masks_ = top_k_masks(fisher, *sparse_budget(model));
 }

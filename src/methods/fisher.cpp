@@ -58,13 +58,19 @@ std::map<std::string, at::Tensor> diagonal_fisher(
   for (const auto& [name, p] : parameters) {
     required.push_back(p.requires_grad());
     inputs.push_back(p);
-    sums.push_back(at::zeros_like(p, p.options().dtype(at::kFloat)));
+    // fp64 sums: the estimate then hardly depends on the order the
+    // gradients are added in (one process, or shards summed over ranks).
+    sums.push_back(at::zeros_like(p, p.options().dtype(at::kDouble)));
   }
   for (auto& p : inputs) p.requires_grad_(true);
 
-  int64_t gradients_taken = 0;
+  const int rank = options.shards ? options.shards->rank : 0;
+  const int world = options.shards ? options.shards->world : 1;
+  const auto gradients_taken =
+      static_cast<int64_t>((used + options.batch_size - 1) / options.batch_size);
   try {
-    for (std::size_t start = 0; start < used; start += options.batch_size) {
+    for (std::size_t start = 0, g = 0; start < used; start += options.batch_size, ++g) {
+      if (static_cast<int>(g % static_cast<std::size_t>(world)) != rank) continue;
       std::vector<std::size_t> batch(order.begin() + start,
                                      order.begin() + std::min(used, start + options.batch_size));
       auto [logits, labels] = forward(batch);
@@ -72,7 +78,7 @@ std::map<std::string, at::Tensor> diagonal_fisher(
       auto accumulate = [&](std::vector<at::Tensor> grads, double weight) {
         clip_to_norm(grads, options.clip_norm);
         for (size_t i = 0; i < grads.size(); ++i)
-          sums[i].add_(grads[i].to(at::kFloat).pow(2), weight);
+          sums[i].add_(grads[i].to(at::kDouble).pow(2), weight);
       };
       if (logits.size(-1) == 1) {  // regression: Gaussian log-likelihood, up to scale
         at::Tensor loss = at::mse_loss(logits.squeeze(-1), labels.to(at::kFloat));
@@ -92,7 +98,6 @@ std::map<std::string, at::Tensor> diagonal_fisher(
           accumulate(gradients(loss, inputs, c + 1 < classes), weight);
         }
       }
-      ++gradients_taken;
     }
   } catch (...) {
     for (size_t i = 0; i < inputs.size(); ++i) inputs[i].requires_grad_(required[i]);
@@ -100,9 +105,10 @@ std::map<std::string, at::Tensor> diagonal_fisher(
   }
   for (size_t i = 0; i < inputs.size(); ++i) inputs[i].requires_grad_(required[i]);
 
+  if (world > 1) options.shards->sum_over_ranks(sums);
   std::map<std::string, at::Tensor> fisher;
   for (size_t i = 0; i < parameters.size(); ++i)
-    fisher[parameters[i].first] = sums[i].div_(static_cast<double>(gradients_taken));
+    fisher[parameters[i].first] = sums[i].div_(static_cast<double>(gradients_taken)).to(at::kFloat);
   return fisher;
 }
 

@@ -5,9 +5,12 @@
 
 #include <chrono>
 #include <ctime>
+#include <optional>
 
 #include "deltatune/error.h"
+#include "deltatune/io/atomic_file.h"
 #include "deltatune/io/safetensors.h"
+#include "deltatune/methods/peft_format.h"
 
 namespace deltatune::train {
 namespace fs = std::filesystem;
@@ -107,6 +110,40 @@ methods::Delta build_delta(const BaseModel& base, model::SequenceClassifierImpl&
       {"steps", result.steps},
       {"parameters", {{"total", total}, {"trainable", trainable}}}};
   return delta;
+}
+
+json save_run_outputs(const BaseModel& base, model::SequenceClassifierImpl& model,
+                      const methods::Method& method, const data::TaskSpec& task, size_t max_length,
+                      const TrainConfig& config, const MethodRun& run, const fs::path& out) {
+  const TrainResult& result = run.result;
+  const bool writer = config.collective == nullptr || config.collective->rank() == 0;
+  methods::Delta delta = build_delta(base, model, method, task, max_length, config, result);
+  const fs::path delta_dir = out / "delta";
+  if (writer) delta.save(delta_dir);
+  std::optional<fs::path> peft_dir;
+  if (methods::has_peft_format(method.name())) {
+    if (auto why_not = methods::peft_incompatibility(delta)) {
+      if (writer) fmt::print(stderr, "no PEFT adapter written: {}\n", *why_not);
+    } else {
+      peft_dir = out / "peft";
+      if (writer) methods::save_peft_adapter(delta, *peft_dir);
+    }
+  }
+  json summary = {{"task", task.name},
+                  {"method", method.name()},
+                  {"dev", result.best.to_json()},
+                  {"best_step", result.best_step},
+                  {"steps", result.steps},
+                  {"train_seconds", result.seconds},
+                  {"train_tokens_per_s", result.train_tokens_per_second},
+                  {"delta", delta_dir.string()},
+                  {"delta_bytes", delta.stored_bytes()},
+                  {"delta_values", delta.stored_values()}};
+  if (config.collective) summary["world_size"] = config.collective->world_size();
+  if (!run.stages.empty()) summary["stages"] = run.stages;
+  if (peft_dir) summary["peft_adapter"] = peft_dir->string();
+  if (writer) io::write_text_atomically(out / "summary.json", summary.dump(2) + "\n");
+  return summary;
 }
 
 std::unique_ptr<methods::Method> method_of(const methods::Delta& delta) {

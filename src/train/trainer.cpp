@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <fstream>
 
@@ -154,9 +155,11 @@ std::vector<std::string> plan_differences(const json& saved, const json& current
                            saved_config.value("warmup_ratio", 0.0) == 0.0;
   for (const auto& [key, value] : now.items()) {
     if (length_free && (key == "epochs" || key == "max_steps")) continue;
-    if (saved_config.value(key, json()) != value)
+    // Checkpoints from before data parallelism were of one process.
+    const json absent = key == "world_size" ? json(1) : json();
+    if (saved_config.value(key, absent) != value)
       out.push_back(fmt::format("{} {} in the checkpoint, {} now", key,
-                                saved_config.value(key, json()).dump(), value.dump()));
+                                saved_config.value(key, absent).dump(), value.dump()));
   }
   if (saved.value("method", json()) != current.at("method"))
     out.push_back(fmt::format("method {} in the checkpoint, {} now",
@@ -170,6 +173,117 @@ std::vector<std::string> plan_differences(const json& saved, const json& current
 
 int64_t real_tokens(const data::Batch& batch) {
   return batch.input.attention_mask.sum().item<int64_t>();
+}
+
+// The examples of a dataset in rank `rank`'s shard_range (evaluation shards).
+data::EncodedDataset dataset_shard(const data::EncodedDataset& dataset, int rank, int world) {
+  const auto [begin, end] = shard_range(static_cast<int64_t>(dataset.size()), rank, world);
+  data::EncodedDataset out;
+  out.type = dataset.type;
+  out.pad_token_id = dataset.pad_token_id;
+  out.max_length = dataset.max_length;
+  auto slice = [&](const auto& v) {
+    using V = std::decay_t<decltype(v)>;
+    return v.size() == dataset.size() ? V(v.begin() + begin, v.begin() + end) : V();
+  };
+  out.encodings = slice(dataset.encodings);
+  out.labels = slice(dataset.labels);
+  out.scores = slice(dataset.scores);
+  out.lines = slice(dataset.lines);
+  return out;
+}
+
+// A rank's contiguous share of one global batch.
+std::vector<std::size_t> batch_shard(const std::vector<std::size_t>& batch, int rank, int world) {
+  const auto [begin, end] = shard_range(static_cast<int64_t>(batch.size()), rank, world);
+  return {batch.begin() + begin, batch.begin() + end};
+}
+
+// Draws every rank must agree on (Child-Tuning_F's gradient masks) come, in a
+// data-parallel job, from a stream seeded by the run's seed and the global
+// step alone, while dropout keeps each rank's own stream (seed + rank). The
+// scope swaps the default generator's state in and back out. One process:
+// a no-op, everything draws from the one stream as before.
+class SharedDraws {
+ public:
+  SharedDraws(bool active, uint64_t seed, int64_t step) : active_(active) {
+    if (!active_) return;
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    own_ = generator.get_state();
+    generator.set_current_seed(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(step) + 1);
+  }
+  ~SharedDraws() {
+    if (!active_) return;
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    generator.set_state(own_);
+  }
+  SharedDraws(const SharedDraws&) = delete;
+  SharedDraws& operator=(const SharedDraws&) = delete;
+
+ private:
+  bool active_;
+  at::Tensor own_;
+};
+
+// What a job's ranks together did in one optimizer step.
+struct StepTotals {
+  double loss = 0;  // the step's mean loss (summed over its accumulated batches)
+  int64_t tokens = 0;
+  int signal = 0;  // a stop signal that reached some rank, else 0
+};
+
+// The step's one all-reduce: every trainable gradient in one flat fp32
+// buffer, then per parameter whether some rank produced its gradient, this
+// rank's loss part, its tokens and whether a stop signal reached it.
+// Gradients become the ranks' mean: SUM, then 1/world (Gloo has no AVG). A
+// gradient no rank produced stays undefined, as in one process.
+StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& parameters,
+                             double loss, int64_t tokens) {
+  const auto n = static_cast<int64_t>(parameters.size());
+  int64_t values = 0;
+  for (const auto& p : parameters) values += p.numel();
+  at::Tensor flat = at::empty({values + n + 3}, at::kFloat);
+  float* tail = flat.data_ptr<float>() + values;
+  int64_t offset = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& p = parameters[static_cast<size_t>(i)];
+    at::Tensor slot = flat.narrow(0, offset, p.numel());
+    if (p.grad().defined())
+      slot.copy_(p.grad().reshape({-1}));
+    else
+      slot.zero_();
+    tail[i] = p.grad().defined() ? 1.0f : 0.0f;
+    offset += p.numel();
+  }
+  const int own_signal = stop_requested();
+  tail[n] = static_cast<float>(loss);
+  tail[n + 1] = static_cast<float>(tokens);
+  tail[n + 2] = own_signal != 0 ? 1.0f : 0.0f;
+  job.all_reduce_sum(flat);
+  tail = flat.data_ptr<float>() + values;  // the same storage, reduced
+  flat.narrow(0, 0, values).mul_(1.0 / job.world_size());
+  at::NoGradGuard no_grad;
+  offset = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    at::Tensor p = parameters[static_cast<size_t>(i)];
+    at::Tensor mean = flat.narrow(0, offset, p.numel()).view(p.sizes());
+    offset += p.numel();
+    if (tail[i] == 0) continue;
+    if (p.grad().defined())
+      p.mutable_grad().copy_(mean);
+    else
+      p.mutable_grad() = mean.clone();
+  }
+  StepTotals totals;
+  totals.loss = tail[n];
+  totals.tokens = static_cast<int64_t>(std::llround(tail[n + 1]));
+  totals.signal = tail[n + 2] > 0 ? (own_signal != 0 ? own_signal : SIGTERM) : 0;
+  return totals;
+}
+
+// The checkpoint key of a rank's own random stream.
+std::string rng_key(int rank) {
+  return rank == 0 ? std::string("rng.cpu") : "rng.cpu.rank" + std::to_string(rank);
 }
 
 }  // namespace
@@ -193,7 +307,8 @@ json TrainConfig::to_json() const {
           {"group_by_length", group_by_length},
           {"keep_best", keep_best},
           {"prior_steps", prior_steps},
-          {"schedule_steps", schedule_steps}};
+          {"schedule_steps", schedule_steps},
+          {"world_size", collective ? collective->world_size() : 1}};
 }
 
 json Evaluation::to_json() const {
@@ -300,7 +415,7 @@ Trainer::Trainer(model::SequenceClassifier model, methods::Method& method, data:
 }
 
 void Trainer::append_metrics(const json& record) {
-  if (config_.run_dir.empty()) return;
+  if (config_.run_dir.empty() || !writes_files()) return;
   const fs::path path = config_.run_dir / "metrics.jsonl";
   std::ofstream out(path, std::ios::app);
   out << record.dump() << "\n";
@@ -308,15 +423,30 @@ void Trainer::append_metrics(const json& record) {
   if (!out) throw Error("write to " + path.string() + " failed: " + std::strerror(errno));
 }
 
+bool Trainer::writes_files() const {
+  return config_.collective == nullptr || config_.collective->rank() == 0;
+}
+
 void Trainer::save_checkpoint(AdamW& optimizer, json position,
                               const std::map<std::string, at::Tensor>& best_parameters) {
   if (config_.run_dir.empty()) return;
+  // Every rank's own random stream (dropout), so that a resume continues each.
+  std::vector<std::pair<std::string, at::Tensor>> streams;
+  const at::Tensor own = at::detail::getDefaultCPUGenerator().get_state();
+  if (Collective* job = config_.collective) {
+    const at::Tensor all = gather_shards(*job, own.to(at::kFloat).unsqueeze(0), job->world_size());
+    for (int r = 0; r < job->world_size(); ++r)
+      streams.emplace_back(rng_key(r), all[r].to(at::kByte).contiguous());
+  } else {
+    streams.emplace_back(rng_key(0), own);
+  }
+  if (!writes_files()) return;
   io::NamedTensors tensors;
   for (auto& [name, value] : trained_tensors(*model_, optimizer))
     tensors.emplace_back("model." + name, value);
   for (auto& [name, value] : best_parameters) tensors.emplace_back("best." + name, value);
   for (auto& entry : optimizer.state()) tensors.push_back(entry);
-  tensors.emplace_back("rng.cpu", at::detail::getDefaultCPUGenerator().get_state());
+  for (auto& stream : streams) tensors.push_back(stream);
   methods::MethodState method_state = method_.state();
   for (auto& [name, value] : method_state.tensors) tensors.emplace_back("method." + name, value);
   position["method_state"] = method_state.facts;
@@ -341,7 +471,9 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   auto& model = *model_;
   for (const data::EncodedDataset* dataset : {&train, &dev})
     check_sequence_fits(model.config(), method_, static_cast<int64_t>(dataset->max_length));
-  if (!config_.run_dir.empty()) {
+  Collective* const job = config_.collective;
+  const int rank = job ? job->rank() : 0, world = job ? job->world_size() : 1;
+  if (!config_.run_dir.empty() && writes_files()) {
     fs::create_directories(config_.run_dir);
     // A fresh run owns its directory's log and checkpoint: nothing of an
     // earlier run is appended to or resumed from.
@@ -389,7 +521,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     state = io::SafetensorsFile::open(dir / "state.safetensors").load_all();
     // The log as it was at the checkpoint: records written after it are made again.
     const fs::path log = config_.run_dir / "metrics.jsonl";
-    if (position.contains("metrics_bytes") && fs::exists(log))
+    if (writes_files() && position.contains("metrics_bytes") && fs::exists(log))
       fs::resize_file(log, position["metrics_bytes"].get<uintmax_t>());
   }
 
@@ -411,6 +543,15 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       methods::Preparation preparation;
       preparation.num_examples = train.size();
       preparation.seed = config_.seed;
+      methods::FisherShards shards;
+      if (job) {
+        shards.rank = rank;
+        shards.world = world;
+        shards.sum_over_ranks = [job](std::vector<at::Tensor>& sums) {
+          all_reduce_flat(*job, sums);
+        };
+        preparation.shards = &shards;
+      }
       preparation.forward = [&](const std::vector<std::size_t>& indices) {
         data::Batch batch = examples.make(indices);
         return std::make_pair(model.forward(batch.input), batch.labels);
@@ -451,7 +592,10 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     restore(model, optimizer, current);
     optimizer.load_state(optimizer_state);
     at::Generator generator = at::detail::getDefaultCPUGenerator();
-    generator.set_state(state.at("rng.cpu"));
+    if (state.count(rng_key(rank)) == 0)
+      throw Error(fmt::format("{}: the checkpoint holds no random stream of rank {}",
+                              (config_.run_dir / "checkpoint").string(), rank));
+    generator.set_state(state.at(rng_key(rank)));
     best_parameters = best;
     start_epoch = position.at("epoch").get<int64_t>();
     start_batch = position.at("batch").get<int64_t>();
@@ -484,13 +628,30 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   // whatever the set-up drew before (PyTorch reference: torch.manual_seed(seed)
   // right before its training loop). Resumed runs restored the stream above;
   // a later stage (FAR after priming) continues the earlier one's.
-  if (!resume && config_.prior_steps == 0) at::manual_seed(config_.seed);
+  // In a job each rank's dropout has its own stream, seed + rank.
+  if (!resume && config_.prior_steps == 0)
+    at::manual_seed(config_.seed + static_cast<uint64_t>(rank));
+  // Every rank starts from rank 0's values (also what the masked entries of
+  // selective methods keep, bit for bit, through training).
+  if (job) {
+    std::vector<at::Tensor> trained;
+    for (auto& [name, tensor] : trained_tensors(model, optimizer)) trained.push_back(tensor);
+    broadcast_flat(*job, trained, 0);
+  }
+  const data::EncodedDataset dev_shard =
+      job ? dataset_shard(dev, rank, world) : data::EncodedDataset();
+  std::vector<data::EncodedDataset> extra_shards;
+  for (const auto& [name, dataset] : extra_eval_)
+    extra_shards.push_back(job ? dataset_shard(*dataset, rank, world) : data::EncodedDataset());
 
   io::ProgressBar bar("train " + task_.name, total_steps);
-  bar.set_enabled(config_.progress);
+  bar.set_enabled(config_.progress && writes_files());
   bar.set(optimizer.steps());
   const auto start = std::chrono::steady_clock::now();
-  int64_t tokens = 0;
+  int64_t tokens = 0;      // this process's real tokens
+  int64_t job_tokens = 0;  // every rank's, in a job
+  double step_loss = 0;    // this rank's part of the step's loss, before the all-reduce
+  int64_t step_tokens = 0;
   double loss_window = 0;
   int64_t loss_count = 0;
   bool stop = finished;
@@ -499,9 +660,20 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
     const auto eval_start = std::chrono::steady_clock::now();
     method_.before_forward(model, false);
-    Evaluation eval = evaluate(model, task_, dev, config_.eval_batch_size, config_.bf16);
-    for (const auto& [name, dataset] : extra_eval_) {
-      Evaluation extra = evaluate(model, task_, *dataset, config_.eval_batch_size, config_.bf16);
+    // A job evaluates in shards, gathered: every rank then holds the same
+    // metrics and takes the same keep-best and early-stopping decisions.
+    auto evaluate_split = [&](const data::EncodedDataset& whole, const data::EncodedDataset& mine) {
+      if (!job) return evaluate(model, task_, whole, config_.eval_batch_size, config_.bf16);
+      at::Tensor rows = mine.size() > 0
+                            ? predict_logits(model, mine, config_.eval_batch_size, config_.bf16)
+                            : at::empty({0, task_.num_labels()}, at::kFloat);
+      return evaluate_logits(task_, gather_shards(*job, rows, static_cast<int64_t>(whole.size())),
+                             whole);
+    };
+    Evaluation eval = evaluate_split(dev, dev_shard);
+    for (size_t i = 0; i < extra_eval_.size(); ++i) {
+      const auto& [name, dataset] = extra_eval_[i];
+      Evaluation extra = evaluate_split(*dataset, extra_shards[i]);
       for (const auto& [metric, value] : extra.metrics.values)
         eval.metrics.values[name + "_" + metric] = value;
     }
@@ -552,8 +724,9 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   };
 
   // A stop requested by a signal: checkpoint where the run stands, then leave.
+  int agreed_signal = 0;  // a job's ranks stop at the step the signal reached any of them
   auto stop_if_requested = [&](int64_t epoch, int64_t next_batch) {
-    const int signal = stop_requested();
+    const int signal = job ? agreed_signal : stop_requested();
     if (signal == 0) return;
     bar.finish();
     std::string where = "no run directory, nothing saved";
@@ -567,33 +740,65 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
 
   model.train();
   optimizer.zero_grad();
-  if (!finished) stop_if_requested(start_epoch, start_batch);
+  if (!finished && !job) stop_if_requested(start_epoch, start_batch);
   for (int64_t epoch = start_epoch; epoch < epochs && !stop; ++epoch) {
     const data::EpochPlan plan = batcher.plan(static_cast<size_t>(epoch));
     const int64_t first = epoch == start_epoch ? start_batch : 0;
     for (int64_t b = first;
          b < static_cast<int64_t>(plan.batches.size()) && !stop && optimizer.steps() < total_steps;
          ++b) {
-      data::Batch batch = batcher.make(plan.batches[static_cast<size_t>(b)]);
-      tokens += real_tokens(batch);
-      at::Tensor logits;
+      const std::vector<std::size_t>& whole = plan.batches[static_cast<size_t>(b)];
+      const std::vector<std::size_t> mine = job ? batch_shard(whole, rank, world) : whole;
       method_.before_forward(model, true);
-      {
-        AutocastScope autocast(config_.bf16);
-        logits = model.forward(batch.input);
+      at::Tensor loss;
+      if (!mine.empty()) {
+        data::Batch batch = batcher.make(mine);
+        const int64_t batch_tokens = real_tokens(batch);
+        tokens += batch_tokens;
+        step_tokens += batch_tokens;
+        at::Tensor logits;
+        {
+          AutocastScope autocast(config_.bf16);
+          logits = model.forward(batch.input);
+        }
+        loss = task_loss(logits, batch.labels);
+        if (job) {
+          // This shard's part of the whole batch's mean: summed over the
+          // ranks (after the 1/world of the all-reduce) it is that mean.
+          const double share = static_cast<double>(mine.size()) / static_cast<double>(whole.size());
+          step_loss += loss.item<double>() * share;
+          loss = loss * (share * world);
+        }
       }
-      at::Tensor loss = task_loss(logits, batch.labels);
-      if (at::Tensor extra = method_.extra_loss(model); extra.defined()) loss = loss + extra;
-      loss_window += loss.item<double>();
+      if (at::Tensor extra = method_.extra_loss(model); extra.defined()) {
+        if (job) step_loss += extra.item<double>() / world;  // the same on every rank
+        loss = loss.defined() ? loss + extra : extra;
+      }
+      if (!job) loss_window += loss.item<double>();
       ++loss_count;
       const int64_t epoch_batches = static_cast<int64_t>(plan.batches.size());
-      (loss / static_cast<double>(window_batches(b, epoch_batches, config_))).backward();
+      if (loss.defined())
+        (loss / static_cast<double>(window_batches(b, epoch_batches, config_))).backward();
       const bool step_now = (b + 1) % config_.gradient_accumulation == 0 || b + 1 == epoch_batches;
       if (!step_now) continue;
 
-      method_.on_backward(model, optimizer.steps());
+      if (job) {
+        const StepTotals totals = average_gradients(*job, parameters, step_loss, step_tokens);
+        loss_window += totals.loss;
+        job_tokens += totals.tokens;
+        agreed_signal = totals.signal;
+        step_loss = 0;
+        step_tokens = 0;
+      }
+      {
+        SharedDraws shared(job != nullptr, config_.seed, config_.prior_steps + optimizer.steps());
+        method_.on_backward(model, optimizer.steps());
+      }
       if (config_.max_grad_norm > 0) clip_grad_norm(parameters, config_.max_grad_norm);
-      method_.before_step(model, optimizer.steps());
+      {
+        SharedDraws shared(job != nullptr, config_.seed, config_.prior_steps + optimizer.steps());
+        method_.before_step(model, optimizer.steps());
+      }
       optimizer.step(lr_multiplier(schedule, config_.prior_steps + optimizer.steps(), warmup_steps,
                                    run_steps));
       optimizer.zero_grad();
@@ -601,9 +806,9 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
 
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      bar.set_suffix(fmt::format("epoch {}/{} loss {:.4f} {:.0f} tok/s", epoch + 1, epochs,
-                                 loss_window / loss_count,
-                                 tokens / std::max(elapsed - eval_seconds, 1e-9)));
+      bar.set_suffix(fmt::format(
+          "epoch {}/{} loss {:.4f} {:.0f} tok/s", epoch + 1, epochs, loss_window / loss_count,
+          (job ? job_tokens : tokens) / std::max(elapsed - eval_seconds, 1e-9)));
       bar.set(optimizer.steps());
       if (config_.log_every > 0 && optimizer.steps() % config_.log_every == 0) {
         append_metrics({{"split", "train"},
@@ -631,7 +836,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     result.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     // Training throughput counts the training steps only, not the evaluations.
-    result.train_tokens_per_second = tokens / std::max(result.seconds - eval_seconds, 1e-9);
+    result.train_tokens_per_second =
+        (job ? job_tokens : tokens) / std::max(result.seconds - eval_seconds, 1e-9);
   }
   if (!best_parameters.empty()) restore(model, optimizer, best_parameters);
   model.eval();
@@ -645,13 +851,22 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     end["stopped_early"] = result.stopped_early;
     save_checkpoint(optimizer, end, {});
   }
-  append_metrics({{"split", "summary"},
+  json summary = {{"split", "summary"},
                   {"best_step", result.best_step},
                   {"best", result.best.to_json()},
                   {"steps", result.steps},
                   {"seconds", result.seconds},
                   {"train_tokens_per_s", result.train_tokens_per_second},
-                  {"stopped_early", result.stopped_early}});
+                  {"stopped_early", result.stopped_early}};
+  if (job) {
+    // This process's collectives over the run (gradients, Fisher, evaluation, broadcasts).
+    const CollectiveStats stats = job->stats();
+    summary["world_size"] = world;
+    summary["all_reduce"] = {{"calls", stats.all_reduce_calls},
+                             {"bytes", stats.all_reduce_bytes},
+                             {"seconds", stats.all_reduce_seconds}};
+  }
+  append_metrics(summary);
   return result;
 }
 
@@ -715,7 +930,9 @@ MethodRun run_method(
   };
   const std::vector<methods::Stage> stages = method.stages();
   const std::vector<fs::path> directories = stage_directories(stages, config.run_dir);
-  if (!config.run_dir.empty()) {
+  // Rank 0 alone claims and clears the directory; the others only read it (a resume).
+  const bool writer = config.collective == nullptr || config.collective->rank() == 0;
+  if (!config.run_dir.empty() && writer) {
     claim_run_directory(config.run_dir, run_plan(config, method, train, dev), resume, overwrite);
     // A fresh run owns every stage's log and checkpoint: a later stage must
     // not resume from a checkpoint an earlier run left.

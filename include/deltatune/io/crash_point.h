@@ -5,6 +5,8 @@
 // points: "step" (right after an optimizer step, before any checkpoint of
 // it) and "write:<name>" (a directory named <name> fully staged, right
 // before it replaces the old one: "write:checkpoint", "write:delta").
+// With DELTATUNE_CRASH_RANK=<r> set too, only the process whose RANK is r
+// (one rank of a data-parallel job) kills itself.
 // Unset, crash_point costs one cached getenv.
 #pragma once
 

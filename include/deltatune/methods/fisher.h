@@ -20,6 +20,15 @@ namespace deltatune::methods {
 using ExampleForward =
     std::function<std::pair<at::Tensor, at::Tensor>(const std::vector<std::size_t>&)>;
 
+// A data-parallel job's share of the Fisher pass: rank r takes gradients
+// r, r + world, ... and the ranks' sums are added (every rank ends with the
+// whole estimate).
+struct FisherShards {
+  int rank = 0;
+  int world = 1;
+  std::function<void(std::vector<at::Tensor>&)> sum_over_ranks;  // in place, elementwise
+};
+
 struct FisherOptions {
   std::size_t examples = 0;    // how many training examples (0: all)
   std::size_t batch_size = 1;  // examples per squared gradient (1: per-sample, as FISH)
@@ -28,6 +37,7 @@ struct FisherOptions {
   bool expected_labels = false;
   double clip_norm = 0;  // each tensor's gradient clipped to this L2 norm first (CT_D); 0: off
   uint64_t seed = 0;     // which examples, when fewer than all
+  const FisherShards* shards = nullptr;  // null: this process takes every gradient
 };
 
 // F_i = (1/G) Σ_g (∂ log p(y | x) / ∂θ_i)^2 over G gradients of `batch_size`

@@ -66,6 +66,9 @@ struct Preparation {
   std::size_t num_examples = 0;
   ExampleForward forward;  // the model in eval mode (no dropout), grad enabled
   uint64_t seed = 0;
+  // In a data-parallel job, how the ranks share a pass over the examples
+  // (each takes its part; the sums are added); null: one process.
+  const FisherShards* shards = nullptr;
 };
 
 // How a stored tensor is kept in a delta.

@@ -52,6 +52,16 @@ methods::Delta build_delta(const BaseModel& base, model::SequenceClassifierImpl&
                            const methods::Method& method, const data::TaskSpec& task,
                            size_t max_length, const TrainConfig& config, const TrainResult& result);
 
+// What a finished run leaves in `out`: delta/, peft/ (the same adapter in
+// PEFT's format, where the method has one and the delta fits it) and
+// summary.json. Returns the summary ({"task", "dev", "delta", "delta_bytes",
+// ...}). In a data-parallel job rank 0 alone writes; every rank returns the
+// same summary. Messages (why no PEFT adapter) go to stderr.
+nlohmann::json save_run_outputs(const BaseModel& base, model::SequenceClassifierImpl& model,
+                                const methods::Method& method, const data::TaskSpec& task,
+                                size_t max_length, const TrainConfig& config, const MethodRun& run,
+                                const std::filesystem::path& out);
+
 // The method a delta was trained with, rebuilt from delta.json.
 std::unique_ptr<methods::Method> method_of(const methods::Delta& delta);
 

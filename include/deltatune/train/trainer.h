@@ -16,6 +16,7 @@
 #include "deltatune/data/task.h"
 #include "deltatune/methods/method.h"
 #include "deltatune/model/encoder.h"
+#include "deltatune/train/distributed.h"
 #include "deltatune/train/metrics.h"
 
 namespace deltatune::train {
@@ -53,7 +54,13 @@ struct TrainConfig {
   // learning-rate schedule and the data order continue from there.
   int64_t prior_steps = 0;
   int64_t schedule_steps = 0;  // 0: this run's own steps
-  nlohmann::json to_json() const;
+  // A data-parallel job (not owned); null: this process alone. batch_size is
+  // then the global batch: each step's batch is split into contiguous
+  // shards, one per rank, and the ranks' gradients are averaged, so the
+  // step equals one process's on the whole batch. Rank 0 writes every file;
+  // every rank reads a checkpoint to resume (a directory they all see).
+  Collective* collective = nullptr;
+  nlohmann::json to_json() const;  // with world_size
 };
 
 struct Evaluation {
@@ -121,6 +128,7 @@ class Trainer {
   void save_checkpoint(class AdamW& optimizer, nlohmann::json position,
                        const std::map<std::string, at::Tensor>& best_parameters);
   void append_metrics(const nlohmann::json& record);
+  bool writes_files() const;  // rank 0 of a job, or a process alone
 
   model::SequenceClassifier model_;
   methods::Method& method_;
