@@ -857,6 +857,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
                   {"steps", result.steps},
                   {"seconds", result.seconds},
                   {"train_tokens_per_s", result.train_tokens_per_second},
+                  {"eval_seconds", eval_seconds},
                   {"stopped_early", result.stopped_early}};
   if (job) {
     // This process's collectives over the run (gradients, Fisher, evaluation, broadcasts).

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <thread>
 
@@ -186,6 +187,31 @@ TEST_F(DataParallel, AResumedJobEndsExactlyWhereAnUninterruptedOneEnds) {
   EXPECT_TRUE(io::read_text_file(whole / "delta" / "delta.safetensors") ==
               io::read_text_file(resumed / "delta" / "delta.safetensors"))
       << "the resumed job's delta differs";
+}
+
+// torchrun's own launcher (its agent's TCPStore, TORCHELASTIC_USE_AGENT_STORE)
+// must give the job `deltatune launch` gives. torchrun comes with a Python
+// torch (Debian's python3-torch matches Debian's LibTorch); without one the
+// test is skipped, saying so. Debian's torch 1.13 on Python 3.11 cannot parse
+// its own default --redirects/--tee 0 (Python 3.11's Flag iteration skips
+// NONE), hence the explicit 1.
+TEST_F(DataParallel, TorchrunRunsTheSameJobAsDeltatuneLaunch) {
+  if (std::system("command -v torchrun > /dev/null 2>&1") != 0)
+    GTEST_SKIP() << "no torchrun on PATH (apt-get install python3-torch)";
+  const fs::path launched = tmp_.path() / "launched", torchrun = tmp_.path() / "torchrun";
+  test::CliRun reference =
+      test::deltatune("launch --nproc 2 -- " + train_arguments("bitfit", launched));
+  ASSERT_EQ(reference.status, 0) << reference.output;
+  const std::string command =
+      "torchrun --no_python --nproc_per_node 2 --redirects 1 --tee 1 "
+      "--master_port " +
+      std::to_string(20001 + (::getpid() % 20000)) + " --log_dir '" +
+      (tmp_.path() / "torchrun-logs").string() + "' " + DELTATUNE_CLI + " " +
+      train_arguments("bitfit", torchrun) + " --model '" + test::minilm_dir().string() +
+      "' --threads 1 > '" + (tmp_.path() / "torchrun.log").string() + "' 2>&1";
+  ASSERT_EQ(std::system(command.c_str()), 0) << io::read_text_file(tmp_.path() / "torchrun.log");
+  EXPECT_TRUE(io::read_text_file(launched / "delta" / "delta.safetensors") ==
+              io::read_text_file(torchrun / "delta" / "delta.safetensors"));
 }
 
 }  // namespace
