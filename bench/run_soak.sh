@@ -19,7 +19,9 @@ args=()
 for t in bitfit-sst2 lora-rte prompt-sst2 fish-stsb prefix-rte adapters-stsb diff-pruning-sst2 far-sst2; do
   args+=(--task "$t=$deltas$t")
 done
-"$build/deltatune" serve "${args[@]}" --port "$port" --threads 2 > /tmp/deltatune-soak-server.log 2>&1 &
+# SOAK_SERVER_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2: the server on another allocator.
+env ${SOAK_SERVER_PRELOAD:+LD_PRELOAD="$SOAK_SERVER_PRELOAD"} \
+  "$build/deltatune" serve "${args[@]}" --port "$port" --threads 2 > /tmp/deltatune-soak-server.log 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$texts"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.2; done

@@ -24,6 +24,7 @@ debian_packages=(
   libtorch-dev libopenblas0-openmp libdnnl-dev
   nlohmann-json3-dev libutf8proc-dev libcli11-dev libspdlog-dev libfmt-dev
   libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev libgtest-dev libbenchmark-dev libgloo-dev
+  libtcmalloc-minimal4
   python3-pip unzip
 )
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,8 +36,20 @@ namespace {
 
 using dnnl::memory;
 
+// oneDNN's own primitive cache keeps 1,024 primitives (with their JIT code)
+// by default; under primitive_for's it only saves rebuilding what that one
+// evicted. Measured in the server soak (docs/RELIABILITY.md): at 1,024 a
+// server's resident memory kept growing for minutes, a primitive per new
+// batch shape; at 64 it is flat with the same throughput. A user's
+// DNNL_PRIMITIVE_CACHE_CAPACITY wins.
+constexpr int kOneDnnCacheCapacity = 64;
+
 dnnl::engine& cpu_engine() {
-  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  static dnnl::engine engine = [] {
+    if (std::getenv("DNNL_PRIMITIVE_CACHE_CAPACITY") == nullptr)
+      dnnl::set_primitive_cache_capacity(kOneDnnCacheCapacity);
+    return dnnl::engine(dnnl::engine::kind::cpu, 0);
+  }();
   return engine;
 }
 
@@ -130,18 +143,34 @@ struct Primitive {
 };
 
 // Building a primitive descriptor costs tens of microseconds (implementation
-// dispatch), as much as a small product: each distinct call is built once.
-// Bounded: a server sees a shape per batch length, not an unbounded set.
+// dispatch), as much as a small product: recent calls' primitives are kept,
+// least recently used first out. A server sees a new shape for most batches
+// (rows x longest row), so the set is bounded by count, not by what was seen;
+// each primitive holds ~25-50 KB (descriptor and JIT kernels). oneDNN's own
+// primitive cache (DNNL_PRIMITIVE_CACHE_CAPACITY, default 1024) sits under
+// this one and is bounded the same way.
 // `packed`: the weights' layout is left to oneDNN (format_tag::any).
+size_t primitive_capacity() {
+  static const size_t capacity = [] {
+    const char* text = std::getenv("DELTATUNE_ONEDNN_PRIMITIVES");
+    return text ? static_cast<size_t>(std::max(1L, std::strtol(text, nullptr, 10))) : size_t{256};
+  }();
+  return capacity;
+}
+
 std::shared_ptr<Primitive> primitive_for(const View& a, const View& b, bool bias, const View& c,
                                          const EpilogueSpec& e, bool packed) {
   static std::mutex mutex;
-  static std::map<Key, std::shared_ptr<Primitive>> cache;
-  constexpr size_t kCapacity = 4096;
+  using Recent = std::list<std::pair<Key, std::shared_ptr<Primitive>>>;
+  static Recent recent;  // most recently used first
+  static std::map<Key, Recent::iterator> cache;
   Key key = key_of(a, b, bias, c, e, packed);
   {
     std::lock_guard<std::mutex> lock(mutex);
-    if (auto found = cache.find(key); found != cache.end()) return found->second;
+    if (auto found = cache.find(key); found != cache.end()) {
+      recent.splice(recent.begin(), recent, found->second);
+      return found->second->second;
+    }
   }
   memory::desc bias_md = bias ? bias_desc(c) : memory::desc();
   memory::desc weights_md = packed ? memory::desc(memory::dims(b.dims.begin(), b.dims.end()),
@@ -158,8 +187,14 @@ std::shared_ptr<Primitive> primitive_for(const View& a, const View& b, bool bias
 #endif
   auto primitive = std::make_shared<Primitive>(Primitive{dnnl::matmul(pd), pd.weights_desc()});
   std::lock_guard<std::mutex> lock(mutex);
-  if (cache.size() >= kCapacity) cache.clear();
-  cache.emplace(std::move(key), primitive);
+  if (cache.count(key) == 0) {  // another thread may have built it meanwhile
+    recent.emplace_front(key, primitive);
+    cache.emplace(std::move(key), recent.begin());
+    while (cache.size() > primitive_capacity()) {
+      cache.erase(recent.back().first);
+      recent.pop_back();
+    }
+  }
   return primitive;
 }
 

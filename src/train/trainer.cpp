@@ -233,27 +233,36 @@ struct StepTotals {
 };
 
 // The step's one all-reduce: every trainable gradient in one flat fp32
-// buffer, then per parameter whether some rank produced its gradient, this
-// rank's loss part, its tokens and whether a stop signal reached it.
-// Gradients become the ranks' mean: SUM, then 1/world (Gloo has no AVG). A
-// gradient no rank produced stays undefined, as in one process.
+// buffer (only the entries in its support where the method names one, bool
+// masks aligned with `parameters`, undefined: all), then per parameter
+// whether some rank produced its gradient, this rank's loss part, its tokens
+// and whether a stop signal reached it. Gradients become the ranks' mean:
+// SUM, then 1/world (Gloo has no AVG); entries outside a support become 0,
+// as the method's on_backward() makes them anyway. A gradient no rank
+// produced stays undefined, as in one process.
+// `sizes`: the entries sent of each (its support's count, or its numel).
 StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& parameters,
-                             double loss, int64_t tokens) {
+                             const std::vector<at::Tensor>& supports,
+                             const std::vector<int64_t>& sizes, double loss, int64_t tokens) {
   const auto n = static_cast<int64_t>(parameters.size());
   int64_t values = 0;
-  for (const auto& p : parameters) values += p.numel();
+  for (int64_t size : sizes) values += size;
   at::Tensor flat = at::empty({values + n + 3}, at::kFloat);
   float* tail = flat.data_ptr<float>() + values;
   int64_t offset = 0;
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = parameters[static_cast<size_t>(i)];
-    at::Tensor slot = flat.narrow(0, offset, p.numel());
-    if (p.grad().defined())
-      slot.copy_(p.grad().reshape({-1}));
-    else
+    const at::Tensor& support = supports[static_cast<size_t>(i)];
+    const int64_t size = sizes[static_cast<size_t>(i)];
+    at::Tensor slot = flat.narrow(0, offset, size);
+    if (!p.grad().defined())
       slot.zero_();
+    else if (support.defined())
+      slot.copy_(p.grad().masked_select(support));
+    else
+      slot.copy_(p.grad().reshape({-1}));
     tail[i] = p.grad().defined() ? 1.0f : 0.0f;
-    offset += p.numel();
+    offset += size;
   }
   const int own_signal = stop_requested();
   tail[n] = static_cast<float>(loss);
@@ -266,19 +275,52 @@ StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& par
   offset = 0;
   for (int64_t i = 0; i < n; ++i) {
     at::Tensor p = parameters[static_cast<size_t>(i)];
-    at::Tensor mean = flat.narrow(0, offset, p.numel()).view(p.sizes());
-    offset += p.numel();
+    const at::Tensor& support = supports[static_cast<size_t>(i)];
+    const int64_t size = sizes[static_cast<size_t>(i)];
+    at::Tensor mean = flat.narrow(0, offset, size);
+    offset += size;
     if (tail[i] == 0) continue;
-    if (p.grad().defined())
-      p.mutable_grad().copy_(mean);
+    if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
+    if (support.defined())
+      p.mutable_grad().zero_().masked_scatter_(support, mean);
     else
-      p.mutable_grad() = mean.clone();
+      p.mutable_grad().copy_(mean.view(p.sizes()));
   }
   StepTotals totals;
   totals.loss = tail[n];
   totals.tokens = static_cast<int64_t>(std::llround(tail[n + 1]));
   totals.signal = tail[n + 2] > 0 ? (own_signal != 0 ? own_signal : SIGTERM) : 0;
   return totals;
+}
+
+// 64-bit FNV-1a over the bytes of every trained tensor, in name order.
+uint64_t digest(const std::map<std::string, at::Tensor>& tensors) {
+  uint64_t hash = 1469598103934665603ull;
+  for (const auto& [name, tensor] : tensors) {
+    const at::Tensor t = tensor.detach().contiguous();
+    const auto* p = static_cast<const unsigned char*>(t.data_ptr());
+    const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
+    for (size_t i = 0; i < bytes; ++i) hash = (hash ^ p[i]) * 1099511628211ull;
+  }
+  return hash;
+}
+
+// Every rank must hold the same trained tensors (they start from rank 0's and
+// step on the same averaged gradients); a difference is a bug that would
+// otherwise pass silently, since rank 0 alone writes. Compared by digest,
+// its two 32-bit halves summed over the ranks (exact in fp64).
+void check_ranks_agree(Collective& job, const std::map<std::string, at::Tensor>& tensors,
+                       int64_t step) {
+  const uint64_t own = digest(tensors);
+  const double high = static_cast<double>(own >> 32), low = static_cast<double>(own & 0xffffffffu);
+  at::Tensor sums = at::tensor({high, low}, at::kDouble);
+  job.all_reduce_sum(sums);
+  const double world = job.world_size();
+  if (sums[0].item<double>() != world * high || sums[1].item<double>() != world * low)
+    throw Error(
+        fmt::format("rank {} of {}: the ranks' trained parameters differ after step {} "
+                    "(a data-parallel bug; please report it)",
+                    job.rank(), job.world_size(), step));
 }
 
 // The checkpoint key of a rank's own random stream.
@@ -570,6 +612,19 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   for (const auto& group : optimizer.groups())
     parameters.insert(parameters.end(), group.parameters.begin(), group.parameters.end());
   if (parameters.empty()) throw Error("the method left no parameter to train");
+  // What a job all-reduces of each (undefined: all of it).
+  std::vector<at::Tensor> supports;
+  std::vector<int64_t> support_sizes;
+  if (job) {
+    const std::map<std::string, at::Tensor> support = method_.gradient_support();
+    for (const auto& group : optimizer.groups())
+      for (size_t i = 0; i < group.names.size(); ++i) {
+        auto found = support.find(group.names[i]);
+        supports.push_back(found == support.end() ? at::Tensor() : found->second.to(at::kBool));
+        support_sizes.push_back(supports.back().defined() ? supports.back().sum().item<int64_t>()
+                                                          : group.parameters[i].numel());
+      }
+  }
 
   TrainResult result;
   std::map<std::string, at::Tensor> best_parameters;
@@ -782,17 +837,21 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       const bool step_now = (b + 1) % config_.gradient_accumulation == 0 || b + 1 == epoch_batches;
       if (!step_now) continue;
 
+      // The method's own gradient work (FISH's masks, Diff Pruning's fold of
+      // its sampled gates into w and log-alpha) is each rank's, on its own
+      // shard; then the ranks average what the optimizer steps on.
+      {
+        SharedDraws shared(job != nullptr, config_.seed, config_.prior_steps + optimizer.steps());
+        method_.on_backward(model, optimizer.steps());
+      }
       if (job) {
-        const StepTotals totals = average_gradients(*job, parameters, step_loss, step_tokens);
+        const StepTotals totals =
+            average_gradients(*job, parameters, supports, support_sizes, step_loss, step_tokens);
         loss_window += totals.loss;
         job_tokens += totals.tokens;
         agreed_signal = totals.signal;
         step_loss = 0;
         step_tokens = 0;
-      }
-      {
-        SharedDraws shared(job != nullptr, config_.seed, config_.prior_steps + optimizer.steps());
-        method_.on_backward(model, optimizer.steps());
       }
       if (config_.max_grad_norm > 0) clip_grad_norm(parameters, config_.max_grad_norm);
       {
@@ -832,6 +891,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   }
   bar.finish();
   result.steps = optimizer.steps();
+  if (job) check_ranks_agree(*job, trained_tensors(model, optimizer), optimizer.steps());
   if (!finished) {
     result.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -866,6 +926,9 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     summary["all_reduce"] = {{"calls", stats.all_reduce_calls},
                              {"bytes", stats.all_reduce_bytes},
                              {"seconds", stats.all_reduce_seconds}};
+    int64_t step_values = static_cast<int64_t>(parameters.size()) + 3;
+    for (int64_t size : support_sizes) step_values += size;
+    summary["all_reduce_bytes_per_step"] = step_values * 4;
   }
   append_metrics(summary);
   return result;

@@ -99,10 +99,46 @@ TEST_P(DataParallelMethods, TwoRanksEndWhereOneProcessEndsOnTheSameGlobalBatches
   const auto summary = nlohmann::json::parse(io::read_text_file(job / "summary.json"));
   EXPECT_EQ(summary.value("world_size", 0), 2);
   EXPECT_EQ(summary["steps"], 10);
+  // Only what trains crosses the wire: FISH's 0.5% of the encoder, not its
+  // whole dense gradient (90.9 MB for MiniLM).
+  if (GetParam() == "fish") {
+    int64_t bytes = 0;
+    std::ifstream log(job / "metrics.jsonl");
+    for (std::string line; std::getline(log, line);)
+      if (line.find("\"summary\"") != std::string::npos)
+        bytes = nlohmann::json::parse(line).value("all_reduce_bytes_per_step", int64_t{0});
+    EXPECT_GT(bytes, 0);
+    EXPECT_LT(bytes, 2'000'000);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(BitfitFullFishLora, DataParallelMethods,
                          ::testing::Values("bitfit", "full", "fish", "lora"));
+
+// Methods whose steps draw at random (Diff Pruning's gates per rank,
+// Child-Tuning_F's shared gradient masks) cannot equal one process, but the
+// ranks must stay equal to each other: the trainer checks that at the end of
+// every stage (digests of the trained tensors compared), failing the job if not.
+class DataParallelRandomMethods : public DataParallel,
+                                  public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(DataParallelRandomMethods, RanksStayEqualThroughEveryStage) {
+  const fs::path job = tmp_.path() / "job";
+  const std::string extra = GetParam() == "diff-pruning" ? "--finetune-epochs 1" : "";
+  test::CliRun two = test::deltatune("launch --nproc 2 -- " +
+                                     train_arguments(GetParam(), job, "--dropout 0.1 " + extra));
+  ASSERT_EQ(two.status, 0) << two.output;
+  EXPECT_EQ(two.output.find("parameters differ"), std::string::npos) << two.output;
+  EXPECT_TRUE(fs::exists(job / "delta" / "delta.safetensors"));
+}
+
+INSTANTIATE_TEST_SUITE_P(DiffPruningChildTuningF, DataParallelRandomMethods,
+                         ::testing::Values("diff-pruning", "child-tuning-f"), [](const auto& info) {
+                           std::string name = info.param;
+                           for (char& c : name)
+                             if (c == '-') c = '_';
+                           return name;
+                         });
 
 // Processes whose command line names `marker` (a test's unique directory).
 std::vector<pid_t> processes_naming(const std::string& marker) {

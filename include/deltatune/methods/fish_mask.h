@@ -20,6 +20,8 @@ class FishMask : public Method {
   MethodState state() const override { return masks_state(masks_); }
   void restore_state(const MethodState& state) override { masks_ = masks_of_state(state, name()); }
   std::map<std::string, at::Tensor> gradient_masks() const override;
+  // The masks: on_backward() zeroes everything else.
+  std::map<std::string, at::Tensor> gradient_support() const override { return gradient_masks(); }
   // Zeroes masked-out gradient entries right after backward, before clipping,
   // as the authors' SparseUpdateTrainer.training_step does (so the clipping
   // norm is the masked gradient's).

@@ -170,6 +170,11 @@ class Method {
   // Fixed optimizer masks by parameter name (true: may change), known after
   // prepare(); masked-out entries stay bit-identical through training.
   virtual std::map<std::string, at::Tensor> gradient_masks() const { return {}; }
+  // The gradient entries a step reads, by parameter name, where fewer than
+  // all: on_backward() zeroes the others before clipping or the optimizer
+  // sees them (FISH's masks). A data-parallel job all-reduces only these.
+  // Empty: every entry of every trainable gradient.
+  virtual std::map<std::string, at::Tensor> gradient_support() const { return {}; }
   // How many entries of the sparse-stored tensors may change (the method's
   // budget), computed from the model; none when they are not sparse.
   virtual std::optional<int64_t> sparse_budget(
