@@ -60,6 +60,10 @@ int run_serve(ServeOptions& o) {
   if (!deltas.empty())
     fmt::print(stderr, "deltatune serve: {} tasks loaded in {:.1f} s\n", deltas.size(),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  if (const auto warm = engine.warm_up(); !warm.empty())
+    fmt::print(stderr, "deltatune serve: warmed up with a batch of {} x {} tokens in {:.1f} s\n",
+               warm["rows"].get<size_t>(), warm["tokens_per_row"].get<size_t>(),
+               warm["seconds"].get<double>());
   return serve::serve_http(engine, o.http, [&](int port) {
     fmt::print("deltatune serve: {} on http://{}:{}\n", engine.base().name, o.http.host, port);
     std::fflush(stdout);

@@ -359,6 +359,33 @@ void Engine::tokenizer_loop() {
   }
 }
 
+nlohmann::json Engine::warm_up() {
+  const std::vector<std::shared_ptr<const ServedTask>> loaded = tasks();
+  if (loaded.empty()) return nlohmann::json::object();
+  const auto start = Clock::now();
+  size_t longest = 1;
+  for (const auto& t : loaded)
+    longest = std::max(longest, t->max_length + static_cast<size_t>(t->added_positions));
+  const size_t rows =
+      std::max<size_t>(1, std::min(options_.max_batch_rows, options_.max_batch_tokens / longest));
+  // Rows of non-special tokens, each as long as its task's max length.
+  std::vector<text::Encoding> encodings(loaded.size());
+  for (size_t i = 0; i < loaded.size(); ++i) {
+    const size_t n = loaded[i]->max_length;
+    encodings[i].input_ids.assign(n, 1000);
+    encodings[i].token_type_ids.assign(n, 0);
+    encodings[i].attention_mask.assign(n, 1);
+  }
+  std::vector<MixedRow> batch;
+  for (size_t r = 0; r < rows; ++r)
+    batch.push_back({loaded[r % loaded.size()].get(), &encodings[r % loaded.size()]});
+  {
+    at::NoGradGuard no_grad;
+    mixed_forward(*model_, batch, tokenizer_->pad_token_id(), options_.mixed);
+  }
+  return {{"rows", rows}, {"tokens_per_row", longest}, {"seconds", seconds_since(start)}};
+}
+
 size_t Engine::padded_tokens(const Row& row) const {
   return row.encoding.input_ids.size() + static_cast<size_t>(row.task->added_positions);
 }

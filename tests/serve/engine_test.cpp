@@ -171,6 +171,29 @@ TEST(MixedBatch, ProbabilitiesAreSortedAndRegressionIsNotSquashed) {
   EXPECT_EQ(engine->predict(request)[1].scores[0].score, served[1].scores[0].score);
 }
 
+// The warm-up runs the largest batch the limits allow over every loaded
+// task (each with its added prompt or prefix positions), then serving goes on.
+TEST(ServeEngine, WarmUpRunsTheLargestBatchTheLimitsAllow) {
+  EngineOptions options;
+  options.max_batch_tokens = 1000;
+  options.max_batch_rows = 64;
+  auto engine = make_engine(options);
+  EXPECT_TRUE(engine->warm_up().empty()) << "no task: nothing to warm up";
+  size_t longest = 0;
+  for (const auto& spec : served_delta_specs()) {
+    engine->load_task(spec.name, served_deltas_dir() / spec.name);
+    const auto t = engine->task(spec.name);
+    longest = std::max(longest, t->max_length + static_cast<size_t>(t->added_positions));
+  }
+  const auto warm = engine->warm_up();
+  EXPECT_EQ(warm["tokens_per_row"].get<size_t>(), longest);
+  EXPECT_EQ(warm["rows"].get<size_t>(), std::min<size_t>(64, 1000 / longest));
+  EXPECT_GT(warm["seconds"].get<double>(), 0.0);
+  PredictRequest request;
+  request.items = {{"bitfit-sst2", "a gripping, beautifully made film", std::nullopt}};
+  EXPECT_EQ(engine->predict(request)[0].scores.size(), 2u);
+}
+
 TEST(ServeEngine, RefusesWhatItCannotAnswer) {
   EngineOptions options;
   options.max_client_batch_size = 2;

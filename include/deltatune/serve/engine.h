@@ -123,6 +123,15 @@ class Engine {
   // submit() and wait.
   std::vector<ItemPrediction> predict(PredictRequest request);
 
+  // One mixed forward pass of the largest batch the limits allow, before
+  // serving (TEI warms up the same way): rows of every loaded task in turn,
+  // each as long as its task accepts, as many as --max-batch-tokens and
+  // --max-batch-requests let one batch hold. The allocator's high-water mark
+  // is then reached here rather than at the first such batch, hours later,
+  // and a budget too large for the machine fails at start. Returns
+  // {"rows", "tokens_per_row", "seconds"}; nothing when no task is loaded.
+  nlohmann::json warm_up();
+
   // Refuses new requests (kUnhealthy), finishes what was accepted, stops the threads.
   void shutdown();
   bool accepting() const { return accepting_; }
