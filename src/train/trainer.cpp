@@ -109,14 +109,19 @@ int64_t window_batches(int64_t b, int64_t batches_per_epoch, const TrainConfig& 
   return std::min(a, batches_per_epoch - (b / a) * a);
 }
 
-// 64-bit FNV-1a over a dataset's token ids, token types and targets: equal
+// 64-bit FNV-1a: `hash` continued over `bytes` more bytes.
+constexpr uint64_t kFnvOffset = 1469598103934665603ull;
+uint64_t fnv1a(uint64_t hash, const void* data, size_t bytes) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < bytes; ++i) hash = (hash ^ p[i]) * 1099511628211ull;
+  return hash;
+}
+
+// FNV-1a over a dataset's token ids, token types and targets: equal
 // datasets give equal fingerprints, so a resume can tell it reads the same data.
 json fingerprint(const data::EncodedDataset& dataset) {
-  uint64_t hash = 1469598103934665603ull;
-  auto mix = [&hash](const void* data, size_t bytes) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (size_t i = 0; i < bytes; ++i) hash = (hash ^ p[i]) * 1099511628211ull;
-  };
+  uint64_t hash = kFnvOffset;
+  auto mix = [&hash](const void* data, size_t bytes) { hash = fnv1a(hash, data, bytes); };
   for (const auto& e : dataset.encodings) {
     const uint64_t n = e.input_ids.size();
     mix(&n, sizeof n);
@@ -295,12 +300,10 @@ StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& par
 
 // 64-bit FNV-1a over the bytes of every trained tensor, in name order.
 uint64_t digest(const std::map<std::string, at::Tensor>& tensors) {
-  uint64_t hash = 1469598103934665603ull;
+  uint64_t hash = kFnvOffset;
   for (const auto& [name, tensor] : tensors) {
     const at::Tensor t = tensor.detach().contiguous();
-    const auto* p = static_cast<const unsigned char*>(t.data_ptr());
-    const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
-    for (size_t i = 0; i < bytes; ++i) hash = (hash ^ p[i]) * 1099511628211ull;
+    hash = fnv1a(hash, t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size());
   }
   return hash;
 }

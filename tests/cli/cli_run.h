@@ -5,8 +5,10 @@
 
 #include <array>
 #include <cstdio>
+#include <fstream>
 #include <string>
 
+#include "deltatune/data/glue.h"
 #include "deltatune/data/task.h"
 #include "deltatune/methods/method.h"
 #include "deltatune/train/task_model.h"
@@ -36,6 +38,23 @@ inline CliRun deltatune(const std::string& arguments, const std::string& model_d
   const int status = ::pclose(pipe);
   run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return run;
+}
+
+// The first `train_examples` then `dev_examples` sentences of GLUE SST-2
+// ($GLUE_DIR) as a user's train.tsv and dev.tsv in `dir`, header included.
+// False when GLUE's SST-2 is not there.
+inline bool write_sst2_user_files(const std::filesystem::path& dir, int train_examples,
+                                  int dev_examples) {
+  std::ifstream glue(data::glue_dir_from_env() / "SST-2" / "train.tsv");
+  if (!glue) return false;
+  std::string header, line;
+  std::getline(glue, header);
+  std::ofstream train(dir / "train.tsv"), dev(dir / "dev.tsv");
+  train << header << "\n";
+  dev << header << "\n";
+  for (int i = 0; i < train_examples + dev_examples && std::getline(glue, line); ++i)
+    (i < train_examples ? train : dev) << line << "\n";
+  return true;
 }
 
 // An untrained BitFit delta of a user task named like GLUE's SST-2, with its

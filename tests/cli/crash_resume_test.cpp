@@ -75,14 +75,8 @@ Case case_of(const std::string& method) {
 class CrashResume : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    std::ifstream glue(data::glue_dir_from_env() / "SST-2" / "train.tsv");
-    ASSERT_TRUE(glue) << "GLUE SST-2 not found: set GLUE_DIR";
-    std::string header, line;
-    std::getline(glue, header);
-    std::ofstream train(tmp_.path() / "train.tsv"), dev(tmp_.path() / "dev.tsv");
-    train << header << "\n";
-    dev << header << "\n";
-    for (int i = 0; i < 48 && std::getline(glue, line); ++i) (i < 32 ? train : dev) << line << "\n";
+    ASSERT_TRUE(test::write_sst2_user_files(tmp_.path(), 32, 16))
+        << "GLUE SST-2 not found: set GLUE_DIR";
   }
 
   // The command's arguments for a run into `out`.

@@ -31,14 +31,8 @@ namespace fs = std::filesystem;
 class DataParallel : public ::testing::Test {
  protected:
   void SetUp() override {
-    std::ifstream glue(data::glue_dir_from_env() / "SST-2" / "train.tsv");
-    ASSERT_TRUE(glue) << "GLUE SST-2 not found: set GLUE_DIR";
-    std::string header, line;
-    std::getline(glue, header);
-    std::ofstream train(tmp_.path() / "train.tsv"), dev(tmp_.path() / "dev.tsv");
-    train << header << "\n";
-    dev << header << "\n";
-    for (int i = 0; i < 60 && std::getline(glue, line); ++i) (i < 40 ? train : dev) << line << "\n";
+    ASSERT_TRUE(test::write_sst2_user_files(tmp_.path(), 40, 20))
+        << "GLUE SST-2 not found: set GLUE_DIR";
   }
 
   std::string train_arguments(const std::string& method, const fs::path& out,
