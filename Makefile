@@ -14,7 +14,7 @@ export DELTATUNE_HOME GLUE_DIR
 
 DELTATUNE := $(BUILD_DIR)/deltatune
 
-.PHONY: all setup configure build test test-torch-latest test-sanitize fuzz demo bench fixtures format clean
+.PHONY: all setup configure build build-cuda test test-torch-latest test-sanitize fuzz demo bench fixtures format clean gpu-prepare
 
 all: build
 
@@ -43,6 +43,22 @@ test-torch-latest: setup
 	       -DCMAKE_PREFIX_PATH="$$prefix" $(CMAKE_FLAGS)
 	@cmake --build $(TORCH_LATEST_BUILD_DIR) -j$(JOBS)
 	@cd $(TORCH_LATEST_BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
+
+# A CUDA build (--device cuda): against the pip torch wheel's LibTorch (CUDA
+# 13), whose CMake config needs nvcc (the CUDA toolkit); fails unless that
+# LibTorch has CUDA. Compiles and links on a machine without a GPU; the GPU
+# checks themselves are scripts/gpu-check.sh on a machine with one.
+CUDA_BUILD_DIR ?= build-cuda
+build-cuda: setup
+	@PY=$$(tools/setup_python.sh latest) \
+	  && prefix=$$($$PY -c 'import torch; print(torch.utils.cmake_prefix_path)') \
+	  && cmake -S . -B $(CUDA_BUILD_DIR) -G "Unix Makefiles" -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
+	       -DDELTATUNE_REQUIRE_CUDA=ON -DCMAKE_PREFIX_PATH="$$prefix" $(CMAKE_FLAGS)
+	@cmake --build $(CUDA_BUILD_DIR) -j$(JOBS)
+
+# What scripts/gpu-check.sh needs on a GPU machine without network: .gpu-carry/.
+gpu-prepare:
+	@scripts/gpu-prepare.sh
 
 # ASan + UBSan, and libFuzzer: one clang build in build-sanitize/ (docs/RELIABILITY.md).
 #   make test-sanitize                   every unit test under the sanitizers

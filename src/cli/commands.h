@@ -10,6 +10,10 @@ namespace deltatune::cli {
 
 using Action = std::function<int()>;
 
+// --device's help, the same on every verb that computes.
+inline constexpr const char* kDeviceHelp =
+    "cpu, cuda, cuda:N or auto (CUDA when this build has it and a GPU is visible)";
+
 // $DELTATUNE_HOME/models/all-MiniLM-L6-v2 (what scripts/setup.sh fetches).
 std::string default_model_dir();
 

@@ -17,6 +17,7 @@
 #include "deltatune/io/cpus.h"
 #include "deltatune/methods/method.h"
 #include "deltatune/model/batch.h"
+#include "deltatune/model/device.h"
 #include "deltatune/model/hub.h"
 #include "deltatune/model/parameter_groups.h"
 #include "deltatune/model/pretrained.h"
@@ -53,7 +54,12 @@ struct Common {
   std::string model_dir = default_model_dir();
   int threads = 0;
   bool json_output = false;
+  std::string device = "auto";
 };
+
+void add_device_option(CLI::App* verb, std::string& device) {
+  verb->add_option("--device", device, deltatune::cli::kDeviceHelp)->capture_default_str();
+}
 
 void add_common(CLI::App* verb, Common& common) {
   verb->add_option("--model,-m", common.model_dir, "Hugging Face model directory")
@@ -107,16 +113,18 @@ int run_tokenize(const Common& common, const std::vector<std::string>& texts,
 int run_embed(const Common& common, const std::vector<std::string>& texts, size_t max_length,
               const std::string& dtype_name) {
   const at::ScalarType dtype = parse_dtype(dtype_name);
+  const at::Device device = model::parse_device(common.device);
   auto tokenizer = text::load_tokenizer(common.model_dir);
   auto loaded = model::load_encoder(common.model_dir);
   loaded.model->eval();
-  loaded.model->to(dtype);
-  auto batch =
-      model::make_batch(encode_all(*tokenizer, texts, {}, max_length), tokenizer->pad_token_id());
+  loaded.model->to(device, dtype);
+  auto batch = model::to_device(
+      model::make_batch(encode_all(*tokenizer, texts, {}, max_length), tokenizer->pad_token_id()),
+      device);
   at::NoGradGuard no_grad;
   auto out = loaded.model->forward(batch);
   at::Tensor embeddings =
-      model::mean_pool(out.last_hidden_state, batch.attention_mask, true).to(at::kFloat);
+      model::mean_pool(out.last_hidden_state, batch.attention_mask, true).to(at::kCPU, at::kFloat);
   at::Tensor similarity = at::matmul(embeddings, embeddings.t());
   if (common.json_output) {
     json j;
@@ -160,10 +168,13 @@ int run_classify(const Common& common, const std::vector<std::string>& texts,
                 loaded.report.initialized.front() +
                 " is missing): fine-tune it first or pass a fine-tuned model directory");
   loaded.model->eval();
-  auto batch = model::make_batch(encode_all(*tokenizer, texts, pairs, max_length),
-                                 tokenizer->pad_token_id());
+  const at::Device device = model::parse_device(common.device);
+  loaded.model->to(device);
+  auto batch = model::to_device(model::make_batch(encode_all(*tokenizer, texts, pairs, max_length),
+                                                  tokenizer->pad_token_id()),
+                                device);
   at::NoGradGuard no_grad;
-  at::Tensor logits = loaded.model->forward(batch);
+  at::Tensor logits = loaded.model->forward(batch).to(at::kCPU);
   const bool regression = loaded.model->num_labels() == 1;
   at::Tensor probabilities = regression ? logits : at::softmax(logits, -1);
   json out = json::array();
@@ -337,12 +348,14 @@ int main(int argc, char** argv) {
   embed->add_option("--max-length", max_length, "truncate to this many tokens")
       ->capture_default_str();
   embed->add_option("--dtype", dtype, "fp32 or bf16")->capture_default_str();
+  add_device_option(embed, common.device);
 
   auto* classify =
       app.add_subcommand("classify", "predict labels with a fine-tuned model directory");
   add_common(classify, common);
   classify->add_option("texts", texts, "texts to classify")->required();
   classify->add_option("--pair", pairs, "second text of a pair (once per text)");
+  add_device_option(classify, common.device);
   classify->add_option("--max-length", max_length, "truncate to this many tokens")
       ->capture_default_str();
 

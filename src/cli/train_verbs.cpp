@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -245,6 +246,8 @@ struct TrainOptions {
   bool overwrite = false;
   bool json_output = false;
   double job_timeout_s = 300;  // a data-parallel job's wait for the other ranks
+  std::string device = "auto";
+  bool gradient_checkpointing = false;
 };
 
 std::vector<std::string> split_commas(const std::string& text) {
@@ -302,6 +305,8 @@ int run_train(TrainOptions& o) {
   c.weight_decay = o.weight_decay.value_or(recipe.weight_decay);
   c.run_dir = o.out;
   if (c.log_every < 0) throw Error("--log-every must be 0 or more");
+  at::Device device = model::parse_device(o.device);
+  model::check_precision(c.precision(), device);
 
   json method_options = json::object();
   if (!o.bias_terms.empty()) {
@@ -367,7 +372,17 @@ int run_train(TrainOptions& o) {
   auto dev_set = data::encode_dataset(task_data.dev, *tokenizer, o.data.max_length);
   train::BaseModel base = train::load_base(o.model_dir);
   if (o.dropout) train::override_dropout(base, *o.dropout);
-  auto task_model = train::make_task_model(base, task_data.task.num_labels(), c.seed);
+  // A data-parallel job when torchrun's environment describes one (deltatune launch, torchrun).
+  train::JobOptions job_options;
+  job_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.job_timeout_s * 1000));
+  const std::unique_ptr<train::Collective> job = train::join_job_from_environment(job_options);
+  // One GPU per rank of a machine: LOCAL_RANK's, as torchrun's users expect.
+  if (job && device.is_cuda() && (o.device == "cuda" || o.device == "auto"))
+    device = at::Device(
+        at::kCUDA, static_cast<c10::DeviceIndex>(train::local_rank_from_environment() %
+                                                 std::max<int64_t>(1, model::cuda_device_count())));
+  auto task_model = train::make_task_model(base, task_data.task.num_labels(), c.seed, device);
+  task_model->encoder->set_gradient_checkpointing(o.gradient_checkpointing);
   method->attach(*task_model);
   if (!o.init_from.empty()) {
     if (o.resume) throw Error("--init-from does not apply with --resume (the checkpoint says)");
@@ -375,9 +390,14 @@ int run_train(TrainOptions& o) {
     fmt::print(stderr, "{}: {} tensors copied into the task model\n", o.init_from, copied);
   }
 
-  fmt::print(stderr, "{}: {} train / {} dev examples, method {}, lr {}, batch {}, {} epochs{}\n",
+  fmt::print(stderr,
+             "{}: {} train / {} dev examples, method {}, lr {}, batch {}, {} epochs, {}{}{}\n",
              task_data.task.name, train_set.size(), dev_set.size(), method->name(), c.learning_rate,
-             c.batch_size, c.epochs, c.bf16 ? ", bf16" : "");
+             c.batch_size, c.epochs, model::describe_device(device),
+             c.precision() == model::Precision::kFloat32
+                 ? ""
+                 : fmt::format(", {}", model::precision_name(c.precision())),
+             o.gradient_checkpointing ? ", gradient checkpointing" : "");
   std::vector<data::EncodedDataset> other_dev_sets;
   other_dev_sets.reserve(task_data.other_dev.size());
   for (const auto& [split, dataset] : task_data.other_dev)
@@ -386,10 +406,6 @@ int run_train(TrainOptions& o) {
   for (size_t i = 0; i < other_dev_sets.size(); ++i)
     extra_eval.emplace_back(task_data.other_dev[i].first, &other_dev_sets[i]);
   train::StopOnSignals stop_on_signals;  // SIGINT/SIGTERM: checkpoint, exit 130/143
-  // A data-parallel job when torchrun's environment describes one (deltatune launch, torchrun).
-  train::JobOptions job_options;
-  job_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.job_timeout_s * 1000));
-  const std::unique_ptr<train::Collective> job = train::join_job_from_environment(job_options);
   c.collective = job.get();
   train::MethodRun run = train::run_method(task_model, *method, task_data.task, c, train_set,
                                            dev_set, extra_eval, o.resume, o.overwrite);
@@ -421,6 +437,7 @@ struct EvalOptions {
   bool bf16 = false;
   bool json_output = false;
   bool allow_base_mismatch = false;
+  std::string device = "auto";
 };
 
 // Several prompt-tuning deltas of one task evaluated as one ensemble, each
@@ -431,6 +448,7 @@ int run_ensemble_eval(EvalOptions& o) {
   const train::EnsembleCombine combine = train::parse_ensemble_combine(o.ensemble);
   train::BaseModel base = base_for_deltas(o.model_dir, o.allow_base_mismatch);
   train::PromptEnsemble ensemble(base, deltas);
+  ensemble.to(model::parse_device(o.device));
   TaskData task_data = read_eval_data(o.data, deltas.front(), o.delta_dir);
   if (task_data.task.num_labels() != ensemble.num_labels())
     throw Error("task " + task_data.task.name + " has " +
@@ -466,7 +484,8 @@ int run_eval(EvalOptions& o) {
   if (!o.more_deltas.empty()) return run_ensemble_eval(o);
   methods::Delta delta = methods::Delta::load(o.delta_dir);
   train::BaseModel base = base_for_deltas(o.model_dir, o.allow_base_mismatch);
-  auto task_model = train::model_from_delta(base, delta);
+  auto task_model =
+      train::model_from_delta(base, delta, /*fold=*/false, model::parse_device(o.device));
   TaskData task_data = read_eval_data(o.data, delta, o.delta_dir);
   if (task_data.task.num_labels() != task_model->num_labels())
     throw Error("task " + task_data.task.name + " has " +
@@ -475,8 +494,11 @@ int run_eval(EvalOptions& o) {
   const size_t max_length = delta.meta.value("max_length", o.data.max_length);
   auto tokenizer = text::load_tokenizer(o.model_dir);
   auto dev_set = data::encode_dataset(task_data.dev, *tokenizer, max_length);
+  const auto eval_start = std::chrono::steady_clock::now();
   train::Evaluation eval =
       train::evaluate(*task_model, task_data.task, dev_set, o.batch_size, o.bf16);
+  const double eval_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - eval_start).count();
   for (const auto& [split, dataset] : task_data.other_dev) {
     train::Evaluation other = train::evaluate(*task_model, task_data.task,
                                               data::encode_dataset(dataset, *tokenizer, max_length),
@@ -489,6 +511,9 @@ int run_eval(EvalOptions& o) {
   out["recorded"] = delta.meta.value("dev", json::object());
   out["delta_values"] = delta.stored_values();
   out["delta_bytes"] = delta.stored_bytes();
+  out["device"] = model::device_of(*task_model).str();
+  out["seconds"] = eval_seconds;  // the dev set's forward passes and metrics
+  out["examples_per_second"] = static_cast<double>(eval.examples) / std::max(eval_seconds, 1e-9);
   if (o.json_output) {
     fmt::print("{}\n", out.dump());
   } else {
@@ -512,12 +537,14 @@ struct PredictOptions {
   std::string text_a, text_b;
   int64_t batch_size = 64;
   bool allow_base_mismatch = false;
+  std::string device = "auto";
 };
 
 int run_predict(PredictOptions& o) {
   methods::Delta delta = methods::Delta::load(o.delta_dir);
   train::BaseModel base = base_for_deltas(o.model_dir, o.allow_base_mismatch);
-  auto task_model = train::model_from_delta(base, delta);
+  auto task_model =
+      train::model_from_delta(base, delta, /*fold=*/false, model::parse_device(o.device));
   data::TaskSpec task = train::task_of(delta);
   data::ReadOptions options;
   if (!o.text_a.empty()) options.text_a = data::ColumnRef::parse(o.text_a);
@@ -717,6 +744,12 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
                     "checkpoint every N steps (0: off)");
   train->add_option("--seed", t->config.seed, "random seed")->capture_default_str();
   train->add_flag("--bf16", t->config.bf16, "bf16 mixed precision (autocast)");
+  train->add_flag("--fp16", t->config.fp16,
+                  "fp16 mixed precision (autocast, dynamic loss scaling; CUDA only)");
+  train->add_option("--device", t->device, kDeviceHelp)->capture_default_str();
+  train->add_flag("--gradient-checkpointing", t->gradient_checkpointing,
+                  "recompute each layer during backward instead of keeping its activations "
+                  "(less memory, one more forward pass)");
   train->add_flag("--resume", t->resume, "continue the run in --out from its checkpoint");
   train
       ->add_option("--job-timeout", t->job_timeout_s,
@@ -743,6 +776,7 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   add_data_options(eval, e->data, false);
   eval->add_option("--batch-size", e->batch_size, "examples per batch")->capture_default_str();
   eval->add_flag("--bf16", e->bf16, "bf16 autocast");
+  eval->add_option("--device", e->device, kDeviceHelp)->capture_default_str();
   eval->add_flag("--json", e->json_output, "print JSON");
   eval->add_flag("--allow-base-mismatch", e->allow_base_mismatch, kAllowBaseMismatchHelp);
   eval->add_option("--threads", threads, threads_help);
@@ -757,6 +791,7 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   predict->add_option("--text-a", p->text_a, "column of the first text");
   predict->add_option("--text-b", p->text_b, "column of the second text");
   predict->add_flag("--allow-base-mismatch", p->allow_base_mismatch, kAllowBaseMismatchHelp);
+  predict->add_option("--device", p->device, kDeviceHelp)->capture_default_str();
   predict->add_option("--threads", threads, threads_help);
   predict->callback([&action, p] { action = [p] { return run_predict(*p); }; });
 

@@ -21,8 +21,12 @@ void ChildTuningF::before_step(model::SequenceClassifierImpl& model, int64_t /*s
   for (auto& p : model.parameters(true)) {
     at::Tensor grad = p.mutable_grad();
     if (!grad.defined()) continue;
-    // M / p_F with M ~ Bernoulli(p_F), from the default generator (seeded, checkpointed).
-    grad.mul_(at::empty_like(grad).bernoulli_(reserve_p_).div_(reserve_p_));
+    // M / p_F with M ~ Bernoulli(p_F), from the default CPU generator (seeded,
+    // checkpointed) whatever the device: the same masks on a GPU as on the
+    // CPU, and in every rank of a job (train::Trainer's shared draws).
+    at::Tensor mask =
+        at::empty(grad.sizes(), grad.options().device(at::kCPU)).bernoulli_(reserve_p_);
+    grad.mul_(mask.to(grad.device()).div_(reserve_p_));
   }
 }
 

@@ -156,7 +156,8 @@ std::map<std::string, at::Tensor> top_k_masks(const std::map<std::string, at::Te
   };
   std::map<std::string, at::Tensor> masks;
   if (k == 0) {
-    for (const auto& [name, s] : scores) masks[name] = at::zeros(s.sizes(), at::kBool);
+    for (const auto& [name, s] : scores)
+      masks[name] = at::zeros(s.sizes(), s.options().dtype(at::kBool));
     return masks;
   }
   // lo: a key whose value has at least k entries at or above it; hi: none above.

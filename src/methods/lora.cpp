@@ -90,6 +90,7 @@ void Lora::attach_modules(model::SequenceClassifierImpl& model) {
       continue;
     auto branch = std::make_shared<LoraBranch>(dense->weight.size(1), dense->weight.size(0),
                                                options_.rank, options_.scaling(), options_.dropout);
+    branch->to(dense->weight.device());  // drawn on the CPU's stream on every device
     dense->add_delta("lora", branch);
     branches_.push_back(std::make_shared<Branch>(Branch{item.key(), model::Dense(dense), branch}));
   }

@@ -100,8 +100,11 @@ void PromptTuning::attach_modules(model::SequenceClassifierImpl& model) {
     at::NoGradGuard no_grad;
     if (ids.empty()) {
       auto generator = at::make_generator<at::CPUGeneratorImpl>(options_.seed);
-      initial =
-          at::empty({options_.length, width}, vocabulary.options()).uniform_(-0.5, 0.5, generator);
+      // Drawn on the CPU (the generator's device), then moved: the same
+      // prompt on every device.
+      initial = at::empty({options_.length, width}, vocabulary.options().device(at::kCPU))
+                    .uniform_(-0.5, 0.5, generator)
+                    .to(vocabulary.device());
     } else {
       initial =
           vocabulary.index_select(0, at::tensor(ids, at::kLong).to(vocabulary.device())).clone();

@@ -1,6 +1,7 @@
 #include "deltatune/model/encoder.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <torch/version.h>
 
 #include <cmath>
@@ -8,6 +9,7 @@
 
 #include "deltatune/error.h"
 #include "deltatune/model/linear_kernel.h"
+#include "layer_checkpoint.h"
 
 namespace deltatune::model {
 
@@ -320,7 +322,10 @@ EncoderOutput EncoderModelImpl::forward(const EncoderInput& input) {
         prefixed_mask = additive(at::cat({at::ones({batch, length}, mask.options()), mask}, 1));
       layer_mask = prefixed_mask;
     }
-    hidden = layer(i)->forward(hidden, layer_mask, prefix_keys, prefix_values);
+    if (checkpoint_layers_ && is_training() && c10::GradMode::is_enabled())
+      hidden = checkpointed_layer(*layer(i), hidden, layer_mask, prefix_keys, prefix_values);
+    else
+      hidden = layer(i)->forward(hidden, layer_mask, prefix_keys, prefix_values);
   }
   EncoderOutput out;
   out.last_hidden_state = hidden;

@@ -1,7 +1,6 @@
 #include "deltatune/model/fused_kernels.h"
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
 
 #include <atomic>
@@ -9,6 +8,7 @@
 #include <initializer_list>
 
 #include "deltatune/model/linear_kernel.h"
+#include "deltatune/torch_compat.h"
 #include "onednn_matmul.h"
 
 namespace deltatune::model {
@@ -23,7 +23,7 @@ std::atomic<bool>& fused_enabled() {
 // True when the call may skip autograd and run on oneDNN's fp32 kernels.
 bool fusable(std::initializer_list<const at::Tensor*> tensors) {
   if (!fused_enabled().load(std::memory_order_relaxed) || !onednn::available() ||
-      at::autocast::is_cpu_enabled())
+      compat::cpu_autocast_enabled())
     return false;
   const bool grad_mode = c10::GradMode::is_enabled();
   for (const at::Tensor* t : tensors) {

@@ -1,7 +1,6 @@
 #include "deltatune/model/linear_kernel.h"
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -10,6 +9,7 @@
 #include <mutex>
 #include <utility>
 
+#include "deltatune/torch_compat.h"
 #include "onednn_matmul.h"
 
 namespace deltatune::model {
@@ -84,7 +84,7 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
 bool takes_onednn_path(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
   // Under autocast at::linear must run so that it casts to bf16.
   return onednn::available() && onednn_enabled().load(std::memory_order_relaxed) &&
-         !at::autocast::is_cpu_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+         !compat::cpu_autocast_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
          weight.scalar_type() == at::kFloat &&
          (!bias.defined() || bias.scalar_type() == at::kFloat) && x.dim() >= 2 &&
          weight.dim() == 2 && !x.is_mkldnn() && x.layout() == at::kStrided;
@@ -148,10 +148,12 @@ at::Tensor weight_operand(const std::vector<at::Tensor>& parts) {
   bool wants_gradient = false;
   for (const auto& p : parts) wants_gradient = wants_gradient || p.requires_grad();
   const bool frozen = !wants_gradient || !c10::GradMode::is_enabled();
-  const bool autocast = at::autocast::is_cpu_enabled() && parts.front().device().is_cpu() &&
+  const c10::DeviceType device = parts.front().device().type();
+  const bool autocast = (device == c10::DeviceType::CPU || device == c10::DeviceType::CUDA) &&
+                        compat::autocast_enabled(device) &&
                         parts.front().scalar_type() == at::kFloat;
   const at::ScalarType dtype =
-      autocast ? at::autocast::get_autocast_cpu_dtype() : parts.front().scalar_type();
+      autocast ? compat::autocast_dtype(device) : parts.front().scalar_type();
   // DELTATUNE_PREPARED_WEIGHTS=0 turns the reuse off (plain autocast), for comparisons.
   static const bool reuse = onednn::switched_on("DELTATUNE_PREPARED_WEIGHTS");
   if (!frozen || !reuse) return parts.size() == 1 ? parts.front() : at::cat(parts);
@@ -173,10 +175,10 @@ at::Tensor weight_operand(const std::vector<at::Tensor>& parts) {
   }
   {
     at::NoGradGuard no_grad;
-    const bool autocast_was_on = at::autocast::is_cpu_enabled();
-    at::autocast::set_cpu_enabled(false);  // the cast below is the one wanted, exactly once
+    const bool autocast_was_on = autocast && compat::autocast_enabled(device);
+    if (autocast) compat::set_autocast_enabled(device, false);  // the one cast wanted, once
     prepared.value = (parts.size() == 1 ? parts.front() : at::cat(parts)).to(dtype).contiguous();
-    at::autocast::set_cpu_enabled(autocast_was_on);
+    if (autocast) compat::set_autocast_enabled(device, autocast_was_on);
   }
   at::Tensor value = prepared.value;
   cache[key] = std::move(prepared);

@@ -140,6 +140,11 @@ class GlooCollective final : public Collective {
 
 }  // namespace
 
+int64_t local_rank_from_environment() {
+  if (environment("LOCAL_RANK").empty()) return 0;
+  return integer_variable("LOCAL_RANK", 0, 1 << 20);
+}
+
 std::unique_ptr<Collective> join_job_from_environment(const JobOptions& options) {
   if (environment("WORLD_SIZE").empty()) return nullptr;
   const int64_t world = integer_variable("WORLD_SIZE", 1, 1 << 20);
@@ -165,7 +170,9 @@ at::Tensor flatten(const std::vector<at::Tensor>& tensors) {
       throw Error("all_reduce_flat: tensors of different dtypes");
     flat.push_back(t.detach().reshape({-1}));
   }
-  return at::cat(flat);
+  // Collectives run on host buffers (Gloo; CUDA tensors are staged through
+  // here): copy_ brings the results back to each tensor's device.
+  return at::cat(flat).to(at::kCPU);
 }
 
 void unflatten(const at::Tensor& flat, const std::vector<at::Tensor>& tensors) {

@@ -21,6 +21,7 @@ class PromptEnsemble::Prompts : public model::EmbeddingInserter {
  public:
   Prompts(at::Tensor stacked, bool after_first)
       : stacked_(std::move(stacked)), after_first_(after_first) {}
+  void move_to(const at::Device& device) { stacked_ = stacked_.to(device); }
   model::WordInput forward(const model::WordInput& in) override {
     const int64_t members = stacked_.size(0), batch = in.word_vectors.size(0) / members;
     return methods::insert_prompts(in, stacked_.repeat_interleave(batch, 0), after_first_);
@@ -75,6 +76,15 @@ PromptEnsemble::PromptEnsemble(const BaseModel& base, const std::vector<methods:
 
 PromptEnsemble::~PromptEnsemble() = default;
 
+void PromptEnsemble::to(const at::Device& device) {
+  model_->to(device);
+  prompts_->move_to(device);
+  for (auto& head : member_heads_)
+    for (auto& t : head) t = t.to(device);
+}
+
+at::Device PromptEnsemble::device() const { return model::device_of(*model_); }
+
 at::Tensor PromptEnsemble::all_logits(const model::EncoderInput& input) {
   const int64_t members = size(), batch = input.input_ids.size(0);
   model::EncoderInput repeated;
@@ -125,7 +135,7 @@ EnsembleEvaluation evaluate_ensemble(PromptEnsemble& ensemble, const data::TaskS
       [&](const model::EncoderInput& input) {
         return ensemble.all_logits(input).permute({1, 0, 2}).reshape({input.input_ids.size(0), -1});
       },
-      dataset, batch_size, bf16);
+      dataset, batch_size, model::parse_precision(bf16, false), ensemble.device());
   at::Tensor logits = rows.view({rows.size(0), members, labels}).permute({1, 0, 2});  // [K, N, C]
   EnsembleEvaluation out;
   out.combined = evaluate_logits(task, ensemble.combine(logits, how), dataset);

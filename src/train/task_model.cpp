@@ -45,8 +45,8 @@ void override_dropout(BaseModel& base, double rate) {
   base.config.classifier_dropout = rate;
 }
 
-model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_labels,
-                                          uint64_t seed) {
+model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_labels, uint64_t seed,
+                                          const at::Device& device) {
   model::SequenceClassifier task_model(base.config, num_labels);
   model::SequenceClassifierImpl* raw = task_model.get();
   // A base that is itself a task model brings a classifier for its own labels:
@@ -71,6 +71,8 @@ model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_lab
       item.value().normal_(0.0, base.config.initializer_range);
     }
   }
+  // Drawn on the CPU, then moved: the same head on every device.
+  if (!device.is_cpu()) task_model->to(device);
   return task_model;
 }
 
@@ -180,7 +182,7 @@ void check_base_identity(const BaseModel& base, const methods::Delta& delta) {
 }
 
 model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta,
-                                           bool fold) {
+                                           bool fold, const at::Device& device) {
   check_base_identity(base, delta);
   const int64_t labels = delta.meta.value("num_labels", int64_t{0});
   if (labels < 1) throw Error("delta.json: missing field 'num_labels'");
@@ -191,6 +193,8 @@ model::SequenceClassifier model_from_delta(const BaseModel& base, const methods:
                        *task_model);
   if (fold) method->fold_into_weights(*task_model);
   task_model->eval();
+  // Applied on the CPU, where the delta was read; the whole model then moves.
+  if (!device.is_cpu()) task_model->to(device);
   return task_model;
 }
 

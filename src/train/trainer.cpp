@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/autocast_mode.h>
 #include <ATen/core/Generator.h>
 #include <fmt/format.h>
 
@@ -18,6 +17,7 @@
 #include "deltatune/io/crash_point.h"
 #include "deltatune/io/progress.h"
 #include "deltatune/io/safetensors.h"
+#include "deltatune/train/grad_scaler.h"
 #include "deltatune/train/interrupt.h"
 #include "deltatune/train/optimizer.h"
 
@@ -26,28 +26,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-// bf16 autocast on the CPU for the scope's forward passes, as
-// torch.autocast("cpu", dtype=torch.bfloat16) does.
-class AutocastScope {
- public:
-  explicit AutocastScope(bool enabled) : enabled_(enabled) {
-    if (!enabled_) return;
-    previous_ = at::autocast::is_cpu_enabled();
-    at::autocast::set_cpu_enabled(true);
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    at::autocast::increment_nesting();
-  }
-  ~AutocastScope() {
-    if (!enabled_) return;
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_cpu_enabled(previous_);
-  }
-
- private:
-  bool enabled_;
-  bool previous_ = false;
-};
 
 // Everything that trains, by name: the model's trainable parameters and the
 // tensors the optimizer steps on outside the model (Diff Pruning's w and
@@ -160,8 +138,9 @@ std::vector<std::string> plan_differences(const json& saved, const json& current
                            saved_config.value("warmup_ratio", 0.0) == 0.0;
   for (const auto& [key, value] : now.items()) {
     if (length_free && (key == "epochs" || key == "max_steps")) continue;
-    // Checkpoints from before data parallelism were of one process.
-    const json absent = key == "world_size" ? json(1) : json();
+    // Checkpoints from before data parallelism were of one process, and
+    // those from before fp16 were not fp16.
+    const json absent = key == "world_size" ? json(1) : key == "fp16" ? json(false) : json();
     if (saved_config.value(key, absent) != value)
       out.push_back(fmt::format("{} {} in the checkpoint, {} now", key,
                                 saved_config.value(key, absent).dump(), value.dump()));
@@ -287,9 +266,9 @@ StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& par
     if (tail[i] == 0) continue;
     if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
     if (support.defined())
-      p.mutable_grad().zero_().masked_scatter_(support, mean);
+      p.mutable_grad().zero_().masked_scatter_(support, mean.to(p.device()));
     else
-      p.mutable_grad().copy_(mean.view(p.sizes()));
+      p.mutable_grad().copy_(mean.view(p.sizes()));  // copy_ crosses devices
   }
   StepTotals totals;
   totals.loss = tail[n];
@@ -302,7 +281,7 @@ StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& par
 uint64_t digest(const std::map<std::string, at::Tensor>& tensors) {
   uint64_t hash = kFnvOffset;
   for (const auto& [name, tensor] : tensors) {
-    const at::Tensor t = tensor.detach().contiguous();
+    const at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
     hash = fnv1a(hash, t.data_ptr(), static_cast<size_t>(t.numel()) * t.element_size());
   }
   return hash;
@@ -326,9 +305,18 @@ void check_ranks_agree(Collective& job, const std::map<std::string, at::Tensor>&
                     job.rank(), job.world_size(), step));
 }
 
-// The checkpoint key of a rank's own random stream.
-std::string rng_key(int rank) {
-  return rank == 0 ? std::string("rng.cpu") : "rng.cpu.rank" + std::to_string(rank);
+// The checkpoint key of a rank's own random stream on a device type ("cpu", "cuda").
+std::string rng_key(int rank, const std::string& device_type = "cpu") {
+  return "rng." + device_type + (rank == 0 ? std::string() : ".rank" + std::to_string(rank));
+}
+
+// The default generators a run draws from: the CPU's (data order, the
+// methods' draws, dropout on the CPU), and the device's for dropout there.
+std::vector<std::pair<std::string, at::Generator>> run_generators(const at::Device& device) {
+  std::vector<std::pair<std::string, at::Generator>> out{
+      {"cpu", at::detail::getDefaultCPUGenerator()}};
+  if (device.is_cuda()) out.emplace_back("cuda", at::globalContext().defaultGenerator(device));
+  return out;
 }
 
 }  // namespace
@@ -349,6 +337,7 @@ json TrainConfig::to_json() const {
           {"early_stopping_patience", early_stopping_patience},
           {"seed", seed},
           {"bf16", bf16},
+          {"fp16", fp16},
           {"group_by_length", group_by_length},
           {"keep_best", keep_best},
           {"prior_steps", prior_steps},
@@ -371,18 +360,19 @@ at::Tensor task_loss(const at::Tensor& logits, const at::Tensor& labels) {
 }
 
 at::Tensor predict_logits(model::SequenceClassifierImpl& model, const data::EncodedDataset& dataset,
-                          int64_t batch_size, bool bf16) {
+                          int64_t batch_size, model::Precision precision) {
   const bool was_training = model.is_training();
   model.eval();
   at::Tensor logits =
       predict_batches([&](const model::EncoderInput& input) { return model.forward(input); },
-                      dataset, batch_size, bf16);
+                      dataset, batch_size, precision, model::device_of(model));
   if (was_training) model.train();
   return logits;
 }
 
 at::Tensor predict_batches(const std::function<at::Tensor(const model::EncoderInput&)>& forward,
-                           const data::EncodedDataset& dataset, int64_t batch_size, bool bf16) {
+                           const data::EncodedDataset& dataset, int64_t batch_size,
+                           model::Precision precision, const at::Device& device) {
   if (dataset.size() == 0) throw Error("cannot predict on an empty dataset");
   at::NoGradGuard no_grad;
   data::BatchOptions options;
@@ -394,14 +384,14 @@ at::Tensor predict_batches(const std::function<at::Tensor(const model::EncoderIn
     data::Batch batch = batcher.make(indices);
     at::Tensor batch_logits;
     {
-      AutocastScope autocast(bf16);
-      batch_logits = forward(batch.input);
+      model::AutocastScope autocast(device, precision);
+      batch_logits = forward(model::to_device(batch.input, device));
     }
     if (!logits.defined())
       logits = at::empty({static_cast<int64_t>(dataset.size()), batch_logits.size(1)}, at::kFloat);
     logits.index_copy_(0,
                        at::tensor(std::vector<int64_t>(indices.begin(), indices.end()), at::kLong),
-                       batch_logits.to(at::kFloat));
+                       batch_logits.to(at::kCPU, at::kFloat));
   }
   return logits;
 }
@@ -416,8 +406,9 @@ at::Tensor label_tensor(const data::EncodedDataset& dataset) {
 }  // namespace
 
 Evaluation evaluate(model::SequenceClassifierImpl& model, const data::TaskSpec& task,
-                    const data::EncodedDataset& dataset, int64_t batch_size, bool bf16) {
-  return evaluate_logits(task, predict_logits(model, dataset, batch_size, bf16), dataset);
+                    const data::EncodedDataset& dataset, int64_t batch_size,
+                    model::Precision precision) {
+  return evaluate_logits(task, predict_logits(model, dataset, batch_size, precision), dataset);
 }
 
 Evaluation evaluate_logits(const data::TaskSpec& task, const at::Tensor& logits,
@@ -475,15 +466,18 @@ bool Trainer::writes_files() const {
 void Trainer::save_checkpoint(AdamW& optimizer, json position,
                               const std::map<std::string, at::Tensor>& best_parameters) {
   if (config_.run_dir.empty()) return;
-  // Every rank's own random stream (dropout), so that a resume continues each.
+  // Every rank's own random streams (dropout), so that a resume continues each.
   std::vector<std::pair<std::string, at::Tensor>> streams;
-  const at::Tensor own = at::detail::getDefaultCPUGenerator().get_state();
-  if (Collective* job = config_.collective) {
-    const at::Tensor all = gather_shards(*job, own.to(at::kFloat).unsqueeze(0), job->world_size());
-    for (int r = 0; r < job->world_size(); ++r)
-      streams.emplace_back(rng_key(r), all[r].to(at::kByte).contiguous());
-  } else {
-    streams.emplace_back(rng_key(0), own);
+  for (const auto& [type, generator] : run_generators(model::device_of(*model_))) {
+    const at::Tensor own = generator.get_state();
+    if (Collective* job = config_.collective) {
+      const at::Tensor all =
+          gather_shards(*job, own.to(at::kFloat).unsqueeze(0), job->world_size());
+      for (int r = 0; r < job->world_size(); ++r)
+        streams.emplace_back(rng_key(r, type), all[r].to(at::kByte).contiguous());
+    } else {
+      streams.emplace_back(rng_key(0, type), own);
+    }
   }
   if (!writes_files()) return;
   io::NamedTensors tensors;
@@ -491,6 +485,8 @@ void Trainer::save_checkpoint(AdamW& optimizer, json position,
     tensors.emplace_back("model." + name, value);
   for (auto& [name, value] : best_parameters) tensors.emplace_back("best." + name, value);
   for (auto& entry : optimizer.state()) tensors.push_back(entry);
+  if (scaler_ != nullptr)
+    for (auto& entry : scaler_->state()) tensors.push_back(entry);
   for (auto& stream : streams) tensors.push_back(stream);
   methods::MethodState method_state = method_.state();
   for (auto& [name, value] : method_state.tensors) tensors.emplace_back("method." + name, value);
@@ -516,6 +512,16 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   auto& model = *model_;
   for (const data::EncodedDataset* dataset : {&train, &dev})
     check_sequence_fits(model.config(), method_, static_cast<int64_t>(dataset->max_length));
+  // The run computes where its model lives; batches are moved there.
+  const at::Device device = model::device_of(model);
+  const model::Precision precision = config_.precision();
+  model::check_precision(precision, device);
+  GradScaler scaler(precision == model::Precision::kFloat16, device);
+  scaler_ = &scaler;
+  struct ScalerRelease {
+    GradScaler*& slot;
+    ~ScalerRelease() { slot = nullptr; }
+  } release_scaler{scaler_};
   Collective* const job = config_.collective;
   const int rank = job ? job->rank() : 0, world = job ? job->world_size() : 1;
   if (!config_.run_dir.empty() && writes_files()) {
@@ -573,8 +579,9 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   if (resume && position.contains("method_state")) {
     methods::MethodState saved;
     saved.facts = position["method_state"];
+    // The method's tensors (masks) live where the model does.
     for (const auto& [key, value] : state)
-      if (key.rfind("method.", 0) == 0) saved.tensors.emplace_back(key.substr(7), value);
+      if (key.rfind("method.", 0) == 0) saved.tensors.emplace_back(key.substr(7), value.to(device));
     method_.restore_state(saved);
   } else {
     // Methods that choose what trains from gradients (Fisher) do so here, on the
@@ -599,7 +606,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       }
       preparation.forward = [&](const std::vector<std::size_t>& indices) {
         data::Batch batch = examples.make(indices);
-        return std::make_pair(model.forward(batch.input), batch.labels);
+        return std::make_pair(model.forward(model::to_device(batch.input, device)),
+                              batch.labels.to(device));
       };
       model.eval();
       method_.prepare(model, preparation);
@@ -649,11 +657,23 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     }
     restore(model, optimizer, current);
     optimizer.load_state(optimizer_state);
-    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    scaler.load_state(state);
     if (state.count(rng_key(rank)) == 0)
       throw Error(fmt::format("{}: the checkpoint holds no random stream of rank {}",
                               (config_.run_dir / "checkpoint").string(), rank));
-    generator.set_state(state.at(rng_key(rank)));
+    for (auto& [type, generator] : run_generators(device)) {
+      if (auto found = state.find(rng_key(rank, type)); found != state.end()) {
+        generator.set_state(found->second);
+      } else {
+        // A checkpoint made on another device: its dropout stream here starts
+        // afresh, so the run continues correctly but not bit for bit.
+        generator.set_current_seed(config_.seed + static_cast<uint64_t>(rank));
+        fmt::print(stderr,
+                   "note: the checkpoint was made on another device; dropout on {} draws "
+                   "from a fresh stream\n",
+                   device.str());
+      }
+    }
     best_parameters = best;
     start_epoch = position.at("epoch").get<int64_t>();
     start_batch = position.at("batch").get<int64_t>();
@@ -715,16 +735,18 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   bool stop = finished;
 
   double eval_seconds = 0;
+  int64_t skipped_steps = 0;  // fp16 steps whose gradients overflowed
+  model::reset_peak_memory(device);
   auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
     const auto eval_start = std::chrono::steady_clock::now();
     method_.before_forward(model, false);
     // A job evaluates in shards, gathered: every rank then holds the same
     // metrics and takes the same keep-best and early-stopping decisions.
     auto evaluate_split = [&](const data::EncodedDataset& whole, const data::EncodedDataset& mine) {
-      if (!job) return evaluate(model, task_, whole, config_.eval_batch_size, config_.bf16);
-      at::Tensor rows = mine.size() > 0
-                            ? predict_logits(model, mine, config_.eval_batch_size, config_.bf16)
-                            : at::empty({0, task_.num_labels()}, at::kFloat);
+      if (!job) return evaluate(model, task_, whole, config_.eval_batch_size, config_.precision());
+      at::Tensor rows = mine.size() > 0 ? predict_logits(model, mine, config_.eval_batch_size,
+                                                         config_.precision())
+                                        : at::empty({0, task_.num_labels()}, at::kFloat);
       return evaluate_logits(task_, gather_shards(*job, rows, static_cast<int64_t>(whole.size())),
                              whole);
     };
@@ -816,10 +838,10 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
         step_tokens += batch_tokens;
         at::Tensor logits;
         {
-          AutocastScope autocast(config_.bf16);
-          logits = model.forward(batch.input);
+          model::AutocastScope autocast(device, precision);
+          logits = model.forward(model::to_device(batch.input, device));
         }
-        loss = task_loss(logits, batch.labels);
+        loss = task_loss(logits, batch.labels.to(device));
         if (job) {
           // This shard's part of the whole batch's mean: summed over the
           // ranks (after the 1/world of the all-reduce) it is that mean.
@@ -836,7 +858,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       ++loss_count;
       const int64_t epoch_batches = static_cast<int64_t>(plan.batches.size());
       if (loss.defined())
-        (loss / static_cast<double>(window_batches(b, epoch_batches, config_))).backward();
+        scaler.scale(loss / static_cast<double>(window_batches(b, epoch_batches, config_)))
+            .backward();
       const bool step_now = (b + 1) % config_.gradient_accumulation == 0 || b + 1 == epoch_batches;
       if (!step_now) continue;
 
@@ -856,6 +879,17 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
         step_loss = 0;
         step_tokens = 0;
       }
+      // fp16: the gradients back to their true scale; a step whose gradients
+      // overflowed is skipped (not counted) and the scale backs off, as
+      // torch.cuda.amp.GradScaler does. Every rank sees the same reduced
+      // gradients, so every rank skips the same steps.
+      if (!scaler.unscale(parameters)) {
+        optimizer.zero_grad();
+        scaler.update();
+        ++skipped_steps;
+        continue;
+      }
+      scaler.update();
       if (config_.max_grad_norm > 0) clip_grad_norm(parameters, config_.max_grad_norm);
       {
         SharedDraws shared(job != nullptr, config_.seed, config_.prior_steps + optimizer.steps());
@@ -921,7 +955,17 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
                   {"seconds", result.seconds},
                   {"train_tokens_per_s", result.train_tokens_per_second},
                   {"eval_seconds", eval_seconds},
-                  {"stopped_early", result.stopped_early}};
+                  {"stopped_early", result.stopped_early},
+                  {"device", device.str()},
+                  {"precision", model::precision_name(precision)}};
+  if (scaler.enabled()) {
+    summary["skipped_steps"] = skipped_steps;
+    summary["loss_scale"] = scaler.current_scale();
+  }
+  if (auto memory = model::device_memory(device)) {
+    summary["device_peak_allocated_bytes"] = memory->peak_allocated;
+    summary["device_peak_reserved_bytes"] = memory->peak_reserved;
+  }
   if (job) {
     // This process's collectives over the run (gradients, Fisher, evaluation, broadcasts).
     const CollectiveStats stats = job->stats();
@@ -1045,7 +1089,7 @@ MethodRun run_method(
     if (last) {
       method.after_training(*model);
       if (stage.evaluate_after_training)
-        run.result.best = evaluate(*model, task, dev, config.eval_batch_size, config.bf16);
+        run.result.best = evaluate(*model, task, dev, config.eval_batch_size, config.precision());
     }
     json record = stage_record(stage.name, run.result);
     record.update(pending);
@@ -1054,7 +1098,8 @@ MethodRun run_method(
     if (last) return run;
     const methods::StageTransition transition = method.between_stages(i, *model);
     Evaluation now;
-    if (transition.evaluate) now = evaluate(*model, task, dev, config.eval_batch_size, config.bf16);
+    if (transition.evaluate)
+      now = evaluate(*model, task, dev, config.eval_batch_size, config.precision());
     if (transition.record.empty()) {
       pending = transition.facts;
     } else {

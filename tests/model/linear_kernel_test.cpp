@@ -1,8 +1,8 @@
 #include "deltatune/model/linear_kernel.h"
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 #include <gtest/gtest.h>
+#include "deltatune/torch_compat.h"
 
 namespace deltatune::model {
 namespace {
@@ -60,10 +60,10 @@ TEST(LinearKernel, OtherDtypesAndEmptyBatchesFallThrough) {
 // Autocast on for the scope, as the trainer's bf16 mode sets it.
 struct Bf16Autocast {
   Bf16Autocast() {
-    at::autocast::set_cpu_enabled(true);
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    compat::set_autocast_enabled(c10::DeviceType::CPU, true);
+    compat::set_autocast_dtype(c10::DeviceType::CPU, at::kBFloat16);
   }
-  ~Bf16Autocast() { at::autocast::set_cpu_enabled(false); }
+  ~Bf16Autocast() { compat::set_autocast_enabled(c10::DeviceType::CPU, false); }
 };
 
 TEST(WeightOperand, FrozenPartsArePreparedOnceAndRedoneWhenAPartChanges) {

@@ -190,6 +190,14 @@ class EncoderModelImpl : public torch::nn::Module {
   const std::shared_ptr<AttentionPrefix>& attention_prefix() const { return prefix_; }
   const std::shared_ptr<EmbeddingInserter>& embedding_inserter() const { return inserter_; }
 
+  // Gradient checkpointing (--gradient-checkpointing): while autograd
+  // records, each layer keeps only its inputs and is computed again during
+  // backward (model/layer_checkpoint.h), trading one more forward pass for
+  // the activations of every layer. The gradients are those of the plain
+  // pass: dropout draws the same masks again and autocast is replayed.
+  void set_gradient_checkpointing(bool enabled) { checkpoint_layers_ = enabled; }
+  bool gradient_checkpointing() const { return checkpoint_layers_; }
+
   Embeddings embeddings{nullptr};
   Dense embeddings_project{nullptr};  // ELECTRA with embedding_size != hidden_size
   Pooler pooler{nullptr};
@@ -200,6 +208,7 @@ class EncoderModelImpl : public torch::nn::Module {
   std::string prefix_name_, inserter_name_;
   std::shared_ptr<AttentionPrefix> prefix_;
   std::shared_ptr<EmbeddingInserter> inserter_;
+  bool checkpoint_layers_ = false;
 };
 TORCH_MODULE(EncoderModel);
 

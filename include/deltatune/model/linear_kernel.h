@@ -22,7 +22,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 // The weight operand for `linear` made of `parts` (stacked along dim 0, as
 // Q, K and V fuse into one product). Frozen parts (no requires_grad, or autograd off) are
 // prepared once and reused while every part is alive and unchanged (same
-// version counter): the concatenation, and under CPU autocast the cast to
+// version counter): the concatenation, and under autocast (CPU or CUDA) the cast to
 // its lower-precision dtype, which autocast itself would redo on every
 // forward pass for weights that need no gradient. With any part trainable the
 // result is an ordinary differentiable concatenation, made fresh each call.

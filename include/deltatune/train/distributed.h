@@ -53,6 +53,9 @@ struct JobOptions {
 // A malformed variable is an Error naming it.
 std::unique_ptr<Collective> join_job_from_environment(const JobOptions& options);
 
+// LOCAL_RANK (0 when unset): which of a machine's GPUs a rank takes.
+int64_t local_rank_from_environment();
+
 // Many tensors summed over the ranks in one all-reduce of a flat buffer of
 // their dtype (all the same), written back in place.
 void all_reduce_flat(Collective& collective, const std::vector<at::Tensor>& tensors);

@@ -36,6 +36,9 @@ class PromptEnsemble {
   at::Tensor combine(const at::Tensor& member_logits, EnsembleCombine how) const;
   int64_t size() const { return static_cast<int64_t>(member_heads_.size()); }
   int64_t num_labels() const { return model_->num_labels(); }
+  // Moves the shared model, the prompts and every member's head to `device`.
+  void to(const at::Device& device);
+  at::Device device() const;
   // Rows the encoder has run so far (K per input row and pass).
   int64_t encoded_rows() const { return encoded_rows_; }
 

@@ -36,7 +36,11 @@ void override_dropout(BaseModel& base, double rate);
 // A task model with the base's weights and a freshly initialised head: the
 // head's weights are the first normals of `seed`'s stream of the default CPU
 // generator, as PyTorch's `torch.manual_seed(seed); weight.normal_(0, std)`.
-model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_labels, uint64_t seed);
+// The model is made on the CPU and then moved to `device`, so that it is the
+// same model on every device; a method attached afterwards adds its modules
+// there (train::run_method then trains on that device).
+model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_labels, uint64_t seed,
+                                          const at::Device& device = at::Device(at::kCPU));
 
 // Copies each tensor of a safetensors file into the task-model parameter of
 // the same name (a head, a prompt, LoRA factors: starting values for what
@@ -77,8 +81,10 @@ void check_base_identity(const BaseModel& base, const methods::Delta& delta);
 // (checksum mismatch), adds the method's modules (LoRA's), then applies it.
 // With `fold`, those modules are then merged into the ordinary weights (a
 // plain HF model, for export).
+// The model is moved to `device` once the delta is applied.
 model::SequenceClassifier model_from_delta(const BaseModel& base, const methods::Delta& delta,
-                                           bool fold = false);
+                                           bool fold = false,
+                                           const at::Device& device = at::Device(at::kCPU));
 
 // The task a delta was trained for, from its own record: the recorded label
 // names, type and pairness win. It is GLUE's spec only when the record says

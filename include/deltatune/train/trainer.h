@@ -15,11 +15,14 @@
 #include "deltatune/data/batcher.h"
 #include "deltatune/data/task.h"
 #include "deltatune/methods/method.h"
+#include "deltatune/model/device.h"
 #include "deltatune/model/encoder.h"
 #include "deltatune/train/distributed.h"
 #include "deltatune/train/metrics.h"
 
 namespace deltatune::train {
+
+class GradScaler;
 
 struct TrainConfig {
   double learning_rate = 1e-3;
@@ -42,7 +45,14 @@ struct TrainConfig {
   // the last when checkpoint_every > 0. Not part of the run's plan.
   bool final_checkpoint = false;
   uint64_t seed = 0;
-  bool bf16 = false;  // bf16 autocast for forward passes; parameters and optimizer stay fp32
+  // Forward passes under bf16 or fp16 autocast (model::Precision); parameters
+  // and optimizer state stay fp32. fp16 (CUDA) scales the loss dynamically
+  // (train::GradScaler). The device is the model's: a run trains where its
+  // model lives (train::make_task_model), and it is not part of the run's
+  // plan, so a checkpoint resumes on another device.
+  bool bf16 = false;
+  bool fp16 = false;
+  model::Precision precision() const { return model::parse_precision(bf16, fp16); }
   bool group_by_length = true;
   // false: the run ends with its last parameters and reports its last
   // evaluation (FAR's priming, whose end state is what the split starts from).
@@ -83,18 +93,32 @@ struct TrainResult {
 // HF's *ForSequenceClassification compute them.
 at::Tensor task_loss(const at::Tensor& logits, const at::Tensor& labels);
 
-// Logits [N, num_labels] of every example, in dataset order (fp32). Eval
-// mode and no grad for the call; the model's mode is restored after.
+// Logits [N, num_labels] of every example, in dataset order (fp32, on the
+// CPU), computed on the model's device. Eval mode and no grad for the call;
+// the model's mode is restored after.
 at::Tensor predict_logits(model::SequenceClassifierImpl& model, const data::EncodedDataset& dataset,
-                          int64_t batch_size, bool bf16);
+                          int64_t batch_size, model::Precision precision);
 
-// The same for any batch function (an ensemble): forward(batch) -> [B, C].
+// The same for any batch function (an ensemble): forward(batch on `device`) -> [B, C].
 at::Tensor predict_batches(const std::function<at::Tensor(const model::EncoderInput&)>& forward,
-                           const data::EncodedDataset& dataset, int64_t batch_size, bool bf16);
+                           const data::EncodedDataset& dataset, int64_t batch_size,
+                           model::Precision precision, const at::Device& device);
 
 // predict_logits, then the task's metrics and mean loss against the labels.
 Evaluation evaluate(model::SequenceClassifierImpl& model, const data::TaskSpec& task,
-                    const data::EncodedDataset& dataset, int64_t batch_size, bool bf16);
+                    const data::EncodedDataset& dataset, int64_t batch_size,
+                    model::Precision precision);
+
+// The same with `bf16` choosing bf16 autocast or fp32.
+inline at::Tensor predict_logits(model::SequenceClassifierImpl& model,
+                                 const data::EncodedDataset& dataset, int64_t batch_size,
+                                 bool bf16) {
+  return predict_logits(model, dataset, batch_size, model::parse_precision(bf16, false));
+}
+inline Evaluation evaluate(model::SequenceClassifierImpl& model, const data::TaskSpec& task,
+                           const data::EncodedDataset& dataset, int64_t batch_size, bool bf16) {
+  return evaluate(model, task, dataset, batch_size, model::parse_precision(bf16, false));
+}
 // The task's metrics and mean loss of given logits against the dataset's labels.
 Evaluation evaluate_logits(const data::TaskSpec& task, const at::Tensor& logits,
                            const data::EncodedDataset& dataset);
@@ -132,6 +156,7 @@ class Trainer {
 
   model::SequenceClassifier model_;
   methods::Method& method_;
+  GradScaler* scaler_ = nullptr;  // fit()'s loss scaler while it runs, for checkpoints
   data::TaskSpec task_;
   TrainConfig config_;
   std::vector<std::pair<std::string, const data::EncodedDataset*>> extra_eval_;

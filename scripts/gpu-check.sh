@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 15, in one go, on a machine with a CUDA GPU (the
+# device tool's H200): builds deltatune against that machine's CUDA torch,
+# runs the device tests (CPU and CUDA instances), then the GPU benchmark
+# (bench/gpu_train.py: deltatune vs HF Transformers + PEFT), and writes
+# everything to OUT_DIR. Needs .gpu-carry/ from scripts/gpu-prepare.sh.
+#
+#   scripts/gpu-check.sh OUT_DIR [--no-bench]
+#
+# OUT_DIR gets: env.txt (GPU, torch, nvcc, compiler), configure.log,
+# build.log, tests.log + tests.xml, bench.jsonl + bench.md, status.txt (one
+# line per stage: ok / FAILED). Each stage is timed; a failed stage does not
+# stop the ones that do not depend on it.
+set -uo pipefail
+out=${1:?usage: scripts/gpu-check.sh OUT_DIR [--no-bench]}
+bench=1
+[ "${2:-}" = "--no-bench" ] && bench=0
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+carry="$root/.gpu-carry"
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+status="$out/status.txt"
+: > "$status"
+stage() {  # stage NAME COMMAND...: runs, timed, records ok / FAILED
+  local name=$1 start rc
+  shift
+  start=$(date +%s)
+  "$@"
+  rc=$?
+  printf '%s %s %ss\n' "$name" "$([ $rc -eq 0 ] && echo ok || echo "FAILED($rc)")" \
+    "$(($(date +%s) - start))" | tee -a "$status"
+  return $rc
+}
+
+PY=${PYTHON:-python3}
+[ -d "$carry/deps" ] || { echo "no $carry: run scripts/gpu-prepare.sh first" | tee -a "$status"; exit 1; }
+deps="$carry/deps/usr"
+export LD_LIBRARY_PATH="$deps/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head -3
+  $PY -c 'import torch, transformers, peft; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__, "peft", peft.__version__)' 2>&1
+  nvcc --version 2>&1 | tail -1
+  ${CXX:-c++} --version 2>&1 | head -1
+  cmake --version | head -1
+  nproc
+  lscpu | grep -E 'Model name' || true
+} > "$out/env.txt" 2>&1
+
+# The model: the carried fp16 weights widened to fp32 (what both sides read).
+model="$out/work/all-MiniLM-L6-v2"
+widen_model() {
+  mkdir -p "$model" && cp "$carry"/model/*.json "$carry"/model/vocab.txt "$model/" &&
+    $PY - "$carry/model/model.fp16.safetensors" "$model/model.safetensors" <<'PY'
+import sys
+from safetensors.torch import load_file, save_file
+import torch
+tensors = {k: (v.float() if v.dtype == torch.float16 else v) for k, v in load_file(sys.argv[1]).items()}
+save_file(tensors, sys.argv[2], metadata={"format": "pt"})
+PY
+}
+stage model widen_model || exit 1
+
+prefix=$($PY -c 'import torch; print(torch.utils.cmake_prefix_path)')
+build="$root/build-gpu"
+configure() {
+  cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DDELTATUNE_REQUIRE_CUDA=ON \
+    -DDELTATUNE_BUILD_BENCH=OFF -DCMAKE_PREFIX_PATH="$prefix;$deps" \
+    -DCMAKE_LIBRARY_PATH="$deps/lib/x86_64-linux-gnu" -DCMAKE_INCLUDE_PATH="$deps/include" \
+    > "$out/configure.log" 2>&1
+}
+compile() {
+  cmake --build "$build" -j"$(nproc)" --target deltatune_cli deltatune_tests > "$out/build.log" 2>&1
+}
+stage configure configure || { tail -30 "$out/configure.log"; exit 1; }
+stage build compile || { grep -m20 -E 'error' "$out/build.log"; exit 1; }
+
+export DELTATUNE_MODEL_DIR="$model" GLUE_DIR="$carry/glue"
+tests() {
+  "$build/tests/deltatune_tests" \
+    --gtest_filter='Device*:*OnDevice*:GradientCheckpointing*:GradScaler*:GradientParity*' \
+    --gtest_output="xml:$out/tests.xml" > "$out/tests.log" 2>&1
+}
+stage tests tests || tail -40 "$out/tests.log"
+grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$out/tests.log" | tee -a "$status"
+
+if [ "$bench" = 1 ]; then
+  run_bench() {
+    $PY "$root/bench/gpu_train.py" --deltatune "$build/deltatune" --minilm "$model" \
+      --work "$out/work" --out "$out/bench.jsonl" > "$out/bench.md" 2> "$out/bench.log"
+  }
+  stage bench run_bench || tail -20 "$out/bench.log"
+  cat "$out/bench.md"
+fi
+rm -rf "$out/work/bert-base-random" "$out/work"/dt-*/checkpoint
+cat "$status"

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Prepares, on this CPU machine, what scripts/gpu-check.sh needs on the GPU
+# machine (which has CMake, nvcc and a Python with CUDA torch, transformers
+# and peft, but no network and no apt): .gpu-carry/ (git-ignored), to be
+# carried with the working tree (the device tool's `carry`, 64 MiB in all).
+#
+#   scripts/gpu-prepare.sh        # then: run carry=[".gpu-carry"]
+#                                 #   command: scripts/gpu-check.sh "$OUT"
+#
+# .gpu-carry/ holds:
+#   deps/    Debian's C++ dependencies as extracted .deb files (headers, the
+#            few shared libraries, CMake configs): nlohmann-json, utf8proc,
+#            CLI11, fmt, cpp-httplib (+ OpenSSL 3, brotli), GoogleTest.
+#            This assumes the GPU machine is of the same Debian 12 family.
+#   model/   all-MiniLM-L6-v2 with its weights in fp16 (the fp32 file is 87
+#            MiB, over the limit); gpu-check.sh widens them back to fp32 there.
+#            Both sides of every GPU comparison read the same widened weights.
+#   glue/    SST-2 (train, dev) for the tests.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+carry="$here/.gpu-carry"
+DELTATUNE_HOME=${DELTATUNE_HOME:-$HOME/.cache/deltatune}
+model="$DELTATUNE_HOME/models/all-MiniLM-L6-v2"
+glue=${GLUE_DIR:-$here/../shared/data/glue}
+log() { printf '[gpu-prepare] %s\n' "$*" >&2; }
+
+packages=(nlohmann-json3-dev libutf8proc-dev libutf8proc2 libcli11-dev libfmt-dev libfmt9
+  libcpp-httplib-dev libcpp-httplib0.11 libssl3 libbrotli1 libgtest-dev)
+rm -rf "$carry.tmp" && mkdir -p "$carry.tmp/debs" "$carry.tmp/deps"
+(cd "$carry.tmp/debs" && apt-get download "${packages[@]}" >/dev/null)
+for deb in "$carry.tmp"/debs/*.deb; do dpkg-deb -x "$deb" "$carry.tmp/deps"; done
+rm -rf "$carry.tmp/debs" "$carry.tmp/deps/usr/share/doc" "$carry.tmp/deps/usr/share/man" \
+  "$carry.tmp/deps/usr/src"
+# Absolute symlinks in the packages would point at this machine's /usr: made relative.
+find "$carry.tmp/deps" -type l | while read -r link; do
+  target=$(readlink "$link")
+  case "$target" in
+    /*) ln -sfn "$(realpath -m --relative-to="$(dirname "$link")" "$carry.tmp/deps$target")" "$link" ;;
+  esac
+done
+
+mkdir -p "$carry.tmp/model"
+for f in config.json tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json; do
+  [ -f "$model/$f" ] && cp "$model/$f" "$carry.tmp/model/"
+done
+python3 - "$model/model.safetensors" "$carry.tmp/model/model.fp16.safetensors" <<'PY'
+import json, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+
+with open(src, "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    header = json.loads(f.read(n))
+    base = 8 + n
+    out_header, blobs, offset = {}, [], 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            out_header[name] = info
+            continue
+        begin, end = info["data_offsets"]
+        f.seek(base + begin)
+        raw = f.read(end - begin)
+        if info["dtype"] == "F32":
+            count = len(raw) // 4
+            blob = struct.pack("<%de" % count, *struct.unpack("<%df" % count, raw))
+            dtype = "F16"
+        else:
+            blob, dtype = raw, info["dtype"]
+        out_header[name] = {"dtype": dtype, "shape": info["shape"], "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+encoded = json.dumps(out_header).encode()
+encoded += b" " * ((8 - len(encoded) % 8) % 8)
+with open(dst, "wb") as f:
+    f.write(struct.pack("<Q", len(encoded)))
+    f.write(encoded)
+    for blob in blobs:
+        f.write(blob)
+PY
+
+mkdir -p "$carry.tmp/glue/SST-2"
+cp "$glue/SST-2/train.tsv" "$glue/SST-2/dev.tsv" "$carry.tmp/glue/SST-2/"
+rm -rf "$carry" && mv "$carry.tmp" "$carry"
+log "$(du -sh "$carry" | cut -f1) in $carry (carry limit 64 MiB)"
+du -sh "$carry"/* >&2
