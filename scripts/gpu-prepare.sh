@@ -15,7 +15,7 @@
 #   model/   all-MiniLM-L6-v2 with its weights in fp16 (the fp32 file is 87
 #            MiB, over the limit); gpu-check.sh widens them back to fp32 there.
 #            Both sides of every GPU comparison read the same widened weights.
-#   glue/    SST-2 (train, dev) for the tests.
+#   glue/    SST-2, RTE and STS-B (train, dev) for the tests.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 carry="$here/.gpu-carry"
@@ -27,7 +27,7 @@ log() { printf '[gpu-prepare] %s\n' "$*" >&2; }
 packages=(nlohmann-json3-dev libutf8proc-dev libutf8proc2 libcli11-dev libfmt-dev libfmt9
   libcpp-httplib-dev libcpp-httplib0.11 libssl3 libbrotli1 libgtest-dev)
 rm -rf "$carry.tmp" && mkdir -p "$carry.tmp/debs" "$carry.tmp/deps"
-(cd "$carry.tmp/debs" && apt-get download "${packages[@]}" >/dev/null)
+(cd "$carry.tmp/debs" && apt-get -o APT::Sandbox::User=root download "${packages[@]}" >/dev/null)
 for deb in "$carry.tmp"/debs/*.deb; do dpkg-deb -x "$deb" "$carry.tmp/deps"; done
 rm -rf "$carry.tmp/debs" "$carry.tmp/deps/usr/share/doc" "$carry.tmp/deps/usr/share/man" \
   "$carry.tmp/deps/usr/src"
@@ -77,8 +77,10 @@ with open(dst, "wb") as f:
         f.write(blob)
 PY
 
-mkdir -p "$carry.tmp/glue/SST-2"
-cp "$glue/SST-2/train.tsv" "$glue/SST-2/dev.tsv" "$carry.tmp/glue/SST-2/"
+for task in SST-2 RTE STS-B; do  # the device tests' and the served deltas' tasks
+  mkdir -p "$carry.tmp/glue/$task"
+  cp "$glue/$task/train.tsv" "$glue/$task/dev.tsv" "$carry.tmp/glue/$task/"
+done
 rm -rf "$carry" && mv "$carry.tmp" "$carry"
 log "$(du -sh "$carry" | cut -f1) in $carry (carry limit 64 MiB)"
 du -sh "$carry"/* >&2

@@ -28,6 +28,7 @@ struct ServeOptions {
   double max_wait_ms = 2;
   bool group_per_task = false;
   bool allow_base_mismatch = false;
+  std::string device = "auto";
 };
 
 int run_serve(ServeOptions& o) {
@@ -52,6 +53,7 @@ int run_serve(ServeOptions& o) {
   if (deltas.empty()) fmt::print(stderr, "deltatune serve: no task yet (POST /tasks loads one)\n");
   o.engine.max_wait = std::chrono::microseconds(static_cast<int64_t>(o.max_wait_ms * 1000));
   o.engine.group_per_task = o.group_per_task;
+  o.engine.device = model::parse_device(o.device);
   train::BaseModel base = train::load_base(o.model_dir);
   base.allow_mismatch = o.allow_base_mismatch;
   serve::Engine engine(std::move(base), text::load_tokenizer(o.model_dir), o.engine);
@@ -117,6 +119,7 @@ void register_serve_verb(CLI::App& app, Action& action, int& threads) {
   serve->add_flag("--allow-base-mismatch", o->allow_base_mismatch,
                   "load deltas made on another base (checksum differs) with a warning instead "
                   "of refusing them");
+  serve->add_option("--device", o->device, kDeviceHelp)->capture_default_str();
   serve->add_option("--threads", threads,
                     "intra-op threads of the forward pass (0: every CPU the process may use)");
   serve->callback([&action, o] { action = [o] { return run_serve(*o); }; });

@@ -112,7 +112,7 @@ Engine::Engine(train::BaseModel base, std::unique_ptr<text::Tokenizer> tokenizer
     throw Error(
         "serve: batch rows, batch tokens, queue capacity, client batch size and "
         "tokenizer threads must be at least 1");
-  model_ = train::make_task_model(base_, 1, 0);
+  model_ = train::make_task_model(base_, 1, 0, options_.device);
   for (auto& parameter : model_->parameters(true)) parameter.requires_grad_(false);
   model_->eval();
   loader_ = std::make_unique<TaskLoader>(base_, *model_);
@@ -543,6 +543,7 @@ json Engine::info() const {
           {"model_path", fs::absolute(base_.directory).string()},
           {"model_sha", base_.checksum},
           {"model_dtype", "float32"},
+          {"model_device", options_.device.str()},
           {"model_type", {{"classifier", {{"tasks", tasks_json.size()}}}}},
           {"architecture", base_.config.model_type},
           {"max_input_length", base_.config.max_sequence_tokens()},

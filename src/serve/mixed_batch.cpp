@@ -39,6 +39,7 @@ class MixedPass {
   MixedPass(model::SequenceClassifierImpl& base, const std::vector<MixedRow>& rows,
             int64_t pad_token_id, const MixedOptions& options)
       : options_(options),
+        device_(model::device_of(base)),
         base_(base),
         config_(base.config()),
         prefix_(config_.base_model_prefix()),
@@ -55,8 +56,8 @@ class MixedPass {
       rows_of_[static_cast<size_t>(it->second)].push_back(static_cast<int64_t>(r));
       slots.push_back(it->second);
     }
-    slot_ = at::tensor(slots, at::kLong);
-    for (const auto& list : rows_of_) row_index_.push_back(at::tensor(list, at::kLong));
+    slot_ = at::tensor(slots, at::kLong).to(device_);
+    for (const auto& list : rows_of_) row_index_.push_back(at::tensor(list, at::kLong).to(device_));
   }
 
   std::vector<at::Tensor> run() {
@@ -230,13 +231,13 @@ class MixedPass {
         downs[i] = at::constant_pad_nd(downs[i], {0, 0, 0, missing});
         ups[i] = at::constant_pad_nd(ups[i], {0, missing});
       }
-      at::Tensor rows = at::tensor(low_rows, at::kLong);
+      at::Tensor rows = at::tensor(low_rows, at::kLong).to(device_);
       at::Tensor xr = x.index_select(0, rows);
       const bool flat = xr.dim() == 2;
       if (flat) xr = xr.unsqueeze(1);
       at::Tensor z =
           at::bmm(at::bmm(xr, at::stack(downs).transpose(1, 2)), at::stack(ups).transpose(1, 2)) *
-          at::tensor(scales, at::kDouble).to(xr.scalar_type()).view({-1, 1, 1});
+          at::tensor(scales, at::kDouble).to(device_, xr.scalar_type()).view({-1, 1, 1});
       updates.add_rows.push_back(rows);
       updates.add_values.push_back(flat ? z.squeeze(1) : z);
     }
@@ -299,12 +300,16 @@ class MixedPass {
       mask[r].narrow(0, 0, n).fill_(1);
       offsets[static_cast<size_t>(r)] = rows_[static_cast<size_t>(r)].task->prefix_position_offset;
     }
+    // Made on the CPU row by row, then moved in one copy each.
+    ids = ids.to(device_);
+    mask = mask.to(device_);
+    types = types.to(device_);
     model::EmbeddingsImpl& embeddings = *base_.encoder->embeddings;
     const std::string at = prefix_ + ".embeddings.";
     at::Tensor words =
         lookup(at + "word_embeddings.weight", embeddings.word_embeddings->weight, ids);
     at::Tensor positions =
-        embeddings.position_ids(ids, at::tensor(offsets, at::kLong).view({b, 1}));
+        embeddings.position_ids(ids, at::tensor(offsets, at::kLong).to(device_).view({b, 1}));
 
     // Prompts: each task's inserter on its rows; every row right-padded to the longest.
     std::vector<size_t> inserting;
@@ -359,14 +364,13 @@ class MixedPass {
     prefix_length_ = longest;
     at::Tensor mask = mask_;
     if (longest > 0) {
-      at::Tensor visible = at::zeros({batch(), longest}, at::kLong);
+      at::Tensor visible = at::zeros({batch(), longest}, at::kLong);  // on the CPU, then moved
       for (size_t s = 0; s < tasks_.size(); ++s) {
         if (tasks_[s]->prefix_keys.empty()) continue;
         const int64_t own = tasks_[s]->prefix_keys[0].size(1);
-        visible.index_fill_(0, row_index_[s], 0);
         for (int64_t r : rows_of_[s]) visible[r].narrow(0, 0, own).fill_(1);
       }
-      mask = at::cat({visible, mask}, 1);
+      mask = at::cat({visible.to(device_), mask}, 1);
     }
     additive_mask_ = model::additive_attention_mask(mask, at::kFloat);
   }
@@ -485,6 +489,7 @@ class MixedPass {
         logits = at::linear(x, head.at("classifier.out_proj.weight"),
                             head.at("classifier.out_proj.bias"));
       }
+      logits = logits.to(at::kCPU);  // what the engine reads
       for (size_t i = 0; i < rows_of_[s].size(); ++i)
         out[static_cast<size_t>(rows_of_[s][i])] = logits[static_cast<int64_t>(i)];
     }
@@ -492,6 +497,7 @@ class MixedPass {
   }
 
   MixedOptions options_;
+  at::Device device_;  // the shared model's, where every pass tensor lives
   model::SequenceClassifierImpl& base_;
   const model::EncoderConfig& config_;
   std::string prefix_;

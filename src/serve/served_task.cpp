@@ -52,7 +52,7 @@ EmbeddingChanges embedding_changes(const methods::DeltaTensor& t, const at::Tens
   at::Tensor rows_of_entries = at::div(flat, width, "floor");
   at::Tensor rows = std::get<0>(at::unique_consecutive(rows_of_entries));
   at::Tensor slots = at::searchsorted(rows, rows_of_entries);
-  at::Tensor differences = at::zeros({rows.size(0), width});
+  at::Tensor differences = at::zeros({rows.size(0), width}, base.options().dtype(at::kFloat));
   differences.index_put_(
       {slots, at::remainder(flat, width)},
       t.values.to(at::kFloat) - base.detach().reshape({-1}).index_select(0, flat));
@@ -182,6 +182,13 @@ std::shared_ptr<const ServedTask> TaskLoader::load(const std::string& name,
   train::check_sequence_fits(base_.config, *method, static_cast<int64_t>(task->max_length));
   task->delta_bytes = delta.stored_bytes();
   delta = methods::with_encoder_name(delta, base_.config.base_model_prefix());
+  // The task's tensors live where the shared model computes: everything
+  // derived from them below (changes, tables, hook modules) is made there.
+  if (const at::Device device = model::device_of(shared_); !device.is_cpu())
+    for (methods::DeltaTensor& t : delta.tensors) {
+      t.values = t.values.to(device);
+      if (t.indices.defined()) t.indices = t.indices.to(device);
+    }
 
   auto shared_parameters = shared_.named_parameters(true);
 

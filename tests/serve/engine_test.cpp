@@ -131,6 +131,37 @@ TEST(MixedBatch, EveryMethodsRowsInOnePassEqualTheirTaskModelAlone) {
     EXPECT_EQ(name.rfind("bert.pooler.", 0), 0u) << name;
 }
 
+// The same on a CUDA device (skipped where there is none): the shared model
+// and every task's tensors on the GPU, each row against its task model alone
+// on the CPU (fp32, 1e-4).
+TEST(MixedBatch, OnCudaEveryMethodsRowsEqualTheirTaskModelAloneOnTheCpu) {
+  if (!model::cuda_available())
+    GTEST_SKIP() << "no CUDA device here (a LibTorch without CUDA, or no GPU visible)";
+  EngineOptions options;
+  options.max_wait = std::chrono::milliseconds(500);
+  options.max_batch_rows = 256;
+  options.max_batch_tokens = 1 << 20;
+  options.max_client_batch_size = 256;
+  options.device = at::Device(at::kCUDA, 0);
+  auto engine = make_engine(options);
+  for (const auto& spec : served_delta_specs())
+    engine->load_task(spec.name, served_deltas_dir() / spec.name);
+  EXPECT_TRUE(engine->task("lora-rte")->head.begin()->second.is_cuda());
+  auto [request, references] = mixed_request();
+  const auto served = engine->predict(request);
+  ASSERT_EQ(served.size(), references.size());
+  for (size_t i = 0; i < served.size(); ++i) {
+    const auto task = engine->task(references[i].task);
+    for (int64_t k = 0; k < references[i].logits.numel(); ++k) {
+      auto found = std::find_if(served[i].scores.begin(), served[i].scores.end(),
+                                [&](const LabelScore& s) { return s.label == task->label(k); });
+      ASSERT_NE(found, served[i].scores.end());
+      EXPECT_NEAR(found->score, references[i].logits[k].item<double>(), 1e-4)
+          << "row " << i << " (" << references[i].task << ")";
+    }
+  }
+}
+
 TEST(MixedBatch, PerRowBiasEpiloguesGiveTheSameScores) {
   EngineOptions options;
   options.max_client_batch_size = 256;
