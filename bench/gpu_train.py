@@ -58,7 +58,7 @@ def run_deltatune(args, model_dir, method, train_tsv, dev_tsv, work):
     cmd = [args.deltatune, "train", "--model", model_dir, "--train", train_tsv, "--dev", dev_tsv,
            "--text-a", "sentence", "--label", "label", "--method", method,
            "--max-length", str(args.length), "--batch-size", str(args.batch),
-           "--max-steps", str(args.steps), "--device", "cuda", "--out", out, "--overwrite",
+           "--max-steps", str(args.steps), "--device", args.device, "--out", out, "--overwrite",
            "--json", "--log-every", "0"]
     if args.precision == "bf16":
         cmd.append("--bf16")
@@ -72,7 +72,7 @@ def run_deltatune(args, model_dir, method, train_tsv, dev_tsv, work):
             summary = record
     infer = subprocess.run([args.deltatune, "eval", "--model", model_dir, "--delta",
                             os.path.join(out, "delta"), "--dev", dev_tsv, "--text-a", "sentence",
-                            "--label", "label", "--batch-size", str(args.batch), "--device", "cuda",
+                            "--label", "label", "--batch-size", str(args.batch), "--device", args.device,
                             "--json"] + (["--bf16"] if args.precision == "bf16" else []),
                            capture_output=True, text=True)
     inference = json.loads(infer.stdout) if infer.returncode == 0 else {}
@@ -84,7 +84,12 @@ def run_deltatune(args, model_dir, method, train_tsv, dev_tsv, work):
 def run_reference(args, model_dir, method, train_tsv, dev_tsv):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    device = torch.device("cuda")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+
+    def synchronize():
+        if cuda:
+            torch.cuda.synchronize()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = [l.rstrip("\n").split("\t") for l in open(train_tsv, encoding="utf-8")][1:]
     texts, labels = [r[0] for r in rows], [int(r[1]) for r in rows]
@@ -106,38 +111,40 @@ def run_reference(args, model_dir, method, train_tsv, dev_tsv):
         enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=args.length,
                         padding=True, return_tensors="pt")
         batches.append((enc, torch.tensor([labels[i] for i in idx])))
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    synchronize()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     tokens = 0
     start = time.perf_counter()
     for enc, y in batches:
         enc = {k: v.to(device) for k, v in enc.items()}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             loss = model(**enc, labels=y.to(device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += int(enc["attention_mask"].sum())
-    torch.cuda.synchronize()
+    synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated()
+    peak = torch.cuda.max_memory_allocated() if cuda else None
     # Inference: the dev set, forward only.
     model.eval()
     dev = [l.rstrip("\n").split("\t")[0] for l in open(dev_tsv, encoding="utf-8")][1:]
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16,
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
                                          enabled=args.precision == "bf16"):
         for warm in range(2):
-            torch.cuda.synchronize()
+            synchronize()
             t0 = time.perf_counter()
             for s in range(0, len(dev), args.batch):
                 enc = tokenizer(dev[s:s + args.batch], truncation=True, max_length=args.length,
                                 padding=True, return_tensors="pt").to(device)
                 model(**enc).logits.float().cpu()
-            torch.cuda.synchronize()
+            synchronize()
             infer_seconds = time.perf_counter() - t0
     del model, optimizer
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return {"tokens_per_s": tokens / seconds, "peak_bytes": peak,
             "inference_seq_per_s": len(dev) / infer_seconds}
 
@@ -154,16 +161,18 @@ def main():
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--length", type=int, default=128)
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke test of this script only")
+    ap.add_argument("--dev-rows", type=int, default=512)
     args = ap.parse_args()
     import torch
     os.makedirs(args.work, exist_ok=True)
     train_tsv, dev_tsv = os.path.join(args.work, "train.tsv"), os.path.join(args.work, "dev.tsv")
     make_data(train_tsv, args.steps * args.batch, args.minilm, 1)
-    make_data(dev_tsv, 512, args.minilm, 2)
+    make_data(dev_tsv, args.dev_rows, args.minilm, 2)
     models = {"minilm": args.minilm,
               "bert-base": lambda: make_bert_base(os.path.join(args.work, "bert-base-random"),
                                                   args.minilm)}
-    gpu = torch.cuda.get_device_name(0)
+    gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
     rows = []
     with open(args.out, "a") as out:
         for name in args.models.split(","):
@@ -189,10 +198,11 @@ def main():
             print(f"| {r['model']} | {r['method']} | error: {o['error']} |")
             continue
         gib = lambda b: (b or 0) / 2**30  # noqa: E731
+        memory_ratio = gib(o['peak_bytes']) / gib(h['peak_bytes']) if h['peak_bytes'] else 0
         infer = o.get("inference_seq_per_s") or 0
         print(f"| {r['model']} | {r['method']} | {o['tokens_per_s']:.0f} | {h['tokens_per_s']:.0f} | "
               f"{o['tokens_per_s'] / h['tokens_per_s']:.2f}x | {gib(o['peak_bytes']):.2f} | "
-              f"{gib(h['peak_bytes']):.2f} | {gib(o['peak_bytes']) / gib(h['peak_bytes']):.2f}x | "
+              f"{gib(h['peak_bytes']):.2f} | {memory_ratio:.2f}x | "
               f"{infer:.0f} | {h['inference_seq_per_s']:.0f} | "
               f"{infer / h['inference_seq_per_s']:.2f}x |")
 
