@@ -35,7 +35,7 @@ stage() {  # stage NAME COMMAND...: runs, timed, records ok / FAILED
 PY=${PYTHON:-python3}
 [ -d "$carry/deps" ] || { echo "no $carry: run scripts/gpu-prepare.sh first" | tee -a "$status"; exit 1; }
 deps="$carry/deps/usr"
-export LD_LIBRARY_PATH="$deps/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$deps/lib/x86_64-linux-gnu:$carry/fmt/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head -3
@@ -67,7 +67,7 @@ configure() {
   # Only the carried packages: no pkg-config, tcmalloc or Gloo from the machine
   # itself, so the build is the same wherever the script runs.
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DDELTATUNE_REQUIRE_CUDA=ON \
-    -DDELTATUNE_BUILD_BENCH=OFF -DCMAKE_PREFIX_PATH="$prefix;$deps" \
+    -DDELTATUNE_BUILD_BENCH=OFF -DCMAKE_PREFIX_PATH="$prefix;$deps;$carry/fmt/usr" \
     -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON -DDELTATUNE_WITH_TCMALLOC=OFF \
     -DDELTATUNE_WITH_GLOO=OFF \
     -DCMAKE_LIBRARY_PATH="$deps/lib/x86_64-linux-gnu" -DCMAKE_INCLUDE_PATH="$deps/include" \

@@ -24,18 +24,28 @@ model="$DELTATUNE_HOME/models/all-MiniLM-L6-v2"
 glue=${GLUE_DIR:-$here/../shared/data/glue}
 log() { printf '[gpu-prepare] %s\n' "$*" >&2; }
 
-packages=(nlohmann-json3-dev libutf8proc-dev libutf8proc2 libcli11-dev libfmt-dev libfmt9
+packages=(nlohmann-json3-dev libutf8proc-dev libutf8proc2 libcli11-dev
   libcpp-httplib-dev libcpp-httplib0.11 libssl3 libbrotli1 libgtest-dev)
-rm -rf "$carry.tmp" && mkdir -p "$carry.tmp/debs" "$carry.tmp/deps"
+# fmt in a prefix of its own: the LibTorch wheel ships its own (newer) fmt
+# headers, which must not be shadowed by Debian's 9 on the shared include
+# path; CMake still needs fmt's package config (used header-only there).
+fmt_packages=(libfmt-dev libfmt9)
+rm -rf "$carry.tmp" && mkdir -p "$carry.tmp/debs" "$carry.tmp/deps" "$carry.tmp/fmt-debs" "$carry.tmp/fmt"
 (cd "$carry.tmp/debs" && apt-get -o APT::Sandbox::User=root download "${packages[@]}" >/dev/null)
+(cd "$carry.tmp/fmt-debs" && apt-get -o APT::Sandbox::User=root download "${fmt_packages[@]}" >/dev/null)
 for deb in "$carry.tmp"/debs/*.deb; do dpkg-deb -x "$deb" "$carry.tmp/deps"; done
-rm -rf "$carry.tmp/debs" "$carry.tmp/deps/usr/share/doc" "$carry.tmp/deps/usr/share/man" \
-  "$carry.tmp/deps/usr/src"
+for deb in "$carry.tmp"/fmt-debs/*.deb; do dpkg-deb -x "$deb" "$carry.tmp/fmt"; done
+for dir in deps fmt; do
+  rm -rf "$carry.tmp/$dir/usr/share/doc" "$carry.tmp/$dir/usr/share/man" "$carry.tmp/$dir/usr/src"
+done
+rm -rf "$carry.tmp/debs" "$carry.tmp/fmt-debs"
 # Absolute symlinks in the packages would point at this machine's /usr: made relative.
-find "$carry.tmp/deps" -type l | while read -r link; do
+find "$carry.tmp/deps" "$carry.tmp/fmt" -type l | while read -r link; do
   target=$(readlink "$link")
+  root=${link#"$carry.tmp/"}
+  root="$carry.tmp/${root%%/*}"
   case "$target" in
-    /*) ln -sfn "$(realpath -m --relative-to="$(dirname "$link")" "$carry.tmp/deps$target")" "$link" ;;
+    /*) ln -sfn "$(realpath -m --relative-to="$(dirname "$link")" "$root$target")" "$link" ;;
   esac
 done
 

@@ -106,7 +106,12 @@ void DiffPruning::before_forward(model::SequenceClassifierImpl& /*model*/, bool 
     fold_gradient(d);  // a previous micro-batch's gradient, with its own z
     at::Tensor s;
     if (training) {
-      at::Tensor u = at::empty_like(d.log_alpha).uniform_(1e-6, 1.0 - 1e-6);
+      // From the default CPU generator whatever the device (as Child-Tuning_F's
+      // masks): the same gates on a GPU as on the CPU. It costs a host draw
+      // and copy per step on a GPU (docs/METHODS.md).
+      at::Tensor u = at::empty(d.log_alpha.sizes(), d.log_alpha.options().device(at::kCPU))
+                         .uniform_(1e-6, 1.0 - 1e-6)
+                         .to(d.log_alpha.device());
       s = at::sigmoid(u.log() - (-u).log1p() + d.log_alpha);
     } else {
       s = at::sigmoid(d.log_alpha);

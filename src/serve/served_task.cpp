@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (its home from fmt 11 on, as LibTorch 2.x ships)
 
 #include <set>
 

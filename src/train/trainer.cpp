@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/Generator.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join (its home from fmt 11 on, as LibTorch 2.x ships)
 
 #include <cerrno>
 #include <chrono>
