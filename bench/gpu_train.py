@@ -53,8 +53,9 @@ def make_data(path, rows, tokenizer_dir, seed):
             f.write(" ".join(rng.choice(words) for _ in range(200)) + f"\t{rng.randint(0, 1)}\n")
 
 
-def run_deltatune(args, model_dir, method, train_tsv, dev_tsv, work):
-    out = os.path.join(work, f"dt-{os.path.basename(model_dir)}-{method}")
+def run_deltatune(args, model_dir, variant, train_tsv, dev_tsv, work):
+    method, _, option = variant.partition(":")
+    out = os.path.join(work, f"dt-{os.path.basename(model_dir)}-{method}{option}")
     cmd = [args.deltatune, "train", "--model", model_dir, "--train", train_tsv, "--dev", dev_tsv,
            "--text-a", "sentence", "--label", "label", "--method", method,
            "--max-length", str(args.length), "--batch-size", str(args.batch),
@@ -62,6 +63,8 @@ def run_deltatune(args, model_dir, method, train_tsv, dev_tsv, work):
            "--json", "--log-every", "0"]
     if args.precision == "bf16":
         cmd.append("--bf16")
+    if option == "frozen-bf16":  # deltatune's frozen Dense weights stored in bf16
+        cmd += ["--frozen-weights", "bf16"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1:] or ["?"]}
@@ -81,7 +84,8 @@ def run_deltatune(args, model_dir, method, train_tsv, dev_tsv, work):
             "inference_seq_per_s": inference.get("examples_per_second")}
 
 
-def run_reference(args, model_dir, method, train_tsv, dev_tsv):
+def run_reference(args, model_dir, variant, train_tsv, dev_tsv):
+    method = variant.partition(":")[0]  # the reference keeps fp32 frozen weights (PEFT's usual)
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     device = torch.device(args.device)
@@ -156,7 +160,8 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--models", default="minilm,bert-base")
-    ap.add_argument("--methods", default="bitfit,full,lora")
+    ap.add_argument("--methods", default="bitfit,full,lora,bitfit:frozen-bf16,lora:frozen-bf16",
+                    help="method[:frozen-bf16]: deltatune with --frozen-weights bf16 (bf16 only)")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=32)
@@ -178,6 +183,8 @@ def main():
         for name in args.models.split(","):
             model_dir = models[name]() if callable(models[name]) else models[name]
             for method in args.methods.split(","):
+                if method.endswith(":frozen-bf16") and args.precision != "bf16":
+                    continue
                 ours = run_deltatune(args, model_dir, method, train_tsv, dev_tsv, args.work)
                 ref = run_reference(args, model_dir, method, train_tsv, dev_tsv)
                 row = {"model": name, "method": method, "precision": args.precision,

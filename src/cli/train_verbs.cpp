@@ -248,6 +248,7 @@ struct TrainOptions {
   double job_timeout_s = 300;  // a data-parallel job's wait for the other ranks
   std::string device = "auto";
   bool gradient_checkpointing = false;
+  std::string frozen_weights = "fp32";
 };
 
 std::vector<std::string> split_commas(const std::string& text) {
@@ -307,6 +308,10 @@ int run_train(TrainOptions& o) {
   if (c.log_every < 0) throw Error("--log-every must be 0 or more");
   at::Device device = model::parse_device(o.device);
   model::check_precision(c.precision(), device);
+  if (o.frozen_weights != "fp32" && o.frozen_weights != "bf16")
+    throw Error("--frozen-weights must be fp32 or bf16, not '" + o.frozen_weights + "'");
+  if (o.frozen_weights == "bf16" && c.precision() != model::Precision::kBFloat16)
+    throw Error("--frozen-weights bf16 needs --bf16 (autocast then reads every weight in bf16)");
 
   json method_options = json::object();
   if (!o.bias_terms.empty()) {
@@ -388,6 +393,11 @@ int run_train(TrainOptions& o) {
     if (o.resume) throw Error("--init-from does not apply with --resume (the checkpoint says)");
     const int64_t copied = train::load_starting_values(*task_model, o.init_from);
     fmt::print(stderr, "{}: {} tensors copied into the task model\n", o.init_from, copied);
+  }
+  if (o.frozen_weights == "bf16") {
+    const int64_t saved = model::store_frozen_dense_weights(*task_model, at::kBFloat16);
+    fmt::print(stderr, "frozen Dense weights in bf16: {:.1f} MiB less\n",
+               static_cast<double>(saved) / (1024.0 * 1024.0));
   }
 
   fmt::print(stderr,
@@ -747,6 +757,11 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   train->add_flag("--fp16", t->config.fp16,
                   "fp16 mixed precision (autocast, dynamic loss scaling; CUDA only)");
   train->add_option("--device", t->device, kDeviceHelp)->capture_default_str();
+  train
+      ->add_option("--frozen-weights", t->frozen_weights,
+                   "fp32 or bf16: frozen Dense weights stored in bf16 (with --bf16; half "
+                   "their memory, the same computation)")
+      ->capture_default_str();
   train->add_flag("--gradient-checkpointing", t->gradient_checkpointing,
                   "recompute each layer during backward instead of keeping its activations "
                   "(less memory, one more forward pass)");

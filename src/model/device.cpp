@@ -110,6 +110,20 @@ void reset_peak_memory(const at::Device& device) {
 #endif
 }
 
+int64_t store_frozen_dense_weights(torch::nn::Module& model, at::ScalarType dtype) {
+  int64_t saved = 0;
+  at::NoGradGuard no_grad;
+  for (const auto& module : model.modules(/*include_self=*/true)) {
+    auto* dense = dynamic_cast<DenseImpl*>(module.get());
+    if (dense == nullptr || dense->weight.requires_grad() || dense->weight.scalar_type() == dtype)
+      continue;
+    at::Tensor narrowed = dense->weight.to(dtype);
+    saved += dense->weight.numel() * (dense->weight.element_size() - narrowed.element_size());
+    dense->weight.set_data(narrowed);
+  }
+  return saved;
+}
+
 Precision parse_precision(bool bf16, bool fp16) {
   if (bf16 && fp16) throw Error("--bf16 and --fp16 exclude each other: choose one");
   return bf16 ? Precision::kBFloat16 : fp16 ? Precision::kFloat16 : Precision::kFloat32;

@@ -248,6 +248,43 @@ TEST_P(OnDevice, Fp16TrainsWithLossScalingWhereItExists) {
 INSTANTIATE_TEST_SUITE_P(Devices, OnDevice, ::testing::Values("cpu", "cuda"),
                          [](const auto& info) { return info.param; });
 
+// --frozen-weights bf16: under bf16 autocast every product reads its weight in
+// bf16 anyway, so storing the frozen ones in bf16 changes nothing but memory.
+TEST(FrozenWeights, Bf16StorageTrainsExactlyAsBf16Autocast) {
+  const BaseModel base = load_base(test::minilm_dir());  // dropout on: the same stream
+  for (const char* name : {"bitfit", "lora"}) {
+    SCOPED_TRACE(name);
+    auto run = [&](bool narrow, int64_t* saved) {
+      auto model = make_task_model(base, 2, 13);
+      auto method = methods::make_method(name);
+      method->attach(*model);
+      if (narrow) *saved = model::store_frozen_dense_weights(*model, at::kBFloat16);
+      TrainConfig config;
+      config.learning_rate = 1e-3;
+      config.batch_size = 16;
+      config.max_steps = 3;
+      config.bf16 = true;
+      config.seed = 13;
+      config.progress = false;
+      run_method(model, *method, sample().task, config, sample().train, sample().dev);
+      return std::make_pair(trained_values(*model),
+                            model->encoder->layer(0)->attention->self->query->weight);
+    };
+    int64_t saved = 0;
+    const auto [plain, plain_query] = run(false, &saved);
+    const auto [narrow, narrow_query] = run(true, &saved);
+    EXPECT_EQ(plain_query.scalar_type(), at::kFloat);
+    EXPECT_EQ(narrow_query.scalar_type(), at::kBFloat16);
+    // MiniLM's Dense weights (the pooler's included), 2 bytes each saved.
+    EXPECT_GT(saved, 2 * 10'000'000);
+    ASSERT_EQ(plain.size(), narrow.size());
+    for (const auto& [parameter, value] : plain) {
+      EXPECT_EQ(narrow.at(parameter).scalar_type(), at::kFloat) << parameter;
+      EXPECT_TRUE(value.equal(narrow.at(parameter))) << parameter;
+    }
+  }
+}
+
 // GradScaler's rule, in the plain ops the CPU runs (CUDA runs ATen's kernels).
 TEST(GradScaler, ScalesUnscalesSkipsOverflowsAndAdaptsItsScale) {
   GradScalerOptions options;

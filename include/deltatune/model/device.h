@@ -50,6 +50,13 @@ struct DeviceMemory {
 std::optional<DeviceMemory> device_memory(const at::Device& device);
 void reset_peak_memory(const at::Device& device);
 
+// Stores every frozen Dense weight (requires_grad false) of `model` in
+// `dtype` (bf16), in place: under bf16 autocast the products read them in
+// bf16 anyway, so the computation is unchanged while the weights take half
+// the memory and need no cast copy (--frozen-weights bf16). Trained
+// parameters, embeddings and LayerNorms stay fp32. Returns the bytes saved.
+int64_t store_frozen_dense_weights(torch::nn::Module& model, at::ScalarType dtype);
+
 // The precision of forward passes. Parameters and optimizer state stay fp32
 // in every case; autocast runs the products in the lower precision.
 enum class Precision {
