@@ -92,6 +92,17 @@ TEST(Device, ParsesSpecsAndNamesWhatIsMissing) {
             std::string::npos);
 }
 
+// A short run: `steps` optimizer steps of batches of `batch` at rate `lr`, seed `seed`.
+TrainConfig short_run(double lr, int64_t batch, int64_t steps, uint64_t seed = 0) {
+  TrainConfig c;
+  c.learning_rate = lr;
+  c.batch_size = batch;
+  c.max_steps = steps;
+  c.seed = seed;
+  c.progress = false;
+  return c;
+}
+
 class OnDevice : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(OnDevice, ForwardMatchesTheCpu) {
@@ -113,15 +124,10 @@ std::map<std::string, at::Tensor> two_steps(const BaseModel& base, const std::st
   auto model = make_task_model(base, 2, 5, device);
   auto method = methods::make_method(method_name, options);
   method->attach(*model);
-  TrainConfig config;
   // A small rate: AdamW's first steps move every entry by about lr whatever
   // its gradient's size, so rounding that flips a near-zero gradient's sign
   // moves it by 2 lr at most, well inside the tolerance.
-  config.learning_rate = 1e-5;
-  config.batch_size = 16;
-  config.max_steps = 2;
-  config.seed = 5;
-  config.progress = false;
+  TrainConfig config = short_run(1e-5, 16, 2, 5);
   config.eval_batch_size = 48;
   run_method(model, *method, sample().task, config, sample().train, sample().dev);
   return trained_values(*model);
@@ -161,11 +167,7 @@ TEST_P(OnDevice, ADeltaTrainedThereEvaluatesIdenticallyOnTheCpu) {
     auto model = make_task_model(base, 2, 7, device);
     auto method = methods::make_method(name);
     method->attach(*model);
-    TrainConfig config;
-    config.learning_rate = 1e-3;
-    config.batch_size = 16;
-    config.max_steps = 3;
-    config.progress = false;
+    const TrainConfig config = short_run(1e-3, 16, 3);
     const MethodRun run =
         run_method(model, *method, sample().task, config, sample().train, sample().dev);
     const at::Tensor on_device = predict_logits(*model, sample().dev, 16, false);
@@ -185,14 +187,10 @@ TEST_P(OnDevice, ACheckpointResumesOnTheCpu) {
   DEVICE_OR_SKIP(device);
   const BaseModel base = base_without_dropout();
   auto config_for = [](const std::filesystem::path& dir, int64_t steps) {
-    TrainConfig c;
-    c.learning_rate = 1e-5;
-    c.batch_size = 8;
-    c.max_steps = steps;
+    TrainConfig c = short_run(1e-5, 8, steps);
     c.eval_every = 2;
     c.checkpoint_every = 2;
     c.keep_best = false;
-    c.progress = false;
     c.run_dir = dir;
     return c;
   };
@@ -231,12 +229,8 @@ TEST_P(OnDevice, Fp16TrainsWithLossScalingWhereItExists) {
   auto method = methods::make_method("bitfit");
   method->attach(*model);
   const auto before = trained_values(*model);
-  TrainConfig config;
-  config.learning_rate = 1e-3;
-  config.batch_size = 16;
-  config.max_steps = 3;
+  TrainConfig config = short_run(1e-3, 16, 3);
   config.fp16 = true;
-  config.progress = false;
   const MethodRun run =
       run_method(model, *method, sample().task, config, sample().train, sample().dev);
   EXPECT_EQ(run.result.steps, 3);
@@ -259,13 +253,8 @@ TEST(FrozenWeights, Bf16StorageTrainsExactlyAsBf16Autocast) {
       auto method = methods::make_method(name);
       method->attach(*model);
       if (narrow) *saved = model::store_frozen_dense_weights(*model, at::kBFloat16);
-      TrainConfig config;
-      config.learning_rate = 1e-3;
-      config.batch_size = 16;
-      config.max_steps = 3;
+      TrainConfig config = short_run(1e-3, 16, 3, 13);
       config.bf16 = true;
-      config.seed = 13;
-      config.progress = false;
       run_method(model, *method, sample().task, config, sample().train, sample().dev);
       return std::make_pair(trained_values(*model),
                             model->encoder->layer(0)->attention->self->query->weight);
