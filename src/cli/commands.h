@@ -30,4 +30,7 @@ void register_serve_verb(CLI::App& app, Action& action, int& threads);
 // launch: the ranks of a data-parallel job on this machine (launch_verb.cpp).
 void register_launch_verb(CLI::App& app, Action& action);
 
+// sweep: every cell of methods x tasks x seeds x sizes, resumable (sweep_verb.cpp).
+void register_sweep_verb(CLI::App& app, Action& action);
+
 }  // namespace deltatune::cli

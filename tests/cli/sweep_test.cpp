@@ -1,0 +1,105 @@
+// deltatune sweep, run as a user does: config errors name the cell before
+// anything runs, and a sweep interrupted and run again trains only the cells
+// that had not finished.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "cli_run.h"
+#include "deltatune/io/atomic_file.h"
+#include "test_paths.h"
+
+namespace deltatune::test {
+namespace {
+namespace fs = std::filesystem;
+
+void write(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
+
+TEST(Sweep, ConfigErrorsNameTheCellBeforeAnythingRuns) {
+  ScratchDir dir;
+  write(dir.path() / "method.json",
+        R"({"methods": ["bitfit", "fsh"], "tasks": ["SST-2", "RTE"], "seeds": [1, 2]})");
+  CliRun run = deltatune("sweep " + (dir.path() / "method.json").string());
+  EXPECT_EQ(run.status, 1);
+  EXPECT_NE(run.output.find("cell 3 of 8 (task SST-2, method fsh, seed 1): unknown method 'fsh'"),
+            std::string::npos)
+      << run.output;
+  EXPECT_FALSE(fs::exists(dir.path() / "method")) << "a cell ran or its directory was made";
+
+  write(dir.path() / "flag.json",
+        R"({"methods": ["bitfit"], "tasks": ["RTE"], "train_sizes": [null, 100],
+            "task_flags": {"RTE": {"--lora-rnk": 4}}})");
+  run = deltatune("sweep " + (dir.path() / "flag.json").string());
+  EXPECT_EQ(run.status, 1);
+  EXPECT_NE(run.output.find("cell 1 of 2 (task RTE, method bitfit, seed 0)"), std::string::npos)
+      << run.output;
+  EXPECT_NE(run.output.find("--lora-rnk"), std::string::npos) << run.output;
+  EXPECT_FALSE(fs::exists(dir.path() / "flag"));
+
+  write(dir.path() / "key.json", R"({"methods": ["bitfit"], "tasks": ["RTE"], "seed": [1]})");
+  run = deltatune("sweep " + (dir.path() / "key.json").string());
+  EXPECT_EQ(run.status, 1);
+  EXPECT_NE(run.output.find("unknown key 'seed'"), std::string::npos) << run.output;
+}
+
+TEST(Sweep, AnInterruptedSweepRunsOnlyItsMissingCellsAgain) {
+  ScratchDir dir;
+  const fs::path config = dir.path() / "small.json", out = dir.path() / "small";
+  write(config, R"({"methods": ["bitfit", "frozen", "lora"], "tasks": ["SST-2"], "seeds": [1],
+                    "train_sizes": [48],
+                    "flags": {"--max-steps": 3, "--max-length": 32, "--batch-size": 8}})");
+  const std::vector<fs::path> summaries = {out / "SST-2/bitfit/n48/seed1/summary.json",
+                                           out / "SST-2/frozen/n48/seed1/summary.json",
+                                           out / "SST-2/lora/n48/seed1/summary.json"};
+  // The sweep as its own process, stopped with SIGTERM once the first cell is done.
+  const std::string model = minilm_dir().string();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::execl(DELTATUNE_CLI, DELTATUNE_CLI, "sweep", config.c_str(), "--model", model.c_str(),
+            "--threads", "1", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
+  while (!fs::exists(summaries[0]) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(fs::exists(summaries[0])) << "the first cell did not finish";
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+
+  std::map<fs::path, fs::file_time_type> finished;
+  for (const auto& s : summaries)
+    if (fs::exists(s)) finished[s] = fs::last_write_time(s);
+  // Stopped mid-sweep it says so (143); had every cell finished first, 0.
+  EXPECT_EQ(WEXITSTATUS(status), finished.size() < summaries.size() ? 143 : 0);
+
+  const CliRun again = deltatune("sweep " + config.string());
+  ASSERT_EQ(again.status, 0) << again.output;
+  const size_t missing = summaries.size() - finished.size();
+  EXPECT_NE(again.output.find(fmt::format("3 cells: {} ran, {} finished earlier, 0 failed", missing,
+                                          finished.size())),
+            std::string::npos)
+      << again.output;
+  for (const auto& s : summaries) EXPECT_TRUE(fs::exists(s)) << s;
+  for (const auto& [s, when] : finished)
+    EXPECT_EQ(fs::last_write_time(s), when) << s << " was trained again";
+  // One result line per cell, each with its run's summary.
+  const std::string results = io::read_text_file(out / "results.jsonl");
+  EXPECT_EQ(std::count(results.begin(), results.end(), '\n'), 3);
+  EXPECT_EQ(std::regex_search(results, std::regex("\"delta_bytes\"")), true);
+}
+
+}  // namespace
+}  // namespace deltatune::test
