@@ -281,7 +281,9 @@ int run_sweep(SweepOptions& o) {
   } catch (const json::exception& e) {
     throw Error(o.config + ": not valid JSON (" + e.what() + ")");
   }
-  const fs::path out = o.out.empty() ? fs::path(o.config).replace_extension("") : fs::path(o.out);
+  // Default: beside the config, named like it without its extension.
+  fs::path out = o.out.empty() ? fs::path(o.config).replace_extension("") : fs::path(o.out);
+  if (o.out.empty() && out == fs::path(o.config)) out += ".runs";
   const std::vector<Cell> cells = cells_of(config, out);
   check_cells(cells, o);
   if (o.dry_run) {

@@ -52,6 +52,21 @@ TEST(Sweep, ConfigErrorsNameTheCellBeforeAnythingRuns) {
   EXPECT_NE(run.output.find("unknown key 'seed'"), std::string::npos) << run.output;
 }
 
+// The presets in examples/sweeps are valid configs: every cell parses.
+TEST(Sweep, ThePresetsCheckCleanly) {
+  const fs::path presets =
+      fs::path(DELTATUNE_FIXTURES).parent_path().parent_path() / "examples" / "sweeps";
+  size_t checked = 0;
+  for (const auto& entry : fs::directory_iterator(presets)) {
+    if (entry.path().extension() != ".json") continue;
+    const CliRun run = deltatune("sweep --dry-run " + entry.path().string());
+    EXPECT_EQ(run.status, 0) << entry.path() << ": " << run.output;
+    EXPECT_NE(run.output.find("deltatune train --method"), std::string::npos) << run.output;
+    ++checked;
+  }
+  EXPECT_GE(checked, 1u);
+}
+
 TEST(Sweep, AnInterruptedSweepRunsOnlyItsMissingCellsAgain) {
   ScratchDir dir;
   const fs::path config = dir.path() / "small.json", out = dir.path() / "small";
