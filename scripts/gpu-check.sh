@@ -47,8 +47,12 @@ export LD_LIBRARY_PATH="$deps/lib/x86_64-linux-gnu:$carry/fmt/usr/lib/x86_64-lin
   lscpu | grep -E 'Model name' || true
 } > "$out/env.txt" 2>&1
 
+# Models, runs and data outside OUT_DIR (only results go back; a full
+# fine-tuning delta of BERT-base alone is 440 MB).
+work="${TMPDIR:-/tmp}/deltatune-gpu-work"
+rm -rf "$work" && mkdir -p "$work"
 # The model: the carried fp16 weights widened to fp32 (what both sides read).
-model="$out/work/all-MiniLM-L6-v2"
+model="$work/all-MiniLM-L6-v2"
 widen_model() {
   mkdir -p "$model" && cp "$carry"/model/*.json "$carry"/model/vocab.txt "$model/" &&
     $PY - "$carry/model/model.fp16.safetensors" "$model/model.safetensors" <<'PY'
@@ -91,10 +95,14 @@ grep -E '^\[  (PASSED|FAILED|SKIPPED)' "$out/tests.log" | tee -a "$status"
 if [ "$bench" = 1 ]; then
   run_bench() {
     $PY "$root/bench/gpu_train.py" --deltatune "$build/deltatune" --minilm "$model" \
-      --work "$out/work" --out "$out/bench.jsonl" > "$out/bench.md" 2> "$out/bench.log"
+      --work "$work" --out "$out/bench.jsonl" > "$out/bench.md" 2> "$out/bench.log"
   }
   stage bench run_bench || tail -20 "$out/bench.log"
   cat "$out/bench.md"
 fi
-rm -rf "$out/work/bert-base-random" "$out/work"/dt-*/checkpoint
+for run in "$work"/dt-*; do  # each deltatune run's log and summary, not its weights
+  [ -d "$run" ] || continue
+  mkdir -p "$out/runs/$(basename "$run")"
+  cp "$run"/metrics.jsonl "$run"/summary.json "$out/runs/$(basename "$run")/" 2>/dev/null
+done
 cat "$status"
