@@ -74,9 +74,9 @@ std::vector<std::string> flag_words(const json& flags, const std::string& where)
   for (const auto& [flag, value] : flags.items()) {
     if (flag.rfind("--", 0) != 0)
       throw Error(fmt::format("{}: flag '{}' must start with --", where, flag));
+    if (value.is_null() || (value.is_boolean() && !value.get<bool>())) continue;
     if (value.is_boolean()) {
-      if (value.get<bool>()) words.push_back(flag);
-    } else if (value.is_null()) {
+      words.push_back(flag);
     } else if (value.is_string()) {
       words.insert(words.end(), {flag, value.get<std::string>()});
     } else if (value.is_array()) {
@@ -138,23 +138,30 @@ std::vector<Cell> cells_of(const json& config, const fs::path& out) {
   }
   const json method_flags = config.value("method_flags", json::object());
   const json task_flags = config.value("task_flags", json::object());
+  const std::vector<std::string> global =
+      flag_words(config.value("flags", json::object()), "sweep config: flags");
   std::vector<Cell> cells;
-  for (const auto& task : tasks)
-    for (const auto& method : methods)
+  for (const auto& task : tasks) {
+    const std::vector<std::string> for_task =
+        flag_words(task_flags.value(task, json::object()), "sweep config: task_flags." + task);
+    for (const auto& method : methods) {
+      // Global flags, then the method's, then the task's; a flag given at two
+      // levels is refused by train's parser in check_cells, naming the cell.
+      std::vector<std::string> flags = global;
+      for (const auto& words : {flag_words(method_flags.value(method, json::object()),
+                                           "sweep config: method_flags." + method),
+                                for_task})
+        flags.insert(flags.end(), words.begin(), words.end());
       for (const auto& size : sizes)
         for (int64_t seed : seeds) {
-          Cell cell{task, method, seed, size, {}, {}};
-          cell.flags = flag_words(config.value("flags", json::object()), "sweep config: flags");
-          for (auto& words : {flag_words(method_flags.value(method, json::object()),
-                                         "sweep config: method_flags." + method),
-                              flag_words(task_flags.value(task, json::object()),
-                                         "sweep config: task_flags." + task)})
-            cell.flags.insert(cell.flags.end(), words.begin(), words.end());
+          Cell cell{task, method, seed, size, flags, {}};
           fs::path dir = out / task / method;
           if (size) dir /= "n" + std::to_string(*size);
           cell.directory = dir / ("seed" + std::to_string(seed));
           cells.push_back(std::move(cell));
         }
+    }
+  }
   return cells;
 }
 

@@ -381,11 +381,7 @@ int run_train(TrainOptions& o) {
   train::JobOptions job_options;
   job_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.job_timeout_s * 1000));
   const std::unique_ptr<train::Collective> job = train::join_job_from_environment(job_options);
-  // One GPU per rank of a machine: LOCAL_RANK's, as torchrun's users expect.
-  if (job && device.is_cuda() && (o.device == "cuda" || o.device == "auto"))
-    device = at::Device(
-        at::kCUDA, static_cast<c10::DeviceIndex>(train::local_rank_from_environment() %
-                                                 std::max<int64_t>(1, model::cuda_device_count())));
+  if (job) device = train::rank_device(device, o.device.rfind("cuda:", 0) == 0);
   auto task_model = train::make_task_model(base, task_data.task.num_labels(), c.seed, device);
   task_model->encoder->set_gradient_checkpointing(o.gradient_checkpointing);
   method->attach(*task_model);

@@ -29,9 +29,12 @@ T optional_field(const json& j, const char* field, T fallback, const std::string
 
 std::string EncoderConfig::base_model_prefix() const {
   switch (architecture) {
-    case Architecture::kBert: return "bert";
-    case Architecture::kRoberta: return "roberta";
-    case Architecture::kElectra: return "electra";
+    case Architecture::kBert:
+      return "bert";
+    case Architecture::kRoberta:
+      return "roberta";
+    case Architecture::kElectra:
+      return "electra";
   }
   return "bert";
 }

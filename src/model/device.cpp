@@ -29,15 +29,13 @@ int64_t cuda_device_count() {
 at::Device parse_device(const std::string& spec) {
   if (spec == "cpu") return at::Device(at::kCPU);
   if (spec == "auto") return cuda_available() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  int64_t index = 0;
-  if (spec == "cuda") {
-    index = 0;
-  } else if (spec.rfind("cuda:", 0) == 0 && spec.size() > 5 && spec.size() <= 8 &&
-             std::all_of(spec.begin() + 5, spec.end(),
-                         [](unsigned char c) { return std::isdigit(c) != 0; })) {
+  int64_t index = 0;  // "cuda"
+  if (spec != "cuda") {
+    const bool indexed = spec.rfind("cuda:", 0) == 0 && spec.size() > 5 && spec.size() <= 8 &&
+                         std::all_of(spec.begin() + 5, spec.end(),
+                                     [](unsigned char c) { return std::isdigit(c) != 0; });
+    if (!indexed) throw Error("--device " + spec + ": expected cpu, cuda, cuda:N or auto");
     index = std::stoll(spec.substr(5));
-  } else {
-    throw Error("--device " + spec + ": expected cpu, cuda, cuda:N or auto");
   }
   if (!cuda_available()) {
 #ifdef DELTATUNE_HAVE_CUDA
@@ -69,10 +67,29 @@ std::string describe_device(const at::Device& device) {
   return device.str();
 }
 
+namespace {
+
+std::optional<at::Device> first_device(const torch::nn::Module& module) {
+  for (const auto& p : module.parameters(/*recurse=*/false)) return p.device();
+  for (const auto& b : module.buffers(/*recurse=*/false)) return b.device();
+  for (const auto& child : module.children())
+    if (auto found = first_device(*child)) return found;
+  return std::nullopt;
+}
+
+}  // namespace
+
 at::Device device_of(const torch::nn::Module& module) {
-  for (const auto& p : module.parameters(true)) return p.device();
-  for (const auto& b : module.buffers(true)) return b.device();
-  return at::Device(at::kCPU);
+  return first_device(module).value_or(at::Device(at::kCPU));
+}
+
+std::vector<std::pair<std::string, at::Generator>> default_generators(const at::Device& device) {
+  std::vector<std::pair<std::string, at::Generator>> out{
+      {"cpu", at::globalContext().defaultGenerator(at::Device(at::kCPU))}};
+  if (!device.is_cpu())
+    out.emplace_back(c10::DeviceTypeName(device.type(), /*lower_case=*/true),
+                     at::globalContext().defaultGenerator(device));
+  return out;
 }
 
 EncoderInput to_device(const EncoderInput& input, const at::Device& device) {
@@ -81,10 +98,6 @@ EncoderInput to_device(const EncoderInput& input, const at::Device& device) {
     return t.defined() ? t.to(device, /*non_blocking=*/false) : t;
   };
   return {move(input.input_ids), move(input.attention_mask), move(input.token_type_ids)};
-}
-
-void synchronize(const at::Device& device) {
-  if (device.is_cuda()) torch::cuda::synchronize(device.has_index() ? device.index() : -1);
 }
 
 std::optional<DeviceMemory> device_memory(const at::Device& device) {
@@ -96,7 +109,6 @@ std::optional<DeviceMemory> device_memory(const at::Device& device) {
   DeviceMemory memory;
   memory.peak_allocated = stats.allocated_bytes[0].peak;
   memory.peak_reserved = stats.reserved_bytes[0].peak;
-  memory.allocated = stats.allocated_bytes[0].current;
   return memory;
 #else
   return std::nullopt;

@@ -59,7 +59,8 @@ class HubClient {
   // GET with manual redirects, so the sha256 the Hub puts on the first
   // (redirecting) response of an LFS file is not lost.
   Fetched fetch(const std::string& file, const fs::path& target) {
-    std::string url = options_.endpoint + "/" + repo_id_ + "/resolve/" + options_.revision + "/" + file;
+    std::string url =
+        options_.endpoint + "/" + repo_id_ + "/resolve/" + options_.revision + "/" + file;
     std::string expected_sha256;
     for (int hop = 0; hop < 8; ++hop) {
       Url parts = split_url(url);
@@ -93,7 +94,8 @@ class HubClient {
               announced = std::stoll(response.get_header_value("Content-Length"));
             out.open(target, std::ios::binary | std::ios::trunc);
             if (options_.progress && announced > (1 << 20))
-              bar = std::make_unique<io::ProgressBar>(file, announced, io::ProgressBar::Unit::kBytes);
+              bar =
+                  std::make_unique<io::ProgressBar>(file, announced, io::ProgressBar::Unit::kBytes);
             return static_cast<bool>(out);
           },
           [&](const char* data, size_t length) {
@@ -105,8 +107,8 @@ class HubClient {
             return static_cast<bool>(out);
           });
       if (!result)
-        throw Error(repo_id_ + "/" + file + ": request to " + parts.origin +
-                    " failed (" + httplib::to_string(result.error()) + ")");
+        throw Error(repo_id_ + "/" + file + ": request to " + parts.origin + " failed (" +
+                    httplib::to_string(result.error()) + ")");
       const auto& response = result.value();
       if (response.status >= 300 && response.status < 400 && response.has_header("Location")) {
         std::string location = response.get_header_value("Location");
@@ -141,9 +143,9 @@ class HubClient {
   HubOptions options_;
 };
 
-const char* kTokenizerFiles[] = {"tokenizer.json",          "tokenizer_config.json",
-                                 "special_tokens_map.json", "vocab.txt",
-                                 "vocab.json",              "merges.txt"};
+const char* kTokenizerFiles[] = {
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+    "merges.txt"};
 
 }  // namespace
 
@@ -162,8 +164,8 @@ HubDownload download_from_hub(const std::string& repo_id, const fs::path& destin
 
   HubDownload result;
   result.directory = destination;
-  if (fs::exists(destination / "config.json") &&
-      (fs::exists(destination / "model.safetensors") || fs::exists(destination / "pytorch_model.bin"))) {
+  if (fs::exists(destination / "config.json") && (fs::exists(destination / "model.safetensors") ||
+                                                  fs::exists(destination / "pytorch_model.bin"))) {
     result.already_present = true;
     return result;
   }

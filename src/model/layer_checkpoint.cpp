@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "deltatune/model/device.h"
 #include "deltatune/torch_compat.h"
 
 namespace deltatune::model {
@@ -18,13 +19,37 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// The default generators a layer's dropout may draw from: the CPU's always,
-// and the device's when the layer computes elsewhere.
+// The default generators a layer's dropout may draw from (model/device.h).
 std::vector<at::Generator> generators_for(const at::Device& device) {
-  std::vector<at::Generator> out{at::globalContext().defaultGenerator(at::Device(at::kCPU))};
-  if (!device.is_cpu()) out.push_back(at::globalContext().defaultGenerator(device));
+  std::vector<at::Generator> out;
+  for (auto& [type, generator] : default_generators(device)) out.push_back(generator);
   return out;
 }
+
+// The layer's parameters that train: explicit inputs of the function, in
+// this order both when it is applied and in backward.
+std::vector<at::Tensor> trainable_parameters(const LayerImpl& layer) {
+  std::vector<at::Tensor> out;
+  for (const auto& p : layer.parameters(true))
+    if (p.requires_grad()) out.push_back(p);
+  return out;
+}
+
+// Autocast's thread-local state for one device type (CPU and CUDA have one).
+struct AutocastState {
+  bool enabled = false;
+  at::ScalarType dtype = at::kFloat;
+  static bool applies(const at::Device& device) { return device.is_cpu() || device.is_cuda(); }
+  static AutocastState of(const at::Device& device) {
+    if (!applies(device)) return {};
+    return {compat::autocast_enabled(device.type()), compat::autocast_dtype(device.type())};
+  }
+  void apply(const at::Device& device) const {
+    if (!applies(device)) return;
+    compat::set_autocast_enabled(device.type(), enabled);
+    compat::set_autocast_dtype(device.type(), dtype);
+  }
+};
 
 std::vector<at::Tensor> states_of(const std::vector<at::Generator>& generators) {
   std::vector<at::Tensor> out;
@@ -59,14 +84,10 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     ctx->saved_data["hidden_grad"] = hidden.requires_grad();
     ctx->saved_data["prefix_keys_grad"] = prefix_keys.requires_grad();
     ctx->saved_data["prefix_values_grad"] = prefix_values.requires_grad();
-    const bool autocast =
-        (device.is_cpu() || device.is_cuda()) && compat::autocast_enabled(device.type());
-    ctx->saved_data["autocast"] = autocast;
-    ctx->saved_data["autocast_dtype"] =
-        static_cast<int64_t>(autocast ? compat::autocast_dtype(device.type()) : at::kFloat);
-    std::vector<at::Generator> generators = generators_for(device);
-    std::vector<at::Tensor> states = states_of(generators);
-    ctx->saved_data["rng_states"] = states;
+    const AutocastState autocast = AutocastState::of(device);
+    ctx->saved_data["autocast"] = autocast.enabled;
+    ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(autocast.dtype);
+    ctx->saved_data["rng_states"] = states_of(generators_for(device));
     ctx->save_for_backward({hidden, additive_mask, prefix_keys, prefix_values});
 
     at::AutoGradMode recording(true);
@@ -84,10 +105,7 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     const at::Tensor& additive_mask = saved[1];
     const at::Device device = hidden.device();
 
-    // The layer's trainable parameters, in the order they were given.
-    std::vector<at::Tensor> parameters;
-    for (const auto& p : layer->parameters(true))
-      if (p.requires_grad()) parameters.push_back(p);
+    const std::vector<at::Tensor> parameters = trainable_parameters(*layer);
     const auto count = static_cast<size_t>(ctx->saved_data["parameters"].toInt());
 
     std::vector<at::Generator> generators = generators_for(device);
@@ -102,24 +120,14 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     at::Tensor output;
     {
       at::AutoGradMode recording(true);
-      const bool autocast = ctx->saved_data["autocast"].toBool();
-      const bool device_autocast = device.is_cpu() || device.is_cuda();
-      const bool was_enabled = device_autocast && compat::autocast_enabled(device.type());
-      const at::ScalarType was_dtype =
-          device_autocast ? compat::autocast_dtype(device.type()) : at::kFloat;
-      if (device_autocast) {
-        compat::set_autocast_enabled(device.type(), autocast);
-        if (autocast)
-          compat::set_autocast_dtype(device.type(), static_cast<at::ScalarType>(
-                                                        ctx->saved_data["autocast_dtype"].toInt()));
-      }
+      const AutocastState was = AutocastState::of(device);
+      AutocastState{ctx->saved_data["autocast"].toBool(),
+                    static_cast<at::ScalarType>(ctx->saved_data["autocast_dtype"].toInt())}
+          .apply(device);
       set_states(generators, then);
       output = layer->forward(h, additive_mask, keys, values);
       set_states(generators, now);
-      if (device_autocast) {
-        compat::set_autocast_enabled(device.type(), was_enabled);
-        compat::set_autocast_dtype(device.type(), was_dtype);
-      }
+      was.apply(device);
     }
 
     // Gradients of every input that wants one: hidden, the prefixes, the parameters.
@@ -153,9 +161,7 @@ struct CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 at::Tensor checkpointed_layer(LayerImpl& layer, const at::Tensor& hidden,
                               const at::Tensor& additive_mask, const at::Tensor& prefix_keys,
                               const at::Tensor& prefix_values) {
-  std::vector<at::Tensor> parameters;
-  for (const auto& p : layer.parameters(true))
-    if (p.requires_grad()) parameters.push_back(p);
+  const std::vector<at::Tensor> parameters = trainable_parameters(layer);
   const bool any_gradient =
       hidden.requires_grad() || (prefix_keys.defined() && prefix_keys.requires_grad()) ||
       (prefix_values.defined() && prefix_values.requires_grad()) || !parameters.empty();

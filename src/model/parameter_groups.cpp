@@ -7,22 +7,33 @@ namespace deltatune::model {
 namespace {
 bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 }  // namespace
 
 const char* group_name(ParameterGroup group) {
   switch (group) {
-    case ParameterGroup::kEmbeddings: return "embeddings";
-    case ParameterGroup::kAttentionWeight: return "attention weights";
-    case ParameterGroup::kAttentionBias: return "attention biases";
-    case ParameterGroup::kFfnWeight: return "FFN weights";
-    case ParameterGroup::kFfnBias: return "FFN biases";
-    case ParameterGroup::kLayerNormWeight: return "LayerNorm weights";
-    case ParameterGroup::kLayerNormBias: return "LayerNorm biases";
-    case ParameterGroup::kPooler: return "pooler";
-    case ParameterGroup::kHead: return "head";
-    case ParameterGroup::kOther: return "other";
+    case ParameterGroup::kEmbeddings:
+      return "embeddings";
+    case ParameterGroup::kAttentionWeight:
+      return "attention weights";
+    case ParameterGroup::kAttentionBias:
+      return "attention biases";
+    case ParameterGroup::kFfnWeight:
+      return "FFN weights";
+    case ParameterGroup::kFfnBias:
+      return "FFN biases";
+    case ParameterGroup::kLayerNormWeight:
+      return "LayerNorm weights";
+    case ParameterGroup::kLayerNormBias:
+      return "LayerNorm biases";
+    case ParameterGroup::kPooler:
+      return "pooler";
+    case ParameterGroup::kHead:
+      return "head";
+    case ParameterGroup::kOther:
+      return "other";
   }
   return "other";
 }
@@ -40,10 +51,9 @@ ParameterGroup classify_parameter(const std::string& name) {
     if (contains(name, "_embeddings.weight") || contains(name, "embeddings_project."))
       return ParameterGroup::kEmbeddings;
   }
-  const bool attention = contains(name, ".attention.self.query.") ||
-                         contains(name, ".attention.self.key.") ||
-                         contains(name, ".attention.self.value.") ||
-                         contains(name, ".attention.output.dense.");
+  const bool attention =
+      contains(name, ".attention.self.query.") || contains(name, ".attention.self.key.") ||
+      contains(name, ".attention.self.value.") || contains(name, ".attention.output.dense.");
   const bool ffn = contains(name, ".intermediate.dense.") ||
                    (contains(name, ".output.dense.") && !contains(name, ".attention."));
   if (attention && (bias || weight))

@@ -13,11 +13,13 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #endif
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <limits>
 
 #include "deltatune/error.h"
+#include "deltatune/model/device.h"
 
 namespace deltatune::train {
 namespace {
@@ -143,6 +145,13 @@ class GlooCollective final : public Collective {
 int64_t local_rank_from_environment() {
   if (environment("LOCAL_RANK").empty()) return 0;
   return integer_variable("LOCAL_RANK", 0, 1 << 20);
+}
+
+at::Device rank_device(const at::Device& requested, bool index_given) {
+  if (!requested.is_cuda() || index_given) return requested;
+  const int64_t visible = std::max<int64_t>(1, model::cuda_device_count());
+  return at::Device(at::kCUDA,
+                    static_cast<c10::DeviceIndex>(local_rank_from_environment() % visible));
 }
 
 std::unique_ptr<Collective> join_job_from_environment(const JobOptions& options) {

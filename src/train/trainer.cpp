@@ -311,15 +311,6 @@ std::string rng_key(int rank, const std::string& device_type = "cpu") {
   return "rng." + device_type + (rank == 0 ? std::string() : ".rank" + std::to_string(rank));
 }
 
-// The default generators a run draws from: the CPU's (data order, the
-// methods' draws, dropout on the CPU), and the device's for dropout there.
-std::vector<std::pair<std::string, at::Generator>> run_generators(const at::Device& device) {
-  std::vector<std::pair<std::string, at::Generator>> out{
-      {"cpu", at::detail::getDefaultCPUGenerator()}};
-  if (device.is_cuda()) out.emplace_back("cuda", at::globalContext().defaultGenerator(device));
-  return out;
-}
-
 }  // namespace
 
 json TrainConfig::to_json() const {
@@ -464,12 +455,12 @@ bool Trainer::writes_files() const {
   return config_.collective == nullptr || config_.collective->rank() == 0;
 }
 
-void Trainer::save_checkpoint(AdamW& optimizer, json position,
+void Trainer::save_checkpoint(AdamW& optimizer, const GradScaler& scaler, json position,
                               const std::map<std::string, at::Tensor>& best_parameters) {
   if (config_.run_dir.empty()) return;
   // Every rank's own random streams (dropout), so that a resume continues each.
   std::vector<std::pair<std::string, at::Tensor>> streams;
-  for (const auto& [type, generator] : run_generators(model::device_of(*model_))) {
+  for (const auto& [type, generator] : model::default_generators(model::device_of(*model_))) {
     const at::Tensor own = generator.get_state();
     if (Collective* job = config_.collective) {
       const at::Tensor all =
@@ -486,8 +477,7 @@ void Trainer::save_checkpoint(AdamW& optimizer, json position,
     tensors.emplace_back("model." + name, value);
   for (auto& [name, value] : best_parameters) tensors.emplace_back("best." + name, value);
   for (auto& entry : optimizer.state()) tensors.push_back(entry);
-  if (scaler_ != nullptr)
-    for (auto& entry : scaler_->state()) tensors.push_back(entry);
+  for (auto& entry : scaler.state()) tensors.push_back(entry);
   for (auto& stream : streams) tensors.push_back(stream);
   methods::MethodState method_state = method_.state();
   for (auto& [name, value] : method_state.tensors) tensors.emplace_back("method." + name, value);
@@ -518,11 +508,6 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   const model::Precision precision = config_.precision();
   model::check_precision(precision, device);
   GradScaler scaler(precision == model::Precision::kFloat16, device);
-  scaler_ = &scaler;
-  struct ScalerRelease {
-    GradScaler*& slot;
-    ~ScalerRelease() { slot = nullptr; }
-  } release_scaler{scaler_};
   Collective* const job = config_.collective;
   const int rank = job ? job->rank() : 0, world = job ? job->world_size() : 1;
   if (!config_.run_dir.empty() && writes_files()) {
@@ -662,7 +647,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     if (state.count(rng_key(rank)) == 0)
       throw Error(fmt::format("{}: the checkpoint holds no random stream of rank {}",
                               (config_.run_dir / "checkpoint").string(), rank));
-    for (auto& [type, generator] : run_generators(device)) {
+    for (auto& [type, generator] : model::default_generators(device)) {
       if (auto found = state.find(rng_key(rank, type)); found != state.end()) {
         generator.set_state(found->second);
       } else {
@@ -812,7 +797,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     bar.finish();
     std::string where = "no run directory, nothing saved";
     if (!config_.run_dir.empty()) {
-      save_checkpoint(optimizer, position_json(epoch, next_batch), best_parameters);
+      save_checkpoint(optimizer, scaler, position_json(epoch, next_batch), best_parameters);
       where = "checkpoint in " + (config_.run_dir / "checkpoint").string() + "; --resume continues";
     }
     throw Interrupted(signal, fmt::format("interrupted by signal {} at step {}: {}", signal,
@@ -918,7 +903,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       if (config_.eval_every > 0 && optimizer.steps() % config_.eval_every == 0)
         run_evaluation(epoch, b + 1);
       if (config_.checkpoint_every > 0 && optimizer.steps() % config_.checkpoint_every == 0)
-        save_checkpoint(optimizer, position_json(epoch, b + 1), best_parameters);
+        save_checkpoint(optimizer, scaler, position_json(epoch, b + 1), best_parameters);
       stop_if_requested(epoch, b + 1);
       if (optimizer.steps() >= total_steps) stop = true;
     }
@@ -947,7 +932,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     end["seconds"] = result.seconds;
     end["train_tokens_per_s"] = result.train_tokens_per_second;
     end["stopped_early"] = result.stopped_early;
-    save_checkpoint(optimizer, end, {});
+    save_checkpoint(optimizer, scaler, end, {});
   }
   json summary = {{"split", "summary"},
                   {"best_step", result.best_step},

@@ -10,8 +10,12 @@
 #include <c10/core/Device.h>
 #include <torch/nn/module.h>
 
+#include <ATen/core/Generator.h>
+
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "deltatune/model/encoder.h"
 
@@ -31,21 +35,23 @@ int64_t cuda_device_count();
 // "cpu", or "cuda:0 (NVIDIA H200, 139.8 GiB)" where the build can ask.
 std::string describe_device(const at::Device& device);
 
-// The device of a module's first parameter or buffer; the CPU when it has none.
+// The device of a module's first parameter or buffer (depth first, stopping
+// at the first found); the CPU when it has none.
 at::Device device_of(const torch::nn::Module& module);
+
+// The default generators a computation on `device` draws from, by device
+// type: the CPU's always ("cpu": data order, the methods' draws), and the
+// device's own when it is not the CPU ("cuda": dropout there).
+std::vector<std::pair<std::string, at::Generator>> default_generators(const at::Device& device);
 
 // The same input on `device` (ids, mask and token types). A no-op on the CPU.
 EncoderInput to_device(const EncoderInput& input, const at::Device& device);
-
-// Waits for the device's queued work (timings); a no-op on the CPU.
-void synchronize(const at::Device& device);
 
 // The CUDA caching allocator's figures since the last reset (bytes); none on
 // the CPU or in a build without CUDA.
 struct DeviceMemory {
   int64_t peak_allocated = 0;  // torch.cuda.max_memory_allocated's figure
   int64_t peak_reserved = 0;   // what the allocator held from the driver
-  int64_t allocated = 0;       // now
 };
 std::optional<DeviceMemory> device_memory(const at::Device& device);
 void reset_peak_memory(const at::Device& device);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <chrono>
 #include <cstdint>
@@ -55,6 +56,11 @@ std::unique_ptr<Collective> join_job_from_environment(const JobOptions& options)
 
 // LOCAL_RANK (0 when unset): which of a machine's GPUs a rank takes.
 int64_t local_rank_from_environment();
+
+// The device a rank of a job computes on: where CUDA was asked for without
+// an index ("cuda", "auto"), GPU LOCAL_RANK modulo the visible ones, as
+// torchrun's users expect; otherwise `requested` as it is.
+at::Device rank_device(const at::Device& requested, bool index_given);
 
 // Many tensors summed over the ranks in one all-reduce of a flat buffer of
 // their dtype (all the same), written back in place.

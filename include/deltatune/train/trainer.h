@@ -149,14 +149,13 @@ class Trainer {
   void add_eval_split(std::string name, const data::EncodedDataset& dataset);
 
  private:
-  void save_checkpoint(class AdamW& optimizer, nlohmann::json position,
+  void save_checkpoint(class AdamW& optimizer, const GradScaler& scaler, nlohmann::json position,
                        const std::map<std::string, at::Tensor>& best_parameters);
   void append_metrics(const nlohmann::json& record);
   bool writes_files() const;  // rank 0 of a job, or a process alone
 
   model::SequenceClassifier model_;
   methods::Method& method_;
-  GradScaler* scaler_ = nullptr;  // fit()'s loss scaler while it runs, for checkpoints
   data::TaskSpec task_;
   TrainConfig config_;
   std::vector<std::pair<std::string, const data::EncodedDataset*>> extra_eval_;
