@@ -1,7 +1,8 @@
 // deltatune sweep CONFIG: methods x tasks x seeds x training-set sizes, each
 // cell an ordinary `deltatune train` run in its own directory. Resumable: a
 // cell whose summary.json exists is finished and skipped. Every cell's
-// command line is checked by train's own parser before anything runs.
+// command line is checked by train's own parser before anything runs. A cell
+// interrupted after a checkpoint (flags with --checkpoint-every) resumes.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -217,6 +218,17 @@ extern "C" void forward_stop(int signal) {
   if (const pid_t child = running_child.load(); child > 0) ::kill(child, signal);
 }
 
+// Whether a stage of the run in `dir` left a checkpoint (a staging directory
+// of an interrupted checkpoint write does not count).
+bool has_checkpoint(const fs::path& dir) {
+  if (!fs::exists(dir)) return false;
+  for (const auto& entry : fs::recursive_directory_iterator(dir))
+    if (entry.path().filename() == "state.json" &&
+        entry.path().parent_path().filename() == "checkpoint")
+      return true;
+  return false;
+}
+
 // Runs one cell as `deltatune train ...` (this same binary), its output in
 // the cell's train.log. Returns the exit status (128 + signal when killed).
 int run_cell(const Cell& cell, const SweepOptions& o) {
@@ -224,8 +236,10 @@ int run_cell(const Cell& cell, const SweepOptions& o) {
   fs::create_directories(cell.directory, ec);
   if (ec) throw Error("cannot create " + cell.directory.string() + ": " + ec.message());
   std::vector<std::string> words = train_words(cell, o);
-  // An unfinished cell starts again from scratch.
-  words.push_back("--overwrite");
+  // An unfinished cell continues from its checkpoint where it has one (flags
+  // with --checkpoint-every); otherwise it starts again from scratch.
+  const bool resume = has_checkpoint(cell.directory);
+  words.push_back(resume ? "--resume" : "--overwrite");
   const std::string self = fs::read_symlink("/proc/self/exe").string();
   words.insert(words.begin(), self);
   std::vector<char*> argv;
@@ -235,7 +249,7 @@ int run_cell(const Cell& cell, const SweepOptions& o) {
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(),
-                                   O_WRONLY | O_CREAT | O_TRUNC, 0644);
+                                   O_WRONLY | O_CREAT | (resume ? O_APPEND : O_TRUNC), 0644);
   posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
   pid_t pid = 0;
   const int spawned = posix_spawn(&pid, self.c_str(), &actions, nullptr, argv.data(), environ);
@@ -301,6 +315,8 @@ int run_sweep(SweepOptions& o) {
     return 0;
   }
   fs::create_directories(out);
+  // The config beside its results, for `deltatune report`.
+  io::write_text_atomically(out / "sweep.json", config.dump(2) + "\n");
   struct sigaction action {};
   action.sa_handler = forward_stop;
   sigemptyset(&action.sa_mask);

@@ -560,6 +560,9 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     const fs::path log = config_.run_dir / "metrics.jsonl";
     if (writes_files() && position.contains("metrics_bytes") && fs::exists(log))
       fs::resize_file(log, position["metrics_bytes"].get<uintmax_t>());
+    if (writes_files())
+      fmt::print(stderr, "resuming {} from its checkpoint at step {}\n", config_.run_dir.string(),
+                 position.value("step", int64_t{0}));
   }
 
   if (resume && position.contains("method_state")) {

@@ -116,5 +116,43 @@ TEST(Sweep, AnInterruptedSweepRunsOnlyItsMissingCellsAgain) {
   EXPECT_EQ(std::regex_search(results, std::regex("\"delta_bytes\"")), true);
 }
 
+// A cell stopped after a checkpoint continues from it when the sweep runs
+// again, instead of training from the start.
+TEST(Sweep, ACellStoppedAfterACheckpointResumesFromIt) {
+  ScratchDir dir;
+  const fs::path config = dir.path() / "one.json", cell = dir.path() / "one/RTE/bitfit/seed0";
+  write(config, R"({"methods": ["bitfit"], "tasks": ["RTE"],
+                    "flags": {"--max-steps": 40, "--max-length": 32, "--batch-size": 4,
+                              "--max-train-samples": 200, "--checkpoint-every": 2,
+                              "--eval-every": 1000}})");
+  const std::string model = minilm_dir().string();
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::execl(DELTATUNE_CLI, DELTATUNE_CLI, "sweep", config.c_str(), "--model", model.c_str(),
+            "--threads", "1", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  const fs::path state = cell / "checkpoint" / "state.json";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
+  while (!fs::exists(state) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(fs::exists(state)) << "no checkpoint was written";
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  if (fs::exists(cell / "summary.json")) GTEST_SKIP() << "the cell finished before the signal";
+  EXPECT_EQ(WEXITSTATUS(status), 143);
+
+  const CliRun again = deltatune("sweep " + config.string());
+  ASSERT_EQ(again.status, 0) << again.output;
+  EXPECT_TRUE(fs::exists(cell / "summary.json"));
+  // train.log holds both runs: the stopped one and the resumed one.
+  const std::string log = io::read_text_file(cell / "train.log");
+  EXPECT_NE(log.find("--resume continues"), std::string::npos) << log;
+  EXPECT_NE(log.find("from its checkpoint at step"), std::string::npos) << log;
+}
+
 }  // namespace
 }  // namespace deltatune::test
