@@ -1,8 +1,10 @@
 #include "deltatune/train/task_model.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>  // fmt::join (its home from fmt 11 on, as LibTorch 2.x ships)
+#include <torch/version.h>
 
 #include <chrono>
 #include <ctime>
@@ -10,8 +12,10 @@
 
 #include "deltatune/error.h"
 #include "deltatune/io/atomic_file.h"
+#include "deltatune/io/cpus.h"
 #include "deltatune/io/safetensors.h"
 #include "deltatune/methods/peft_format.h"
+#include "deltatune/model/device.h"
 
 namespace deltatune::train {
 namespace fs = std::filesystem;
@@ -143,6 +147,13 @@ json save_run_outputs(const BaseModel& base, model::SequenceClassifierImpl& mode
                   {"delta_bytes", delta.stored_bytes()},
                   {"delta_values", delta.stored_values()}};
   if (config.collective) summary["world_size"] = config.collective->world_size();
+  // Where the figures come from (reports print it beside them).
+  summary["environment"] = {{"device", model::describe_device(model::device_of(model))},
+                            {"precision", model::precision_name(config.precision())},
+                            {"threads", at::get_num_threads()},
+                            {"cpu", io::cpu_model_name()},
+                            {"libtorch", TORCH_VERSION},
+                            {"deltatune", "0.1.0"}};
   if (!run.stages.empty()) summary["stages"] = run.stages;
   if (peft_dir) summary["peft_adapter"] = peft_dir->string();
   if (writer) io::write_text_atomically(out / "summary.json", summary.dump(2) + "\n");

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <optional>
+#include <string>
 
 namespace deltatune::io {
 
@@ -19,6 +20,10 @@ unsigned available_cpus();
 // cpu.cfs_period_us, on the group and every parent. nullopt: no quota.
 std::optional<double> cgroup_cpu_quota(const std::filesystem::path& proc_self_cgroup,
                                        const std::filesystem::path& cgroup_root);
+
+// The CPU's model name as /proc/cpuinfo gives it ("AMD EPYC 7B13"); "unknown"
+// where it does not.
+std::string cpu_model_name();
 
 // Bytes of this process resident in memory now (/proc/self/statm); 0 where unreadable.
 double resident_bytes();
