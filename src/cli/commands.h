@@ -33,4 +33,7 @@ void register_launch_verb(CLI::App& app, Action& action);
 // sweep: every cell of methods x tasks x seeds x sizes, resumable (sweep_verb.cpp).
 void register_sweep_verb(CLI::App& app, Action& action);
 
+// report: one HTML page of runs and sweeps (report_verb.cpp).
+void register_report_verb(CLI::App& app, Action& action);
+
 }  // namespace deltatune::cli

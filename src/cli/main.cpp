@@ -382,6 +382,7 @@ int main(int argc, char** argv) {
   cli::register_serve_verb(app, action, common.threads);
   cli::register_launch_verb(app, action);
   cli::register_sweep_verb(app, action);
+  cli::register_report_verb(app, action);
 
   CLI11_PARSE(app, argc, argv);
   // A write past RLIMIT_FSIZE fails with EFBIG and a clear error instead of

@@ -105,6 +105,14 @@ std::vector<BiasChange> bias_changes(const Delta& delta,
     out.push_back({model::layer_of(t.name), group, t.name,
                    (after - before).abs().mean().item<double>(), before.numel()});
   }
+  // By layer, then in the paper's order of bias types (query, key, value, ...).
+  const auto& order = BitFit::bias_group_names();
+  auto rank = [&](const std::string& group) {
+    return std::find(order.begin(), order.end(), group) - order.begin();
+  };
+  std::stable_sort(out.begin(), out.end(), [&](const BiasChange& a, const BiasChange& b) {
+    return std::make_pair(a.layer, rank(a.group)) < std::make_pair(b.layer, rank(b.group));
+  });
   return out;
 }
 

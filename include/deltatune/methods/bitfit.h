@@ -47,6 +47,7 @@ struct BiasChange {
   double mean_abs_change = 0;
   int64_t size = 0;
 };
+// In order of layer (embeddings and pooler, -1, first), then bias type.
 std::vector<BiasChange> bias_changes(const Delta& delta,
                                      const std::map<std::string, at::Tensor>& base,
                                      const std::string& base_prefix);
