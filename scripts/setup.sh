@@ -26,6 +26,7 @@ debian_packages=(
   libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev libgtest-dev libbenchmark-dev libgloo-dev
   libtcmalloc-minimal4
   python3-pip unzip
+  gnuplot-nox chromium  # deltatune report's charts; its test opens the page in headless Chromium
 )
 
 # For `make test-sanitize` and `make fuzz` only.

@@ -70,8 +70,7 @@ int run_gnuplot(const fs::path& script, const fs::path& log) {
 std::string first_error(const std::string& log) {
   std::istringstream lines(log);
   for (std::string line; std::getline(lines, line);)
-    if (line.find("line ") != std::string::npos && line.find(':') != std::string::npos)
-      return line;
+    if (line.find("line ") != std::string::npos && line.find(':') != std::string::npos) return line;
   const size_t end = log.find('\n');
   return log.substr(0, end);
 }
@@ -81,8 +80,10 @@ std::string first_error(const std::string& log) {
 std::string gnuplot_quote(const std::string& text) {
   std::string quoted = "'";
   for (char c : text) {
-    if (c == '\'') quoted += "''";
-    else if (c != '\n' && c != '\r') quoted += c;
+    if (c == '\'')
+      quoted += "''";
+    else if (c != '\n' && c != '\r')
+      quoted += c;
   }
   return quoted + "'";
 }

@@ -119,12 +119,23 @@ std::string html_escape(const std::string& text) {
   out.reserve(text.size());
   for (char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -140,8 +151,9 @@ std::string slug(const std::string& text) {
 std::string percent(double share) {
   if (std::isnan(share)) return "-";
   const double p = 100 * share;
-  return p >= 10 ? fmt::format("{:.1f}%", p) : p >= 0.01 ? fmt::format("{:.3f}%", p)
-                                                         : fmt::format("{:.2g}%", p);
+  return p >= 10     ? fmt::format("{:.1f}%", p)
+         : p >= 0.01 ? fmt::format("{:.3f}%", p)
+                     : fmt::format("{:.2g}%", p);
 }
 
 // A chart of the page: gnuplot's SVG and what it shows.
@@ -352,7 +364,8 @@ class ReportBuilder {
     chart.caption =
         "Each method's delta as a share of the task model's parameters (log scale) against its "
         "dev " +
-        metric + "; the mean of its seeds at its largest training set, bars from lowest to highest.";
+        metric +
+        "; the mean of its seeds at its largest training set, bars from lowest to highest.";
     chart.series = 1;
     chart.points = points;
     add_chart(chart,
@@ -392,16 +405,15 @@ class ReportBuilder {
     chart.task = task;
     chart.id = "chart-data-size-" + slug(task);
     chart.title = task + ": dev " + metric + " against training examples";
-    chart.caption =
-        "Mean of the seeds' dev " + metric +
-        " at each training-set size (log scale), bars from lowest to highest seed.";
+    chart.caption = "Mean of the seeds' dev " + metric +
+                    " at each training-set size (log scale), bars from lowest to highest seed.";
     chart.series = static_cast<int>(plots.size());
     chart.points = points;
     add_chart(chart,
-              common_settings(chart.title) +
-                  "set logscale x 10\nset xtics (" + fmt::format("{}", fmt::join(all_sizes, ", ")) +
-                  ")\nset xlabel 'training examples'\nset ylabel " +
-                  io::gnuplot_quote(metric) + "\nset offsets graph 0.05, graph 0.05, 0, 0\nplot " +
+              common_settings(chart.title) + "set logscale x 10\nset xtics (" +
+                  fmt::format("{}", fmt::join(all_sizes, ", ")) +
+                  ")\nset xlabel 'training examples'\nset ylabel " + io::gnuplot_quote(metric) +
+                  "\nset offsets graph 0.05, graph 0.05, 0, 0\nplot " +
                   fmt::format("{}", fmt::join(plots, ", \\\n  ")),
               data);
   }
@@ -431,8 +443,8 @@ class ReportBuilder {
       check_base_identity(*base, delta);
       changes = methods::bias_changes(delta, base->checkpoint, base->config.base_model_prefix());
     } catch (const Error& e) {
-      notes_.push_back(fmt::format("{}: no bias heat map for {} ({})", task,
-                                   run->directory.string(), e.what()));
+      notes_.push_back(
+          fmt::format("{}: no bias heat map for {} ({})", task, run->directory.string(), e.what()));
       return;
     }
     std::vector<std::string> groups;
@@ -447,9 +459,9 @@ class ReportBuilder {
     if (groups.empty()) return;
     for (const auto& c : changes)
       if (c.layer >= 0)
-        text += fmt::format(
-            "{} {} {:.9g}\n", std::find(groups.begin(), groups.end(), c.group) - groups.begin(),
-            c.layer, c.mean_abs_change);
+        text += fmt::format("{} {} {:.9g}\n",
+                            std::find(groups.begin(), groups.end(), c.group) - groups.begin(),
+                            c.layer, c.mean_abs_change);
     std::vector<std::string> xtics, ytics;
     for (size_t g = 0; g < groups.size(); ++g)
       xtics.push_back(fmt::format("{} {}", io::gnuplot_quote(groups[g]), g));
@@ -459,18 +471,18 @@ class ReportBuilder {
     chart.task = task;
     chart.id = "chart-bias-heat-map-" + slug(task);
     chart.title = task + ": mean |b_F - b_0| of BitFit's biases";
-    chart.caption = "How far BitFit moved each bias: the mean absolute change over its entries, "
-                    "per encoder layer (1 is the lowest) and bias type (" +
-                    run->directory.string() + ").";
+    chart.caption =
+        "How far BitFit moved each bias: the mean absolute change over its entries, "
+        "per encoder layer (1 is the lowest) and bias type (" +
+        run->directory.string() + ").";
     chart.series = static_cast<int>(groups.size());
     chart.points = static_cast<int>(changes.size());
     add_chart(chart,
               "set title " + io::gnuplot_quote(chart.title) +
                   "\nset palette defined (0 '#ffffff', 1 '#9ecae1', 2 '#08306b')\n"
                   "set cbrange [0:*]\nset xtics (" +
-                  fmt::format("{}", fmt::join(xtics, ", ")) +
-                  ") rotate by 35 right\nset ytics (" + fmt::format("{}", fmt::join(ytics, ", ")) +
-                  ")\n" +
+                  fmt::format("{}", fmt::join(xtics, ", ")) + ") rotate by 35 right\nset ytics (" +
+                  fmt::format("{}", fmt::join(ytics, ", ")) + ")\n" +
                   fmt::format("set xrange [-0.5:{}]\nset yrange [-0.5:{}]\n", groups.size() - 0.5,
                               layers - 0.5) +
                   "set ylabel 'layer'\nset lmargin 14\nset bmargin 8\nunset key\n"
@@ -483,21 +495,21 @@ class ReportBuilder {
     json rows = json::array();
     for (const ReportRun& run : inputs_.runs) {
       const json env = run.summary.value("environment", json::object());
-      rows.push_back({{"task", run.task},
-                      {"method", run.method},
-                      {"seed", run.seed},
-                      {"train_examples", run.train_examples},
-                      {"metric", run.main_metric()},
-                      {"value", std::isnan(run.main_value()) ? json() : json(run.main_value())},
-                      {"steps", run.summary.value("steps", int64_t{0})},
-                      {"delta_values", run.stored_values()},
-                      {"delta_share", std::isnan(run.stored_share()) ? json()
-                                                                     : json(run.stored_share())},
-                      {"delta_bytes", run.summary.value("delta_bytes", int64_t{0})},
-                      {"train_seconds", run.summary.value("train_seconds", 0.0)},
-                      {"train_tokens_per_s", run.summary.value("train_tokens_per_s", 0.0)},
-                      {"device", env.value("device", std::string())},
-                      {"directory", run.directory.string()}});
+      rows.push_back(
+          {{"task", run.task},
+           {"method", run.method},
+           {"seed", run.seed},
+           {"train_examples", run.train_examples},
+           {"metric", run.main_metric()},
+           {"value", std::isnan(run.main_value()) ? json() : json(run.main_value())},
+           {"steps", run.summary.value("steps", int64_t{0})},
+           {"delta_values", run.stored_values()},
+           {"delta_share", std::isnan(run.stored_share()) ? json() : json(run.stored_share())},
+           {"delta_bytes", run.summary.value("delta_bytes", int64_t{0})},
+           {"train_seconds", run.summary.value("train_seconds", 0.0)},
+           {"train_tokens_per_s", run.summary.value("train_tokens_per_s", 0.0)},
+           {"device", env.value("device", std::string())},
+           {"directory", run.directory.string()}});
     }
     return rows;
   }
@@ -509,17 +521,16 @@ class ReportBuilder {
       for (const ReportRun& run : inputs_.runs) {
         if (run.method != method || run.delta.is_null()) continue;
         const json params = run.delta.value("parameters", json::object());
-        rows.push_back({{"method", method},
-                        {"task", run.task},
-                        {"model_parameters", params.value("total", int64_t{0})},
-                        {"trained", params.value("trainable", int64_t{0})},
-                        {"stored_values", run.stored_values()},
-                        {"stored_share", std::isnan(run.stored_share())
-                                             ? json()
-                                             : json(run.stored_share())},
-                        {"stored_bytes", run.summary.value("delta_bytes", int64_t{0})},
-                        {"config", run.delta.value("method", json::object())
-                                       .value("config", json::object())}});
+        rows.push_back(
+            {{"method", method},
+             {"task", run.task},
+             {"model_parameters", params.value("total", int64_t{0})},
+             {"trained", params.value("trainable", int64_t{0})},
+             {"stored_values", run.stored_values()},
+             {"stored_share", std::isnan(run.stored_share()) ? json() : json(run.stored_share())},
+             {"stored_bytes", run.summary.value("delta_bytes", int64_t{0})},
+             {"config",
+              run.delta.value("method", json::object()).value("config", json::object())}});
         break;
       }
     }
@@ -555,7 +566,8 @@ class ReportBuilder {
     for (const json& r : parameter_rows()) {
       std::vector<std::string> settings;
       for (const auto& [key, value] : r["config"].items())
-        settings.push_back(key + " " + (value.is_string() ? value.get<std::string>() : value.dump()));
+        settings.push_back(key + " " +
+                           (value.is_string() ? value.get<std::string>() : value.dump()));
       html += fmt::format(
           "<tr><td>{}</td><td class=\"text\">{}</td><td>{}</td><td>{}</td><td>{}</td>"
           "<td>{:.1f}</td><td>{}</td></tr>\n",
@@ -642,7 +654,8 @@ pre{background:#f6f6f6;padding:.6rem;overflow-x:auto;font-size:.8rem}
 )";
     html += "<h1>" + html_escape(options_.title) + "</h1>\n";
     html += fmt::format(
-        "<p class=\"meta\">{} finished runs, tasks {}, methods {}; made {} by deltatune 0.1.0.</p>\n",
+        "<p class=\"meta\">{} finished runs, tasks {}, methods {}; made {} by deltatune "
+        "0.1.0.</p>\n",
         inputs_.runs.size(), html_escape(fmt::format("{}", fmt::join(tasks_, ", "))),
         html_escape(fmt::format("{}", fmt::join(methods_, ", "))), date);
     std::vector<std::string> notes = inputs_.notes;
@@ -690,7 +703,8 @@ ReportInputs read_report_inputs(const std::vector<fs::path>& paths) {
     if (unfinished > 0)
       inputs.notes.push_back(fmt::format("{}: {} unfinished run{} left out", path.string(),
                                          unfinished, unfinished == 1 ? "" : "s"));
-    if (fs::exists(path / "sweep.json")) inputs.sweeps.emplace_back(path, read_json(path / "sweep.json"));
+    if (fs::exists(path / "sweep.json"))
+      inputs.sweeps.emplace_back(path, read_json(path / "sweep.json"));
     for (const fs::path& dir : finished) inputs.runs.push_back(read_run(dir));
   }
   return inputs;
