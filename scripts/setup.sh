@@ -22,7 +22,7 @@ die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 debian_packages=(
   build-essential cmake pkg-config
   libtorch-dev libopenblas0-openmp libdnnl-dev
-  nlohmann-json3-dev libutf8proc-dev libcli11-dev libspdlog-dev libfmt-dev
+  nlohmann-json3-dev libutf8proc-dev libcli11-dev libspdlog-dev libfmt-dev libyaml-dev
   libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev libgtest-dev libbenchmark-dev libgloo-dev
   libtcmalloc-minimal4
   python3-pip unzip

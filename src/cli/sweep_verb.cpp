@@ -26,6 +26,7 @@
 #include "deltatune/error.h"
 #include "deltatune/io/atomic_file.h"
 #include "deltatune/io/progress.h"
+#include "deltatune/io/yaml.h"
 #include "deltatune/methods/method.h"
 
 extern char** environ;
@@ -297,10 +298,15 @@ void print_table(const std::vector<json>& records) {
 
 int run_sweep(SweepOptions& o) {
   json config;
-  try {
-    config = json::parse(io::read_text_file(o.config));
-  } catch (const json::exception& e) {
-    throw Error(o.config + ": not valid JSON (" + e.what() + ")");
+  const std::string extension = fs::path(o.config).extension().string();
+  if (extension == ".yaml" || extension == ".yml") {
+    config = io::parse_yaml(io::read_text_file(o.config), o.config);
+  } else {
+    try {
+      config = json::parse(io::read_text_file(o.config));
+    } catch (const json::exception& e) {
+      throw Error(o.config + ": not valid JSON (" + e.what() + ")");
+    }
   }
   // Default: beside the config, named like it without its extension.
   fs::path out = o.out.empty() ? fs::path(o.config).replace_extension("") : fs::path(o.out);
@@ -369,10 +375,11 @@ void register_sweep_verb(CLI::App& app, Action& action) {
   auto* sweep = app.add_subcommand(
       "sweep", "train every cell of methods x tasks x seeds x training-set sizes (resumable)");
   sweep
-      ->add_option("config", o->config,
-                   "JSON: {\"methods\": [...], \"tasks\": [...], \"seeds\": [...], "
-                   "\"train_sizes\": [...], \"flags\": {...}, \"method_flags\": {METHOD: {...}}, "
-                   "\"task_flags\": {TASK: {...}}}")
+      ->add_option(
+          "config", o->config,
+          "YAML (.yaml, .yml) or JSON: {\"methods\": [...], \"tasks\": [...], \"seeds\": [...], "
+          "\"train_sizes\": [...], \"flags\": {...}, \"method_flags\": {METHOD: {...}}, "
+          "\"task_flags\": {TASK: {...}}}")
       ->required();
   sweep->add_option("--out,-o", o->out, "sweep directory (default: the config's name)");
   sweep->add_option("--model,-m", o->model_dir, "base model directory")->capture_default_str();

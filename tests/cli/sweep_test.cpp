@@ -58,13 +58,49 @@ TEST(Sweep, ThePresetsCheckCleanly) {
       fs::path(DELTATUNE_FIXTURES).parent_path().parent_path() / "examples" / "sweeps";
   size_t checked = 0;
   for (const auto& entry : fs::directory_iterator(presets)) {
-    if (entry.path().extension() != ".json") continue;
+    const std::string extension = entry.path().extension().string();
+    if (extension != ".json" && extension != ".yaml" && extension != ".yml") continue;
     const CliRun run = deltatune("sweep --dry-run " + entry.path().string());
     EXPECT_EQ(run.status, 0) << entry.path() << ": " << run.output;
     EXPECT_NE(run.output.find("deltatune train --method"), std::string::npos) << run.output;
     ++checked;
   }
   EXPECT_GE(checked, 1u);
+}
+
+// A YAML config means what its JSON twin means: the same cells, the same flags.
+TEST(Sweep, AYamlConfigGivesTheCellsOfItsJsonTwin) {
+  ScratchDir dir;
+  write(dir.path() / "twin.json",
+        R"({"methods": ["bitfit", "lora"], "tasks": ["RTE"], "seeds": [1, 2],
+            "train_sizes": [100, null], "flags": {"--max-length": 64, "--bf16": true},
+            "method_flags": {"lora": {"--lora-rank": 4, "--target-modules": ["query", "value"]}}})");
+  write(dir.path() / "twin.yaml", R"(# the same sweep
+methods: [bitfit, lora]
+tasks: [RTE]
+seeds: [1, 2]
+train_sizes: [100, null]
+flags: {--max-length: 64, --bf16: true}
+method_flags:
+  lora:
+    --lora-rank: 4
+    --target-modules: [query, value]
+)");
+  const CliRun json_run = deltatune("sweep --dry-run " + (dir.path() / "twin.json").string());
+  const CliRun yaml_run = deltatune("sweep --dry-run " + (dir.path() / "twin.yaml").string());
+  ASSERT_EQ(json_run.status, 0) << json_run.output;
+  ASSERT_EQ(yaml_run.status, 0) << yaml_run.output;
+  EXPECT_EQ(std::count(yaml_run.output.begin(), yaml_run.output.end(), '\n'), 8);
+  EXPECT_NE(yaml_run.output.find("--lora-rank 4 --target-modules query,value"), std::string::npos)
+      << yaml_run.output;
+  // Only the output directory differs: each config's own name.
+  EXPECT_EQ(std::regex_replace(yaml_run.output, std::regex("twin/"), "X/"),
+            std::regex_replace(json_run.output, std::regex("twin/"), "X/"));
+
+  write(dir.path() / "broken.yaml", "methods: [bitfit\ntasks: [RTE]\n");
+  const CliRun broken = deltatune("sweep " + (dir.path() / "broken.yaml").string());
+  EXPECT_EQ(broken.status, 1);
+  EXPECT_NE(broken.output.find("broken.yaml:"), std::string::npos) << broken.output;
 }
 
 TEST(Sweep, AnInterruptedSweepRunsOnlyItsMissingCellsAgain) {
