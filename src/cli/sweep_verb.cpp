@@ -1,5 +1,6 @@
 // deltatune sweep CONFIG: methods x tasks x seeds x training-set sizes, each
-// cell an ordinary `deltatune train` run in its own directory. Resumable: a
+// cell an ordinary `deltatune train` run in its own directory (variants add
+// named flag sets as one more dimension). Resumable: a
 // cell whose summary.json exists is finished and skipped. Every cell's
 // command line is checked by train's own parser before anything runs. A cell
 // interrupted after a checkpoint (flags with --checkpoint-every) resumes.
@@ -14,6 +15,7 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -56,16 +58,65 @@ struct SweepOptions {
 
 struct Cell {
   std::string task, method;
+  std::string variant;  // a name from the config's "variants"; empty: none
   int64_t seed = 0;
   std::optional<int64_t> train_size;  // --max-train-samples; none: the whole set
   std::vector<std::string> flags;     // the cell's own train flags, in order
   fs::path directory;
   std::string describe(size_t index, size_t count) const {
-    return fmt::format("cell {} of {} (task {}, method {}, seed {}{})", index + 1, count, task,
-                       method, seed,
+    return fmt::format("cell {} of {} (task {}, method {}{}, seed {}{})", index + 1, count, task,
+                       method, variant.empty() ? std::string() : ", variant " + variant, seed,
                        train_size ? fmt::format(", {} examples", *train_size) : std::string());
   }
+  // What the cell is, for its directory's cell.json (read by `deltatune report`).
+  json to_json() const {
+    return {{"task", task},
+            {"method", method},
+            {"variant", variant.empty() ? json() : json(variant)},
+            {"seed", seed},
+            {"train_size", train_size ? json(*train_size) : json()},
+            {"flags", flags}};
+  }
 };
+
+// ${NAME} in a string value: CONFIG_DIR (the config file's directory) or an
+// environment variable; an unset one is an error naming it.
+std::string expand_variables(const std::string& text, const fs::path& config_dir,
+                             const std::string& where) {
+  std::string out;
+  for (size_t at = 0; at < text.size();) {
+    const size_t start = text.find("${", at);
+    if (start == std::string::npos) {
+      out += text.substr(at);
+      break;
+    }
+    const size_t end = text.find('}', start);
+    if (end == std::string::npos) throw Error(where + ": unclosed ${ in '" + text + "'");
+    out += text.substr(at, start - at);
+    const std::string name = text.substr(start + 2, end - start - 2);
+    if (name == "CONFIG_DIR") {
+      out += config_dir.string();
+    } else if (const char* value = std::getenv(name.c_str())) {
+      out += value;
+    } else {
+      throw Error(where + ": ${" + name + "} is not set (CONFIG_DIR or an environment variable)");
+    }
+    at = end + 1;
+  }
+  return out;
+}
+
+// Every string of a config (values, not keys) with its ${NAME}s expanded.
+json expand_config(const json& value, const fs::path& config_dir, const std::string& where) {
+  if (value.is_string()) return expand_variables(value.get<std::string>(), config_dir, where);
+  if (value.is_array() || value.is_object()) {
+    json out = value;
+    for (auto& [key, item] : out.items())
+      item = expand_config(item, config_dir, where + (value.is_object() ? "." + key : ""));
+    return out;
+  }
+  return value;
+}
 
 // {"--flag": value, ...} as command-line words: true adds the bare flag,
 // false and null add nothing, arrays join with commas.
@@ -112,12 +163,13 @@ std::vector<T> list_of(const json& config, const char* key, std::vector<T> other
 std::vector<Cell> cells_of(const json& config, const fs::path& out) {
   if (!config.is_object()) throw Error("sweep config: expected a JSON object");
   for (const auto& [key, value] : config.items()) {
-    static const std::vector<std::string> known = {
-        "methods", "tasks", "seeds", "train_sizes", "flags", "method_flags", "task_flags"};
+    static const std::vector<std::string> known = {"methods",      "tasks",     "seeds",
+                                                   "train_sizes",  "variants",  "flags",
+                                                   "method_flags", "task_flags"};
     if (std::find(known.begin(), known.end(), key) == known.end())
       throw Error(
           fmt::format("sweep config: unknown key '{}' (known: methods, tasks, seeds, "
-                      "train_sizes, flags, method_flags, task_flags)",
+                      "train_sizes, variants, flags, method_flags, task_flags)",
                       key));
   }
   if (!config.contains("methods") || !config.contains("tasks"))
@@ -138,6 +190,16 @@ std::vector<Cell> cells_of(const json& config, const fs::path& out) {
       }
     }
   }
+  // Named flag sets, one more dimension (e.g. which encoder a head starts from).
+  std::vector<std::pair<std::string, std::vector<std::string>>> variants{{"", {}}};
+  if (config.contains("variants")) {
+    const json& given = config["variants"];
+    if (!given.is_object() || given.empty())
+      throw Error("sweep config: 'variants' must be an object of named flag sets");
+    variants.clear();
+    for (const auto& [name, flags] : given.items())
+      variants.emplace_back(name, flag_words(flags, "sweep config: variants." + name));
+  }
   const json method_flags = config.value("method_flags", json::object());
   const json task_flags = config.value("task_flags", json::object());
   const std::vector<std::string> global =
@@ -154,14 +216,17 @@ std::vector<Cell> cells_of(const json& config, const fs::path& out) {
                                            "sweep config: method_flags." + method),
                                 for_task})
         flags.insert(flags.end(), words.begin(), words.end());
-      for (const auto& size : sizes)
-        for (int64_t seed : seeds) {
-          Cell cell{task, method, seed, size, flags, {}};
-          fs::path dir = out / task / method;
-          if (size) dir /= "n" + std::to_string(*size);
-          cell.directory = dir / ("seed" + std::to_string(seed));
-          cells.push_back(std::move(cell));
-        }
+      for (const auto& [variant, variant_flags] : variants)
+        for (const auto& size : sizes)
+          for (int64_t seed : seeds) {
+            Cell cell{task, method, variant, seed, size, flags, {}};
+            cell.flags.insert(cell.flags.end(), variant_flags.begin(), variant_flags.end());
+            fs::path dir = out / task / method;
+            if (!variant.empty()) dir /= variant;
+            if (size) dir /= "n" + std::to_string(*size);
+            cell.directory = dir / ("seed" + std::to_string(seed));
+            cells.push_back(std::move(cell));
+          }
     }
   }
   return cells;
@@ -236,6 +301,7 @@ int run_cell(const Cell& cell, const SweepOptions& o) {
   std::error_code ec;
   fs::create_directories(cell.directory, ec);
   if (ec) throw Error("cannot create " + cell.directory.string() + ": " + ec.message());
+  io::write_text_atomically(cell.directory / "cell.json", cell.to_json().dump(2) + "\n");
   std::vector<std::string> words = train_words(cell, o);
   // An unfinished cell continues from its checkpoint where it has one (flags
   // with --checkpoint-every); otherwise it starts again from scratch.
@@ -266,18 +332,16 @@ int run_cell(const Cell& cell, const SweepOptions& o) {
 
 // One result record per cell: its settings, status and (finished) summary.
 json record_of(const Cell& cell, const std::string& status) {
-  json record = {
-      {"task", cell.task},   {"method", cell.method},
-      {"seed", cell.seed},   {"train_size", cell.train_size ? json(*cell.train_size) : json()},
-      {"flags", cell.flags}, {"directory", cell.directory.string()},
-      {"status", status}};
+  json record = cell.to_json();
+  record["directory"] = cell.directory.string();
+  record["status"] = status;
   const fs::path summary = cell.directory / "summary.json";
   if (fs::exists(summary)) record["summary"] = json::parse(io::read_text_file(summary));
   return record;
 }
 
 void print_table(const std::vector<json>& records) {
-  fmt::print("{:<8} {:<15} {:>5} {:>7} {:>22} {:>10} {:>9}  {}\n", "task", "method", "seed", "n",
+  fmt::print("{:<8} {:<24} {:>5} {:>7} {:>22} {:>10} {:>9}  {}\n", "task", "method", "seed", "n",
              "dev", "delta KB", "tok/s", "status");
   for (const json& r : records) {
     std::string dev = "-", delta = "-", speed = "-";
@@ -289,8 +353,10 @@ void print_table(const std::vector<json>& records) {
       delta = fmt::format("{:.1f}", s.value("delta_bytes", 0) / 1024.0);
       speed = fmt::format("{:.0f}", s.value("train_tokens_per_s", 0.0));
     }
-    fmt::print("{:<8} {:<15} {:>5} {:>7} {:>22} {:>10} {:>9}  {}\n", r["task"].get<std::string>(),
-               r["method"].get<std::string>(), r["seed"].get<int64_t>(),
+    fmt::print("{:<8} {:<24} {:>5} {:>7} {:>22} {:>10} {:>9}  {}\n", r["task"].get<std::string>(),
+               r["method"].get<std::string>() +
+                   (r["variant"].is_null() ? "" : "/" + r["variant"].get<std::string>()),
+               r["seed"].get<int64_t>(),
                r["train_size"].is_null() ? std::string("all") : r["train_size"].dump(), dev, delta,
                speed, r["status"].get<std::string>());
   }
@@ -308,6 +374,8 @@ int run_sweep(SweepOptions& o) {
       throw Error(o.config + ": not valid JSON (" + e.what() + ")");
     }
   }
+  config = expand_config(config, fs::weakly_canonical(fs::absolute(o.config)).parent_path(),
+                         "sweep config");
   // Default: beside the config, named like it without its extension.
   fs::path out = o.out.empty() ? fs::path(o.config).replace_extension("") : fs::path(o.out);
   if (o.out.empty() && out == fs::path(o.config)) out += ".runs";
@@ -378,8 +446,9 @@ void register_sweep_verb(CLI::App& app, Action& action) {
       ->add_option(
           "config", o->config,
           "YAML (.yaml, .yml) or JSON: {\"methods\": [...], \"tasks\": [...], \"seeds\": [...], "
-          "\"train_sizes\": [...], \"flags\": {...}, \"method_flags\": {METHOD: {...}}, "
-          "\"task_flags\": {TASK: {...}}}")
+          "\"train_sizes\": [...], \"variants\": {NAME: {...}}, \"flags\": {...}, "
+          "\"method_flags\": {METHOD: {...}}, \"task_flags\": {TASK: {...}}}; ${CONFIG_DIR} "
+          "and ${ENV_VAR} expand in values")
       ->required();
   sweep->add_option("--out,-o", o->out, "sweep directory (default: the config's name)");
   sweep->add_option("--model,-m", o->model_dir, "base model directory")->capture_default_str();

@@ -1,6 +1,7 @@
 // deltatune train | eval | predict
 #include <ATen/ATen.h>
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <chrono>
@@ -41,6 +42,8 @@ struct DataOptions {
   bool skip_bad_lines = false;
   size_t max_train_samples = 0;
   size_t max_length = 128;
+  // GLUE tasks whose dev split is evaluated beside dev (domain transfer).
+  std::vector<std::string> eval_also;
 };
 
 void add_data_options(CLI::App* verb, DataOptions& d, bool with_train) {
@@ -52,6 +55,10 @@ void add_data_options(CLI::App* verb, DataOptions& d, bool with_train) {
     verb->add_option("--train", d.train_file, "user training file (TSV, CSV or JSONL)");
     verb->add_option("--max-train-samples", d.max_train_samples,
                      "use a seeded random subset of this many training examples");
+    verb->add_option(
+        "--eval-also", d.eval_also,
+        "GLUE task whose dev split is also evaluated, reported as TASK_<metric> "
+        "(domain transfer, e.g. RTE -> QNLI; the labels must be the same); repeatable");
   }
   verb->add_option("--dev", d.dev_file, "user evaluation file (TSV, CSV or JSONL)");
   verb->add_option("--text-a", d.text_a, "column of the first text (user files)");
@@ -126,6 +133,24 @@ TaskData read_task_data(const DataOptions& d, uint64_t seed, bool need_train) {
       const std::string& split = out.task.eval_splits[i];
       out.other_dev.emplace_back(split, data::read_glue(glue_dir(d), out.task, split, options));
     }
+  }
+  for (const std::string& name : d.eval_also) {
+    const data::TaskSpec other = data::find_glue_task(name);
+    if (other.type != out.task.type || other.is_pair != out.task.is_pair ||
+        other.label_names != out.task.label_names)
+      throw Error(fmt::format(
+          "--eval-also {}: its labels ({}) are not {}'s ({}); a model trained on one cannot be "
+          "scored on the other",
+          name,
+          other.label_names.empty() ? "a score"
+                                    : fmt::format("{}", fmt::join(other.label_names, ", ")),
+          out.task.name,
+          out.task.label_names.empty() ? "a score"
+                                       : fmt::format("{}", fmt::join(out.task.label_names, ", "))));
+    data::GlueReadOptions options;
+    options.skip_bad_lines = d.skip_bad_lines;
+    out.other_dev.emplace_back(
+        other.name, data::read_glue(glue_dir(d), other, other.eval_splits.front(), options));
   }
   if (need_train) report_skipped(out.train);
   report_skipped(out.dev);
@@ -387,8 +412,14 @@ int run_train(TrainOptions& o) {
   method->attach(*task_model);
   if (!o.init_from.empty()) {
     if (o.resume) throw Error("--init-from does not apply with --resume (the checkpoint says)");
-    const int64_t copied = train::load_starting_values(*task_model, o.init_from);
-    fmt::print(stderr, "{}: {} tensors copied into the task model\n", o.init_from, copied);
+    // A delta directory gives its task model's encoder (task transfer); a
+    // safetensors file gives values by parameter name.
+    const bool encoder = fs::exists(fs::path(o.init_from) / "delta.json");
+    c.initialised_parameters = encoder
+                                   ? train::load_encoder_from_delta(base, *task_model, o.init_from)
+                                   : train::load_starting_values(*task_model, o.init_from);
+    fmt::print(stderr, "{}: {} {}tensors copied into the task model (stored in the delta)\n",
+               o.init_from, c.initialised_parameters.size(), encoder ? "encoder " : "");
   }
   if (o.frozen_weights == "bf16") {
     const int64_t saved = model::store_frozen_dense_weights(*task_model, at::kBFloat16);
@@ -743,7 +774,9 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
       ->check(CLI::Range(0.0, 0.99));
   train->add_option("--init-from", t->init_from,
                     "safetensors file of starting values for task-model parameters, by name "
-                    "(e.g. classifier.weight)");
+                    "(e.g. classifier.weight); or a delta directory, whose task model's encoder "
+                    "(all but the head) is the start (task transfer: with --method frozen only a "
+                    "new head trains on it)");
   train->add_option("--early-stopping", t->config.early_stopping_patience,
                     "stop after N evaluations without improvement (0: off)");
   train->add_option("--checkpoint-every", t->config.checkpoint_every,

@@ -81,6 +81,10 @@ ReportRun read_run(const fs::path& dir) {
   run.task = run.summary.value("task", std::string("?"));
   run.method = run.summary.value("method", std::string("?"));
   run.seed = run.plan.value("config", json::object()).value("seed", int64_t{0});
+  if (fs::exists(dir / "cell.json")) {
+    const json cell = read_json(dir / "cell.json");
+    if (cell.contains("variant") && cell["variant"].is_string()) run.variant = cell["variant"];
+  }
   run.train_examples = run.plan.value("train_data", json::object()).value("examples", int64_t{0});
   // Every stage's log: the run's own and those of stage subdirectories.
   std::vector<fs::path> logs;
@@ -188,8 +192,8 @@ class ReportBuilder {
     for (const ReportRun& run : inputs.runs) {
       if (std::find(tasks_.begin(), tasks_.end(), run.task) == tasks_.end())
         tasks_.push_back(run.task);
-      if (std::find(methods_.begin(), methods_.end(), run.method) == methods_.end())
-        methods_.push_back(run.method);
+      if (std::find(methods_.begin(), methods_.end(), run.label()) == methods_.end())
+        methods_.push_back(run.label());
     }
   }
 
@@ -238,7 +242,7 @@ class ReportBuilder {
     for (const std::string& method : methods_) {
       const ReportRun* best = nullptr;
       for (const ReportRun* run : runs_of(task)) {
-        if (run->method != method) continue;
+        if (run->label() != method) continue;
         if (best == nullptr || run->train_examples > best->train_examples ||
             (run->train_examples == best->train_examples && run->seed < best->seed))
           best = run;
@@ -253,7 +257,7 @@ class ReportBuilder {
     std::map<std::string, std::map<int64_t, std::vector<double>>> values;
     for (const ReportRun* run : runs_of(task))
       if (!std::isnan(run->main_value()))
-        values[run->method][run->train_examples].push_back(run->main_value());
+        values[run->label()][run->train_examples].push_back(run->main_value());
     std::map<std::string, std::map<int64_t, Spread>> out;
     for (const auto& [method, sizes] : values)
       for (const auto& [size, list] : sizes) out[method][size] = spread_of(list);
@@ -306,7 +310,7 @@ class ReportBuilder {
       data.push_back({name, text});
       plots.push_back(fmt::format("{} using 1:2 with {} lw 1.5 title {}", io::gnuplot_quote(name),
                                   loss ? "lines" : "linespoints pt 7 ps 0.6",
-                                  io::gnuplot_quote(run->method)));
+                                  io::gnuplot_quote(run->label())));
       points += count;
     }
     if (plots.empty()) return;
@@ -339,9 +343,9 @@ class ReportBuilder {
       double share = NAN;
       int64_t largest = -1;
       for (const ReportRun* run : runs_of(task))
-        if (run->method == method) largest = std::max(largest, run->train_examples);
+        if (run->label() == method) largest = std::max(largest, run->train_examples);
       for (const ReportRun* run : runs_of(task)) {
-        if (run->method != method || run->train_examples != largest) continue;
+        if (run->label() != method || run->train_examples != largest) continue;
         if (std::isnan(run->main_value()) || std::isnan(run->stored_share()) ||
             run->stored_share() <= 0)
           continue;
@@ -495,9 +499,20 @@ class ReportBuilder {
     json rows = json::array();
     for (const ReportRun& run : inputs_.runs) {
       const json env = run.summary.value("environment", json::object());
+      // Other splits scored beside dev (--eval-also, MNLI's mismatched): SPLIT_<metric>.
+      json other = json::object();
+      const json& dev = run.summary.value("dev", json::object());
+      for (const json& metric :
+           run.delta.value("task", json::object()).value("metrics", json::array()))
+        for (const auto& [key, value] : dev.items()) {
+          const std::string suffix = "_" + metric.get<std::string>();
+          if (key.size() > suffix.size() && value.is_number() &&
+              key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0)
+            other[key] = value;
+        }
       rows.push_back(
           {{"task", run.task},
-           {"method", run.method},
+           {"method", run.label()},
            {"seed", run.seed},
            {"train_examples", run.train_examples},
            {"metric", run.main_metric()},
@@ -509,6 +524,7 @@ class ReportBuilder {
            {"train_seconds", run.summary.value("train_seconds", 0.0)},
            {"train_tokens_per_s", run.summary.value("train_tokens_per_s", 0.0)},
            {"device", env.value("device", std::string())},
+           {"other_splits", other},
            {"directory", run.directory.string()}});
     }
     return rows;
@@ -519,7 +535,7 @@ class ReportBuilder {
     json rows = json::array();
     for (const std::string& method : methods_) {
       for (const ReportRun& run : inputs_.runs) {
-        if (run.method != method || run.delta.is_null()) continue;
+        if (run.label() != method || run.delta.is_null()) continue;
         const json params = run.delta.value("parameters", json::object());
         rows.push_back(
             {{"method", method},
@@ -537,23 +553,31 @@ class ReportBuilder {
     return rows;
   }
 
+  static std::string other_splits(const json& values) {
+    if (values.empty()) return "-";
+    std::vector<std::string> parts;
+    for (const auto& [key, value] : values.items())
+      parts.push_back(fmt::format("{} {:.4f}", key, value.get<double>()));
+    return fmt::format("{}", fmt::join(parts, ", "));
+  }
+
   std::string results_table() const {
     std::string html =
         "<div class=\"table-wrap\"><table class=\"results\"><thead><tr><th>task</th>"
         "<th>method</th><th>seed</th><th>train examples</th><th>dev metric</th><th>value</th>"
         "<th>steps</th><th>delta values</th><th>% of model</th><th>delta KB</th>"
-        "<th>train tok/s</th><th>device</th></tr></thead><tbody>\n";
+        "<th>train tok/s</th><th>device</th><th>other splits</th></tr></thead><tbody>\n";
     for (const json& r : results_rows()) {
       html += fmt::format(
           "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-          "<td>{}</td><td>{}</td><td>{:.1f}</td><td>{:.0f}</td><td>{}</td></tr>\n",
+          "<td>{}</td><td>{}</td><td>{:.1f}</td><td>{:.0f}</td><td>{}</td><td>{}</td></tr>\n",
           html_escape(r["task"]), html_escape(r["method"]), r["seed"].get<int64_t>(),
           r["train_examples"].get<int64_t>(), html_escape(r["metric"]),
           r["value"].is_null() ? std::string("-") : fmt::format("{:.4f}", r["value"].get<double>()),
           r["steps"].get<int64_t>(), r["delta_values"].get<int64_t>(),
           r["delta_share"].is_null() ? std::string("-") : percent(r["delta_share"].get<double>()),
           r["delta_bytes"].get<int64_t>() / 1024.0, r["train_tokens_per_s"].get<double>(),
-          html_escape(r["device"]));
+          html_escape(r["device"]), html_escape(other_splits(r["other_splits"])));
     }
     return html + "</tbody></table></div>\n";
   }

@@ -6,6 +6,7 @@
 #include <fmt/ranges.h>  // fmt::join (its home from fmt 11 on, as LibTorch 2.x ships)
 #include <torch/version.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <optional>
@@ -86,8 +87,15 @@ methods::Delta build_delta(const BaseModel& base, model::SequenceClassifierImpl&
                            size_t max_length, const TrainConfig& config,
                            const TrainResult& result) {
   methods::Delta delta;
-  delta.tensors = methods::collect_delta_tensors(
-      model, base.checkpoint, method.stored_parameters(model), base.config.base_model_prefix());
+  // What the method trains, and what --init-from set: a delta applied to the
+  // base must give the trained model back (task transfer's encoder included).
+  auto stored = method.stored_parameters(model);
+  for (const std::string& name : config.initialised_parameters)
+    if (std::none_of(stored.begin(), stored.end(),
+                     [&](const auto& entry) { return entry.first == name; }))
+      stored.emplace_back(name, methods::StorageKind::kSparse);
+  delta.tensors = methods::collect_delta_tensors(model, base.checkpoint, stored,
+                                                 base.config.base_model_prefix());
   int64_t trainable = 0, total = 0;
   for (const auto& p : model.parameters(true)) {
     total += p.numel();
@@ -210,10 +218,12 @@ model::SequenceClassifier model_from_delta(const BaseModel& base, const methods:
   return task_model;
 }
 
-int64_t load_starting_values(model::SequenceClassifierImpl& task_model, const fs::path& path) {
+std::vector<std::string> load_starting_values(model::SequenceClassifierImpl& task_model,
+                                              const fs::path& path) {
   auto values = io::SafetensorsFile::open(path).load_all();
   auto parameters = task_model.named_parameters(true);
   std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // checked in full before any copy
+  std::vector<std::string> names;
   for (const auto& [name, value] : values) {
     at::Tensor* target = parameters.find(name);
     if (target == nullptr)
@@ -224,10 +234,37 @@ int64_t load_starting_values(model::SequenceClassifierImpl& task_model, const fs
                               path.string(), name, fmt::join(value.sizes(), ", "),
                               fmt::join(target->sizes(), ", ")));
     copies.emplace_back(*target, value);
+    names.push_back(name);
   }
   at::NoGradGuard no_grad;
   for (auto& [target, value] : copies) target.copy_(value);
-  return static_cast<int64_t>(copies.size());
+  return names;
+}
+
+std::vector<std::string> load_encoder_from_delta(const BaseModel& base,
+                                                 model::SequenceClassifierImpl& task_model,
+                                                 const fs::path& delta_dir) {
+  const methods::Delta delta = methods::Delta::load(delta_dir);
+  const model::SequenceClassifier source = model_from_delta(base, delta, /*fold=*/true);
+  auto targets = task_model.named_parameters(true);
+  std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // checked in full before any copy
+  std::vector<std::string> names;
+  for (const auto& item : source->named_parameters(true)) {
+    const std::string& name = item.key();
+    const at::Tensor& value = item.value();
+    if (name.rfind("classifier.", 0) == 0) continue;
+    at::Tensor* target = targets.find(name);
+    if (target == nullptr || target->sizes() != value.sizes())
+      throw Error(
+          fmt::format("{}: the encoder's tensor '{}' has no parameter of its shape in the "
+                      "task model",
+                      delta_dir.string(), name));
+    copies.emplace_back(*target, value);
+    names.push_back(name);
+  }
+  at::NoGradGuard no_grad;
+  for (auto& [target, value] : copies) target.copy_(value);
+  return names;
 }
 
 namespace {

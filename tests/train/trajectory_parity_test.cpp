@@ -120,7 +120,7 @@ TEST(StartingValues, AreCopiedByNameAndAWrongNameOrShapeChangesNothing) {
   test::ScratchDir dir;
   io::save_safetensors(dir.path() / "head.safetensors",
                        {{"classifier.weight", head}, {"classifier.bias", at::ones({3})}});
-  EXPECT_EQ(load_starting_values(*task_model, dir.path() / "head.safetensors"), 2);
+  EXPECT_EQ(load_starting_values(*task_model, dir.path() / "head.safetensors").size(), 2u);
   auto parameters = task_model->named_parameters(true);
   EXPECT_TRUE(at::equal(*parameters.find("classifier.weight"), head));
   EXPECT_TRUE(at::equal(*parameters.find("classifier.bias"), at::ones({3})));

@@ -17,6 +17,7 @@ namespace deltatune::train {
 struct ReportRun {
   std::filesystem::path directory;
   std::string task, method;
+  std::string variant;  // the sweep cell's variant (cell.json); empty: none
   int64_t seed = 0;
   int64_t train_examples = 0;       // the training set's size, from run.json
   nlohmann::json summary;           // summary.json
@@ -24,6 +25,8 @@ struct ReportRun {
   nlohmann::json delta;             // delta/delta.json (empty when absent)
   std::vector<nlohmann::json> log;  // metrics.jsonl of every stage, in step order
 
+  // The method as charts and tables name it: "frozen/from-full" for a variant.
+  std::string label() const { return variant.empty() ? method : method + "/" + variant; }
   std::string main_metric() const;
   double main_value() const;  // the dev main metric the run reports
   int64_t stored_values() const;

@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "deltatune/data/task.h"
 #include "deltatune/methods/delta.h"
@@ -46,9 +47,19 @@ model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_lab
 // the same name (a head, a prompt, LoRA factors: starting values for what
 // trains). Every name must be a parameter and every shape must match, else an
 // Error naming the file and the tensor; on error nothing has been copied.
-// Returns the number of tensors copied.
-int64_t load_starting_values(model::SequenceClassifierImpl& task_model,
-                             const std::filesystem::path& path);
+// Returns the names of the parameters set.
+std::vector<std::string> load_starting_values(model::SequenceClassifierImpl& task_model,
+                                              const std::filesystem::path& path);
+
+// Task transfer (Child-Tuning, Table 4): copies into `task_model` the encoder
+// of the task model the delta in `delta_dir` describes (made on `base`, its
+// method's modules folded in), everything but the head (classifier.*), which
+// keeps its fresh initialisation. Every copied tensor must have a parameter of
+// the same name and shape, else an Error naming it; on error nothing has been
+// copied. Returns the names of the parameters set.
+std::vector<std::string> load_encoder_from_delta(const BaseModel& base,
+                                                 model::SequenceClassifierImpl& task_model,
+                                                 const std::filesystem::path& delta_dir);
 
 // What a finished run stores: the method's parameters (values, not
 // differences), the base identity, task and labels, metrics and settings.

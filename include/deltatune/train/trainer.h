@@ -25,6 +25,9 @@ namespace deltatune::train {
 class GradScaler;
 
 struct TrainConfig {
+  // Parameters --init-from set: stored in the delta beside the method's own
+  // (not part of the run plan).
+  std::vector<std::string> initialised_parameters;
   double learning_rate = 1e-3;
   double weight_decay = 0.0;
   double adam_eps = 1e-8;
