@@ -25,7 +25,7 @@ glue=${GLUE_DIR:-$here/../shared/data/glue}
 log() { printf '[gpu-prepare] %s\n' "$*" >&2; }
 
 packages=(nlohmann-json3-dev libutf8proc-dev libutf8proc2 libcli11-dev
-  libcpp-httplib-dev libcpp-httplib0.11 libssl3 libbrotli1 libgtest-dev libyaml-dev libyaml-0-2)
+  libcpp-httplib-dev libcpp-httplib0.11 libssl3 libssl-dev libbrotli1 libgtest-dev libyaml-dev libyaml-0-2)
 # fmt in a prefix of its own: the LibTorch wheel ships its own (newer) fmt
 # headers, which must not be shadowed by Debian's 9 on the shared include
 # path; CMake still needs fmt's package config (used header-only there).

@@ -62,6 +62,7 @@ struct Cell {
   int64_t seed = 0;
   std::optional<int64_t> train_size;  // --max-train-samples; none: the whole set
   std::vector<std::string> flags;     // the cell's own train flags, in order
+  int nproc = 1;                      // > 1: a data-parallel job of this many ranks
   fs::path directory;
   std::string describe(size_t index, size_t count) const {
     return fmt::format("cell {} of {} (task {}, method {}{}, seed {}{})", index + 1, count, task,
@@ -75,7 +76,8 @@ struct Cell {
             {"variant", variant.empty() ? json() : json(variant)},
             {"seed", seed},
             {"train_size", train_size ? json(*train_size) : json()},
-            {"flags", flags}};
+            {"flags", flags},
+            {"nproc", nproc}};
   }
 };
 
@@ -163,13 +165,13 @@ std::vector<T> list_of(const json& config, const char* key, std::vector<T> other
 std::vector<Cell> cells_of(const json& config, const fs::path& out) {
   if (!config.is_object()) throw Error("sweep config: expected a JSON object");
   for (const auto& [key, value] : config.items()) {
-    static const std::vector<std::string> known = {"methods",      "tasks",     "seeds",
-                                                   "train_sizes",  "variants",  "flags",
-                                                   "method_flags", "task_flags"};
+    static const std::vector<std::string> known = {"methods",      "tasks",      "seeds",
+                                                   "train_sizes",  "variants",   "flags",
+                                                   "method_flags", "task_flags", "nproc"};
     if (std::find(known.begin(), known.end(), key) == known.end())
       throw Error(
           fmt::format("sweep config: unknown key '{}' (known: methods, tasks, seeds, "
-                      "train_sizes, variants, flags, method_flags, task_flags)",
+                      "train_sizes, variants, flags, method_flags, task_flags, nproc)",
                       key));
   }
   if (!config.contains("methods") || !config.contains("tasks"))
@@ -200,6 +202,9 @@ std::vector<Cell> cells_of(const json& config, const fs::path& out) {
     for (const auto& [name, flags] : given.items())
       variants.emplace_back(name, flag_words(flags, "sweep config: variants." + name));
   }
+  const json nproc = config.value("nproc", json(1));
+  if (!nproc.is_number_integer() || nproc.get<int64_t>() < 1 || nproc.get<int64_t>() > 1024)
+    throw Error("sweep config: 'nproc' must be a whole number of ranks from 1 to 1024");
   const json method_flags = config.value("method_flags", json::object());
   const json task_flags = config.value("task_flags", json::object());
   const std::vector<std::string> global =
@@ -219,7 +224,7 @@ std::vector<Cell> cells_of(const json& config, const fs::path& out) {
       for (const auto& [variant, variant_flags] : variants)
         for (const auto& size : sizes)
           for (int64_t seed : seeds) {
-            Cell cell{task, method, variant, seed, size, flags, {}};
+            Cell cell{task, method, variant, seed, size, flags, nproc.get<int>(), {}};
             cell.flags.insert(cell.flags.end(), variant_flags.begin(), variant_flags.end());
             fs::path dir = out / task / method;
             if (!variant.empty()) dir /= variant;
@@ -232,7 +237,7 @@ std::vector<Cell> cells_of(const json& config, const fs::path& out) {
   return cells;
 }
 
-// The words after `deltatune` that run a cell.
+// The words after `deltatune` of the cell's train command.
 std::vector<std::string> train_words(const Cell& cell, const SweepOptions& o) {
   std::vector<std::string> words = {"train", "--method", cell.method, "--seed",
                                     std::to_string(cell.seed)};
@@ -242,6 +247,15 @@ std::vector<std::string> train_words(const Cell& cell, const SweepOptions& o) {
   words.insert(words.end(), cell.flags.begin(), cell.flags.end());
   words.insert(words.end(), {"--model", o.model_dir, "--out", cell.directory.string(), "--json"});
   if (o.threads > 0) words.insert(words.end(), {"--threads", std::to_string(o.threads)});
+  return words;
+}
+
+// The words after `deltatune` that run a cell: its train command, as the
+// ranks of `deltatune launch` when it has more than one.
+std::vector<std::string> cell_words(const Cell& cell, const SweepOptions& o) {
+  std::vector<std::string> words = train_words(cell, o);
+  if (cell.nproc > 1)
+    words.insert(words.begin(), {"launch", "--nproc", std::to_string(cell.nproc), "--"});
   return words;
 }
 
@@ -302,7 +316,7 @@ int run_cell(const Cell& cell, const SweepOptions& o) {
   fs::create_directories(cell.directory, ec);
   if (ec) throw Error("cannot create " + cell.directory.string() + ": " + ec.message());
   io::write_text_atomically(cell.directory / "cell.json", cell.to_json().dump(2) + "\n");
-  std::vector<std::string> words = train_words(cell, o);
+  std::vector<std::string> words = cell_words(cell, o);
   // An unfinished cell continues from its checkpoint where it has one (flags
   // with --checkpoint-every); otherwise it starts again from scratch.
   const bool resume = has_checkpoint(cell.directory);
@@ -383,7 +397,7 @@ int run_sweep(SweepOptions& o) {
   check_cells(cells, o);
   if (o.dry_run) {
     for (size_t i = 0; i < cells.size(); ++i) {
-      std::vector<std::string> words = train_words(cells[i], o);
+      std::vector<std::string> words = cell_words(cells[i], o);
       fmt::print("deltatune {}\n", fmt::join(words, " "));
     }
     return 0;

@@ -103,6 +103,31 @@ method_flags:
   EXPECT_NE(broken.output.find("broken.yaml:"), std::string::npos) << broken.output;
 }
 
+// "nproc": each cell a data-parallel job, its ranks started by deltatune launch.
+TEST(Sweep, CellsRunAsDataParallelJobsOfNprocRanks) {
+  ScratchDir dir;
+  const fs::path config = dir.path() / "ranks.yaml";
+  write(config, R"(methods: [bitfit]
+tasks: [RTE]
+nproc: 2
+flags: {--max-steps: 2, --max-length: 24, --batch-size: 4, --max-train-samples: 16}
+)");
+  CliRun run = deltatune("sweep --dry-run " + config.string());
+  ASSERT_EQ(run.status, 0) << run.output;
+  EXPECT_EQ(run.output.rfind("deltatune launch --nproc 2 -- train --method bitfit", 0), 0u)
+      << run.output;
+  run = deltatune("sweep " + config.string());
+  ASSERT_EQ(run.status, 0) << run.output;
+  const std::string summary =
+      io::read_text_file(dir.path() / "ranks" / "RTE" / "bitfit" / "seed0" / "summary.json");
+  EXPECT_TRUE(std::regex_search(summary, std::regex("\"world_size\": 2"))) << summary;
+
+  write(config, "methods: [bitfit]\ntasks: [RTE]\nnproc: 0\n");
+  run = deltatune("sweep --dry-run " + config.string());
+  EXPECT_EQ(run.status, 1);
+  EXPECT_NE(run.output.find("'nproc' must be a whole number"), std::string::npos) << run.output;
+}
+
 TEST(Sweep, AnInterruptedSweepRunsOnlyItsMissingCellsAgain) {
   ScratchDir dir;
   const fs::path config = dir.path() / "small.json", out = dir.path() / "small";
