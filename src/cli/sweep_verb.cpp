@@ -354,6 +354,12 @@ json record_of(const Cell& cell, const std::string& status) {
   return record;
 }
 
+void write_results(const fs::path& path, const std::vector<json>& records) {
+  std::string lines;
+  for (const json& r : records) lines += r.dump() + "\n";
+  io::write_text_atomically(path, lines);
+}
+
 void print_table(const std::vector<json>& records) {
   fmt::print("{:<8} {:<24} {:>5} {:>7} {:>22} {:>10} {:>9}  {}\n", "task", "method", "seed", "n",
              "dev", "delta KB", "tok/s", "status");
@@ -428,12 +434,12 @@ int run_sweep(SweepOptions& o) {
     if (status != 0) ++failed;
     records.push_back(record_of(
         cell, status == 0 ? "ran" : fmt::format("failed (exit {}, see train.log)", status)));
+    // After every cell: a long sweep's results so far can be read (and reported) while it runs.
+    write_results(out / "results.jsonl", records);
     bar.advance(1);
   }
   bar.finish();
-  std::string lines;
-  for (const json& r : records) lines += r.dump() + "\n";
-  io::write_text_atomically(out / "results.jsonl", lines);
+  write_results(out / "results.jsonl", records);
   if (const int signal = stop_signal.load(); signal != 0) {
     fmt::print(stderr,
                "sweep stopped by signal {}: {} of {} cells recorded; run it again to go on\n",

@@ -150,6 +150,13 @@ TEST(Sweep, AnInterruptedSweepRunsOnlyItsMissingCellsAgain) {
   while (!fs::exists(summaries[0]) && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   ASSERT_TRUE(fs::exists(summaries[0])) << "the first cell did not finish";
+  // The results so far are written after each cell, while the sweep goes on.
+  const fs::path results_file = out / "results.jsonl";
+  const auto written = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!fs::exists(results_file) && std::chrono::steady_clock::now() < written)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(fs::exists(results_file)) << "no results.jsonl after the first cell";
+  EXPECT_NE(io::read_text_file(results_file).find("\"method\":\"bitfit\""), std::string::npos);
   ::kill(pid, SIGTERM);
   int status = 0;
   ::waitpid(pid, &status, 0);
