@@ -22,13 +22,9 @@ struct CliRun {
   std::string output;  // stdout and stderr
 };
 
-// `deltatune ARGUMENTS --model <MiniLM> --threads 1`, unless `model_dir` names
-// another base; `environment` ("NAME=value ...") is set for the command.
-inline CliRun deltatune(const std::string& arguments, const std::string& model_dir = {},
-                        const std::string& environment = {}) {
-  const std::string command =
-      environment + " " + std::string(DELTATUNE_CLI) + " " + arguments + " --model '" +
-      (model_dir.empty() ? minilm_dir().string() : model_dir) + "' --threads 1 2>&1";
+// A shell command's exit status and output (stdout and stderr together).
+inline CliRun run_shell(const std::string& command_line) {
+  const std::string command = command_line + " 2>&1";
   CliRun run;
   FILE* pipe = ::popen(command.c_str(), "r");
   if (pipe == nullptr) return run;
@@ -38,6 +34,14 @@ inline CliRun deltatune(const std::string& arguments, const std::string& model_d
   const int status = ::pclose(pipe);
   run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return run;
+}
+
+// `deltatune ARGUMENTS --model <MiniLM> --threads 1`, unless `model_dir` names
+// another base; `environment` ("NAME=value ...") is set for the command.
+inline CliRun deltatune(const std::string& arguments, const std::string& model_dir = {},
+                        const std::string& environment = {}) {
+  return run_shell(environment + " " + std::string(DELTATUNE_CLI) + " " + arguments + " --model '" +
+                   (model_dir.empty() ? minilm_dir().string() : model_dir) + "' --threads 1");
 }
 
 // The first `train_examples` then `dev_examples` sentences of GLUE SST-2

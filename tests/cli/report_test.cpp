@@ -29,26 +29,13 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-// A shell command's exit status and output (stdout and stderr).
-CliRun shell(const std::string& command) {
-  CliRun run;
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return run;
-  std::array<char, 4096> buffer;
-  for (size_t n; (n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0;)
-    run.output.append(buffer.data(), n);
-  const int status = ::pclose(pipe);
-  run.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return run;
-}
-
 std::string sh_quote(const std::string& text) { return "'" + text + "'"; }
 std::string sh_quote(const fs::path& path) { return sh_quote(path.string()); }
 
 // Headless Chromium on `page` with `flags` (a scratch profile, no sandbox:
 // tests may run as root).
 CliRun chromium(const fs::path& page, const fs::path& profile, const std::string& flags) {
-  return shell(
+  return run_shell(
       "timeout 120 chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage "
       "--hide-scrollbars --force-device-scale-factor=1 --user-data-dir=" +
       sh_quote(profile) + " " + flags + " " + sh_quote("file://" + page.string()));
@@ -215,8 +202,8 @@ CliRun* Report::sweep_ = nullptr;
 TEST_F(Report, ChromiumShowsEveryChartDrawnAndEveryTableFilledAtDesktopAndPhoneWidths) {
   ScratchDir out;
   const fs::path report = out.path() / "report.html";
-  const CliRun run = shell(std::string(DELTATUNE_CLI) + " report " + sh_quote(sweep_dir()) +
-                           " --out " + sh_quote(report) + " --json");
+  const CliRun run = run_shell(std::string(DELTATUNE_CLI) + " report " + sh_quote(sweep_dir()) +
+                               " --out " + sh_quote(report) + " --json");
   ASSERT_EQ(run.status, 0) << run.output;
   const json contents = json::parse(run.output);
   EXPECT_EQ(contents["runs"], 4);
@@ -294,15 +281,15 @@ TEST_F(Report, ChromiumShowsEveryChartDrawnAndEveryTableFilledAtDesktopAndPhoneW
 TEST_F(Report, InputsWithoutFinishedRunsAndAMissingGnuplotAreClearErrorsThatWriteNothing) {
   ScratchDir out;
   const fs::path report = out.path() / "report.html";
-  CliRun run = shell(std::string(DELTATUNE_CLI) + " report " + sh_quote(out.path()) + " --out " +
-                     sh_quote(report));
+  CliRun run = run_shell(std::string(DELTATUNE_CLI) + " report " + sh_quote(out.path()) +
+                         " --out " + sh_quote(report));
   EXPECT_EQ(run.status, 1);
   EXPECT_NE(run.output.find(out.path().string() + ": holds no finished run"), std::string::npos)
       << run.output;
   EXPECT_FALSE(fs::exists(report));
 
-  run = shell("PATH=/nonexistent " + std::string(DELTATUNE_CLI) + " report " +
-              sh_quote(sweep_dir()) + " --out " + sh_quote(report));
+  run = run_shell("PATH=/nonexistent " + std::string(DELTATUNE_CLI) + " report " +
+                  sh_quote(sweep_dir()) + " --out " + sh_quote(report));
   EXPECT_EQ(run.status, 1);
   EXPECT_NE(run.output.find("gnuplot not found"), std::string::npos) << run.output;
   EXPECT_FALSE(fs::exists(report));

@@ -25,6 +25,18 @@ namespace fs = std::filesystem;
 
 void write(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
 
+// `deltatune sweep CONFIG` as a process of its own (to be signalled); its pid.
+pid_t start_sweep(const fs::path& config) {
+  const std::string model = minilm_dir().string();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl(DELTATUNE_CLI, DELTATUNE_CLI, "sweep", config.c_str(), "--model", model.c_str(),
+            "--threads", "1", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+
 TEST(Sweep, ConfigErrorsNameTheCellBeforeAnythingRuns) {
   ScratchDir dir;
   write(dir.path() / "method.json",
@@ -138,14 +150,8 @@ TEST(Sweep, AnInterruptedSweepRunsOnlyItsMissingCellsAgain) {
                                            out / "SST-2/frozen/n48/seed1/summary.json",
                                            out / "SST-2/lora/n48/seed1/summary.json"};
   // The sweep as its own process, stopped with SIGTERM once the first cell is done.
-  const std::string model = minilm_dir().string();
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    ::execl(DELTATUNE_CLI, DELTATUNE_CLI, "sweep", config.c_str(), "--model", model.c_str(),
-            "--threads", "1", static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
+  const pid_t pid = start_sweep(config);
+  ASSERT_GT(pid, 0);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
   while (!fs::exists(summaries[0]) && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -193,14 +199,8 @@ TEST(Sweep, ACellStoppedAfterACheckpointResumesFromIt) {
                     "flags": {"--max-steps": 40, "--max-length": 32, "--batch-size": 4,
                               "--max-train-samples": 200, "--checkpoint-every": 2,
                               "--eval-every": 1000}})");
-  const std::string model = minilm_dir().string();
-  const pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    ::execl(DELTATUNE_CLI, DELTATUNE_CLI, "sweep", config.c_str(), "--model", model.c_str(),
-            "--threads", "1", static_cast<char*>(nullptr));
-    ::_exit(127);
-  }
+  const pid_t pid = start_sweep(config);
+  ASSERT_GT(pid, 0);
   const fs::path state = cell / "checkpoint" / "state.json";
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
   while (!fs::exists(state) && std::chrono::steady_clock::now() < deadline)
