@@ -714,16 +714,21 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   io::ProgressBar bar("train " + task_.name, total_steps);
   bar.set_enabled(config_.progress && writes_files());
   bar.set(optimizer.steps());
-  const auto start = std::chrono::steady_clock::now();
-  int64_t tokens = 0;      // this process's real tokens
-  int64_t job_tokens = 0;  // every rank's, in a job
-  double step_loss = 0;    // this rank's part of the step's loss, before the all-reduce
+  // A resumed run's clock and counters go on from its checkpoint's: the
+  // summary's seconds and tokens/s are the whole run's, not the last part's.
+  const double prior_seconds = resume ? position.value("elapsed_s", 0.0) : 0.0;
+  const auto start = std::chrono::steady_clock::now() -
+                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                         std::chrono::duration<double>(prior_seconds));
+  int64_t tokens = resume ? position.value("tokens", int64_t{0}) : 0;          // this process's
+  int64_t job_tokens = resume ? position.value("job_tokens", int64_t{0}) : 0;  // every rank's
+  double step_loss = 0;  // this rank's part of the step's loss, before the all-reduce
   int64_t step_tokens = 0;
   double loss_window = 0;
   int64_t loss_count = 0;
   bool stop = finished;
 
-  double eval_seconds = 0;
+  double eval_seconds = resume ? position.value("eval_s", 0.0) : 0.0;
   int64_t skipped_steps = 0;  // fp16 steps whose gradients overflowed
   model::reset_peak_memory(device);
   auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
@@ -789,6 +794,11 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
                 {"best_step", result.best_step},
                 {"best", best},
                 {"evals_without_improvement", evals_without_improvement},
+                {"elapsed_s",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()},
+                {"eval_s", eval_seconds},
+                {"tokens", tokens},
+                {"job_tokens", job_tokens},
                 {"plan", plan}};
   };
 

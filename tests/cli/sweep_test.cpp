@@ -10,7 +10,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -198,7 +200,7 @@ TEST(Sweep, ACellStoppedAfterACheckpointResumesFromIt) {
   write(config, R"({"methods": ["bitfit"], "tasks": ["RTE"],
                     "flags": {"--max-steps": 40, "--max-length": 32, "--batch-size": 4,
                               "--max-train-samples": 200, "--checkpoint-every": 2,
-                              "--eval-every": 1000}})");
+                              "--eval-every": 1000, "--log-every": 1}})");
   const pid_t pid = start_sweep(config);
   ASSERT_GT(pid, 0);
   const fs::path state = cell / "checkpoint" / "state.json";
@@ -213,9 +215,27 @@ TEST(Sweep, ACellStoppedAfterACheckpointResumesFromIt) {
   if (fs::exists(cell / "summary.json")) GTEST_SKIP() << "the cell finished before the signal";
   EXPECT_EQ(WEXITSTATUS(status), 143);
 
+  // The time trained before the stop, as the checkpoint recorded it.
+  const double before = nlohmann::json::parse(io::read_text_file(state)).value("elapsed_s", 0.0);
+  EXPECT_GT(before, 0.0);
   const CliRun again = deltatune("sweep " + config.string());
   ASSERT_EQ(again.status, 0) << again.output;
-  EXPECT_TRUE(fs::exists(cell / "summary.json"));
+  ASSERT_TRUE(fs::exists(cell / "summary.json"));
+  // The clock goes on across the stop: the log's times never go back, and the
+  // summary's training time is the whole run's, both parts.
+  const auto summary = nlohmann::json::parse(io::read_text_file(cell / "summary.json"));
+  EXPECT_GT(summary["train_seconds"].get<double>(), before);
+  std::istringstream log_lines(io::read_text_file(cell / "metrics.jsonl"));
+  double last = 0;
+  int records = 0;
+  for (std::string line; std::getline(log_lines, line); ++records) {
+    const auto record = nlohmann::json::parse(line);
+    if (!record.contains("elapsed_s")) continue;  // the closing summary
+    const double elapsed = record["elapsed_s"].get<double>();
+    EXPECT_GE(elapsed, last) << "record " << records << ": " << line;
+    last = elapsed;
+  }
+  EXPECT_GT(records, 3);
   // train.log holds both runs: the stopped one and the resumed one.
   const std::string log = io::read_text_file(cell / "train.log");
   EXPECT_NE(log.find("--resume continues"), std::string::npos) << log;
