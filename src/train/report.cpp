@@ -256,7 +256,7 @@ class ReportBuilder {
   std::map<std::string, std::map<int64_t, Spread>> by_size(const std::string& task) const {
     std::map<std::string, std::map<int64_t, std::vector<double>>> values;
     for (const ReportRun* run : runs_of(task))
-      if (!std::isnan(run->main_value()))
+      if (std::isfinite(run->main_value()))
         values[run->label()][run->train_examples].push_back(run->main_value());
     std::map<std::string, std::map<int64_t, Spread>> out;
     for (const auto& [method, sizes] : values)
@@ -294,12 +294,14 @@ class ReportBuilder {
       int count = 0;
       for (const json& record : run->log) {
         const std::string split = record.value("split", std::string());
-        if (loss && split == "train" && record.contains("loss") && record["loss"].is_number()) {
+        // Only finite values are drawn (a diverged run's inf or nan is left out).
+        if (loss && split == "train" && record.contains("loss") && record["loss"].is_number() &&
+            std::isfinite(record["loss"].get<double>())) {
           text += fmt::format("{} {:.9g}\n", record.value("step", int64_t{0}),
                               record["loss"].get<double>());
           ++count;
         } else if (!loss && split == "dev" && record.contains(metric) &&
-                   record[metric].is_number()) {
+                   record[metric].is_number() && std::isfinite(record[metric].get<double>())) {
           text += fmt::format("{} {:.9g}\n", record.value("step", int64_t{0}),
                               record[metric].get<double>());
           ++count;
@@ -346,7 +348,7 @@ class ReportBuilder {
         if (run->label() == method) largest = std::max(largest, run->train_examples);
       for (const ReportRun* run : runs_of(task)) {
         if (run->label() != method || run->train_examples != largest) continue;
-        if (std::isnan(run->main_value()) || std::isnan(run->stored_share()) ||
+        if (!std::isfinite(run->main_value()) || std::isnan(run->stored_share()) ||
             run->stored_share() <= 0)
           continue;
         values.push_back(run->main_value());
@@ -462,10 +464,11 @@ class ReportBuilder {
     }
     if (groups.empty()) return;
     for (const auto& c : changes)
-      if (c.layer >= 0)
+      if (c.layer >= 0 && std::isfinite(c.mean_abs_change))
         text += fmt::format("{} {} {:.9g}\n",
                             std::find(groups.begin(), groups.end(), c.group) - groups.begin(),
                             c.layer, c.mean_abs_change);
+    if (text.empty()) return;
     std::vector<std::string> xtics, ytics;
     for (size_t g = 0; g < groups.size(); ++g)
       xtics.push_back(fmt::format("{} {}", io::gnuplot_quote(groups[g]), g));
