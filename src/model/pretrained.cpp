@@ -93,6 +93,28 @@ std::map<std::string, at::Tensor> read_checkpoint(const fs::path& model_dir) {
               ": no model.safetensors, model.safetensors.index.json or pytorch_model.bin");
 }
 
+std::vector<fs::path> checkpoint_files(const fs::path& model_dir) {
+  const fs::path single = model_dir / "model.safetensors";
+  if (fs::exists(single)) return {single};
+  const fs::path index = model_dir / "model.safetensors.index.json";
+  if (fs::exists(index)) {
+    std::vector<fs::path> files{index};
+    try {
+      std::set<std::string> shards;
+      for (auto& [key, shard] :
+           nlohmann::json::parse(io::read_text_file(index)).at("weight_map").items())
+        shards.insert(shard.get<std::string>());
+      for (const auto& shard : shards) files.push_back(model_dir / shard);
+    } catch (const std::exception&) {
+      return {};  // read_checkpoint names what is wrong with it
+    }
+    return files;
+  }
+  const fs::path bin = model_dir / "pytorch_model.bin";
+  if (fs::exists(bin)) return {bin};
+  return {};
+}
+
 LoadReport load_state(torch::nn::Module& module,
                       const std::map<std::string, at::Tensor>& checkpoint,
                       const std::string& base_prefix, const std::string& source,

@@ -26,6 +26,10 @@ struct LoadReport {
 // deltatune::Error naming the directory when none is readable.
 std::map<std::string, at::Tensor> read_checkpoint(const std::filesystem::path& model_dir);
 
+// The files read_checkpoint reads in `model_dir` (a shard index included);
+// empty when it holds none of them.
+std::vector<std::filesystem::path> checkpoint_files(const std::filesystem::path& model_dir);
+
 // Refuses a config.json that describes a far larger encoder than the
 // checkpoint holds (Error naming the directory and both sizes), before a
 // model of that size is allocated.
