@@ -30,6 +30,7 @@ build: configure
 	@cmake --build $(BUILD_DIR) -j$(JOBS)
 
 test: build
+	@scripts/setup.sh test-packages
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
 
 # The same tests built against the newest LibTorch from PyPI: the pip torch wheel
@@ -42,6 +43,7 @@ test-torch-latest: setup
 	  && cmake -S . -B $(TORCH_LATEST_BUILD_DIR) -G "Unix Makefiles" -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
 	       -DCMAKE_PREFIX_PATH="$$prefix" $(CMAKE_FLAGS)
 	@cmake --build $(TORCH_LATEST_BUILD_DIR) -j$(JOBS)
+	@scripts/setup.sh test-packages
 	@cd $(TORCH_LATEST_BUILD_DIR) && ctest --output-on-failure -j$(JOBS)
 
 # A CUDA build (--device cuda): against the pip torch wheel's LibTorch (CUDA
@@ -77,6 +79,7 @@ configure-sanitize: setup
 	fi
 
 test-sanitize: configure-sanitize
+	@scripts/setup.sh test-packages
 	@cmake --build $(SANITIZE_BUILD_DIR) -j$(JOBS)
 	@cd $(SANITIZE_BUILD_DIR) && ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

@@ -5,6 +5,7 @@
 #   scripts/setup.sh            # packages + model
 #   scripts/setup.sh packages   # packages only
 #   scripts/setup.sh sanitizers # clang and compiler-rt (make test-sanitize, make fuzz)
+#   scripts/setup.sh test-packages  # what only the tests need (Chromium; make test)
 #   scripts/setup.sh model      # model only
 #
 # Environment:
@@ -26,8 +27,11 @@ debian_packages=(
   libcpp-httplib-dev libssl-dev zlib1g-dev libbrotli-dev libgtest-dev libbenchmark-dev libgloo-dev
   libtcmalloc-minimal4
   python3-pip unzip
-  gnuplot-nox chromium  # deltatune report's charts; its test opens the page in headless Chromium
+  gnuplot-nox  # deltatune report's charts
 )
+
+# For `make test` only: the report test opens the page in headless Chromium.
+test_packages=(chromium)
 
 # For `make test-sanitize` and `make fuzz` only.
 sanitizer_packages=(clang libclang-rt-dev)
@@ -109,5 +113,6 @@ case "$what" in
   model) fetch_model ;;
   blas) check_blas ;;
   sanitizers) install_packages "${sanitizer_packages[@]}" ;;
-  *) die "unknown step '$what' (all | packages | model | blas | sanitizers)" ;;
+  test-packages) install_packages "${test_packages[@]}" ;;
+  *) die "unknown step '$what' (all | packages | model | blas | sanitizers | test-packages)" ;;
 esac
