@@ -467,8 +467,8 @@ void register_sweep_verb(CLI::App& app, Action& action) {
           "config", o->config,
           "YAML (.yaml, .yml) or JSON: {\"methods\": [...], \"tasks\": [...], \"seeds\": [...], "
           "\"train_sizes\": [...], \"variants\": {NAME: {...}}, \"flags\": {...}, "
-          "\"method_flags\": {METHOD: {...}}, \"task_flags\": {TASK: {...}}}; ${CONFIG_DIR} "
-          "and ${ENV_VAR} expand in values")
+          "\"method_flags\": {METHOD: {...}}, \"task_flags\": {TASK: {...}}, \"nproc\": N}; "
+          "${CONFIG_DIR} and ${ENV_VAR} expand in values")
       ->required();
   sweep->add_option("--out,-o", o->out, "sweep directory (default: the config's name)");
   sweep->add_option("--model,-m", o->model_dir, "base model directory")->capture_default_str();
