@@ -30,6 +30,7 @@
 #include "deltatune/io/progress.h"
 #include "deltatune/io/yaml.h"
 #include "deltatune/methods/method.h"
+#include "deltatune/train/trainer.h"
 
 extern char** environ;
 
@@ -298,17 +299,6 @@ extern "C" void forward_stop(int signal) {
   if (const pid_t child = running_child.load(); child > 0) ::kill(child, signal);
 }
 
-// Whether a stage of the run in `dir` left a checkpoint (a staging directory
-// of an interrupted checkpoint write does not count).
-bool has_checkpoint(const fs::path& dir) {
-  if (!fs::exists(dir)) return false;
-  for (const auto& entry : fs::recursive_directory_iterator(dir))
-    if (entry.path().filename() == "state.json" &&
-        entry.path().parent_path().filename() == "checkpoint")
-      return true;
-  return false;
-}
-
 // Runs one cell as `deltatune train ...` (this same binary), its output in
 // the cell's train.log. Returns the exit status (128 + signal when killed).
 int run_cell(const Cell& cell, const SweepOptions& o) {
@@ -319,7 +309,7 @@ int run_cell(const Cell& cell, const SweepOptions& o) {
   std::vector<std::string> words = cell_words(cell, o);
   // An unfinished cell continues from its checkpoint where it has one (flags
   // with --checkpoint-every); otherwise it starts again from scratch.
-  const bool resume = has_checkpoint(cell.directory);
+  const bool resume = train::has_checkpoint(cell.directory);
   words.push_back(resume ? "--resume" : "--overwrite");
   const std::string self = fs::read_symlink("/proc/self/exe").string();
   words.insert(words.begin(), self);

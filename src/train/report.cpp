@@ -20,6 +20,7 @@
 #include "deltatune/methods/bitfit.h"
 #include "deltatune/methods/delta.h"
 #include "deltatune/train/task_model.h"
+#include "deltatune/version.h"
 
 namespace deltatune::train {
 namespace fs = std::filesystem;
@@ -204,8 +205,11 @@ class ReportBuilder {
       add_curves(task, shown, "dev");
       add_efficiency(task);
       add_data_size(task);
-      add_bias_heat_map(task);
+      add_bias_heat_map(task, shown);
     }
+    // The tables' rows, made once for the page and for --json.
+    results_ = results_rows();
+    parameters_ = parameter_rows();
     Report report;
     report.html = page();
     json charts = json::array();
@@ -216,14 +220,10 @@ class ReportBuilder {
                         {"title", c.title},
                         {"series", c.series},
                         {"points", c.points}});
-    report.contents = {{"title", options_.title},
-                       {"runs", inputs_.runs.size()},
-                       {"tasks", tasks_},
-                       {"methods", methods_},
-                       {"charts", charts},
-                       {"results", results_rows()},
-                       {"parameters", parameter_rows()},
-                       {"notes", notes_}};
+    report.contents = {{"title", options_.title},   {"runs", inputs_.runs.size()},
+                       {"tasks", tasks_},           {"methods", methods_},
+                       {"charts", charts},          {"results", results_},
+                       {"parameters", parameters_}, {"notes", notes_}};
     return report;
   }
 
@@ -436,9 +436,9 @@ class ReportBuilder {
 
   // Mean |b_F - b_0| per layer and bias type of the task's BitFit run (the
   // BitFit paper's Figure 2), as a heat map.
-  void add_bias_heat_map(const std::string& task) {
+  void add_bias_heat_map(const std::string& task, const std::vector<const ReportRun*>& shown) {
     const ReportRun* run = nullptr;
-    for (const ReportRun* r : representative_runs(task))
+    for (const ReportRun* r : shown)
       if (r->method == "bitfit") run = r;
     if (run == nullptr || run->delta.is_null()) return;
     std::vector<methods::BiasChange> changes;
@@ -570,7 +570,7 @@ class ReportBuilder {
         "<th>method</th><th>seed</th><th>train examples</th><th>dev metric</th><th>value</th>"
         "<th>steps</th><th>delta values</th><th>% of model</th><th>delta KB</th>"
         "<th>train tok/s</th><th>device</th><th>other splits</th></tr></thead><tbody>\n";
-    for (const json& r : results_rows()) {
+    for (const json& r : results_) {
       html += fmt::format(
           "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
           "<td>{}</td><td>{}</td><td>{:.1f}</td><td>{:.0f}</td><td>{}</td><td>{}</td></tr>\n",
@@ -590,7 +590,7 @@ class ReportBuilder {
         "<div class=\"table-wrap\"><table class=\"parameters\"><thead><tr><th>method</th>"
         "<th>settings</th><th>trained values</th><th>stored values</th><th>% of model</th>"
         "<th>stored KB</th><th>task</th></tr></thead><tbody>\n";
-    for (const json& r : parameter_rows()) {
+    for (const json& r : parameters_) {
       std::vector<std::string> settings;
       for (const auto& [key, value] : r["config"].items())
         settings.push_back(key + " " +
@@ -682,9 +682,9 @@ pre{background:#f6f6f6;padding:.6rem;overflow-x:auto;font-size:.8rem}
     html += "<h1>" + html_escape(options_.title) + "</h1>\n";
     html += fmt::format(
         "<p class=\"meta\">{} finished runs, tasks {}, methods {}; made {} by deltatune "
-        "0.1.0.</p>\n",
+        "{}.</p>\n",
         inputs_.runs.size(), html_escape(fmt::format("{}", fmt::join(tasks_, ", "))),
-        html_escape(fmt::format("{}", fmt::join(methods_, ", "))), date);
+        html_escape(fmt::format("{}", fmt::join(methods_, ", "))), date, kVersion);
     std::vector<std::string> notes = inputs_.notes;
     notes.insert(notes.end(), notes_.begin(), notes_.end());
     if (!notes.empty()) {
@@ -710,6 +710,7 @@ pre{background:#f6f6f6;padding:.6rem;overflow-x:auto;font-size:.8rem}
   const ReportOptions& options_;
   std::vector<std::string> tasks_, methods_;
   std::vector<Chart> charts_;
+  json results_, parameters_;
   std::vector<std::string> notes_;
   std::map<fs::path, BaseModel> bases_;
 };

@@ -18,6 +18,7 @@
 #include "deltatune/io/value_cache.h"
 #include "deltatune/methods/peft_format.h"
 #include "deltatune/model/device.h"
+#include "deltatune/version.h"
 
 namespace deltatune::train {
 namespace fs = std::filesystem;
@@ -122,7 +123,7 @@ methods::Delta build_delta(const BaseModel& base, model::SequenceClassifierImpl&
   char created[32];
   std::strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   delta.meta = {
-      {"deltatune_version", "0.1.0"},
+      {"deltatune_version", kVersion},
       {"created", created},
       {"method", {{"name", method.name()}, {"config", method.config()}}},
       {"base_model", base.identity()},
@@ -178,7 +179,7 @@ json save_run_outputs(const BaseModel& base, model::SequenceClassifierImpl& mode
                             {"threads", at::get_num_threads()},
                             {"cpu", io::cpu_model_name()},
                             {"libtorch", TORCH_VERSION},
-                            {"deltatune", "0.1.0"}};
+                            {"deltatune", kVersion}};
   if (!run.stages.empty()) summary["stages"] = run.stages;
   if (peft_dir) summary["peft_adapter"] = peft_dir->string();
   if (writer) io::write_text_atomically(out / "summary.json", summary.dump(2) + "\n");
@@ -235,20 +236,25 @@ model::SequenceClassifier model_from_delta(const BaseModel& base, const methods:
   return task_model;
 }
 
-std::vector<std::string> load_starting_values(model::SequenceClassifierImpl& task_model,
-                                              const fs::path& path) {
-  auto values = io::SafetensorsFile::open(path).load_all();
+namespace {
+
+// Copies each named value into the task-model parameter of that name; every
+// name and shape is checked before anything is copied. `source` names where
+// the values come from in errors. Returns the names set.
+std::vector<std::string> copy_into_parameters(model::SequenceClassifierImpl& task_model,
+                                              const std::map<std::string, at::Tensor>& values,
+                                              const std::string& source) {
   auto parameters = task_model.named_parameters(true);
-  std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // checked in full before any copy
+  std::vector<std::pair<at::Tensor, at::Tensor>> copies;
   std::vector<std::string> names;
   for (const auto& [name, value] : values) {
     at::Tensor* target = parameters.find(name);
     if (target == nullptr)
       throw Error(
-          fmt::format("{}: tensor '{}' is not a parameter of the task model", path.string(), name));
+          fmt::format("{}: tensor '{}' is not a parameter of the task model", source, name));
     if (target->sizes() != value.sizes())
-      throw Error(fmt::format("{}: tensor '{}' has shape [{}], the task model's is [{}]",
-                              path.string(), name, fmt::join(value.sizes(), ", "),
+      throw Error(fmt::format("{}: tensor '{}' has shape [{}], the task model's is [{}]", source,
+                              name, fmt::join(value.sizes(), ", "),
                               fmt::join(target->sizes(), ", ")));
     copies.emplace_back(*target, value);
     names.push_back(name);
@@ -258,30 +264,23 @@ std::vector<std::string> load_starting_values(model::SequenceClassifierImpl& tas
   return names;
 }
 
+}  // namespace
+
+std::vector<std::string> load_starting_values(model::SequenceClassifierImpl& task_model,
+                                              const fs::path& path) {
+  return copy_into_parameters(task_model, io::SafetensorsFile::open(path).load_all(),
+                              path.string());
+}
+
 std::vector<std::string> load_encoder_from_delta(const BaseModel& base,
                                                  model::SequenceClassifierImpl& task_model,
                                                  const fs::path& delta_dir) {
   const methods::Delta delta = methods::Delta::load(delta_dir);
   const model::SequenceClassifier source = model_from_delta(base, delta, /*fold=*/true);
-  auto targets = task_model.named_parameters(true);
-  std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // checked in full before any copy
-  std::vector<std::string> names;
-  for (const auto& item : source->named_parameters(true)) {
-    const std::string& name = item.key();
-    const at::Tensor& value = item.value();
-    if (name.rfind("classifier.", 0) == 0) continue;
-    at::Tensor* target = targets.find(name);
-    if (target == nullptr || target->sizes() != value.sizes())
-      throw Error(
-          fmt::format("{}: the encoder's tensor '{}' has no parameter of its shape in the "
-                      "task model",
-                      delta_dir.string(), name));
-    copies.emplace_back(*target, value);
-    names.push_back(name);
-  }
-  at::NoGradGuard no_grad;
-  for (auto& [target, value] : copies) target.copy_(value);
-  return names;
+  std::map<std::string, at::Tensor> encoder;
+  for (const auto& item : source->named_parameters(true))
+    if (item.key().rfind("classifier.", 0) != 0) encoder.emplace(item.key(), item.value());
+  return copy_into_parameters(task_model, encoder, delta_dir.string());
 }
 
 namespace {

@@ -27,6 +27,12 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
+// Where a run directory's checkpoint records its position (the tensors sit
+// beside it); written last, so it exists only for a whole checkpoint.
+fs::path checkpoint_state(const fs::path& run_dir) { return run_dir / "checkpoint" / "state.json"; }
+}  // namespace
+
+namespace {
 
 // Everything that trains, by name: the model's trainable parameters and the
 // tensors the optimizer steps on outside the model (Diff Pruning's w and
@@ -538,7 +544,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   std::map<std::string, at::Tensor> state;
   if (resume) {
     const fs::path dir = config_.run_dir / "checkpoint";
-    if (!fs::exists(dir / "state.json"))
+    if (!fs::exists(checkpoint_state(config_.run_dir)))
       throw Error(config_.run_dir.string() + ": no checkpoint to resume from");
     try {
       position = json::parse(io::read_text_file(dir / "state.json"));
@@ -1028,6 +1034,14 @@ void claim_run_directory(const fs::path& run_dir, const json& plan, bool resume,
 
 }  // namespace
 
+bool has_checkpoint(const fs::path& run_dir) {
+  if (fs::exists(checkpoint_state(run_dir))) return true;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(run_dir, ec))
+    if (entry.is_directory() && fs::exists(checkpoint_state(entry.path()))) return true;
+  return false;
+}
+
 MethodRun run_method(
     model::SequenceClassifier model, methods::Method& method, const data::TaskSpec& task,
     const TrainConfig& config, const data::EncodedDataset& train, const data::EncodedDataset& dev,
@@ -1080,8 +1094,7 @@ MethodRun run_method(
     }
     // On resume the first stage must have a checkpoint; a later one without
     // one was not reached before the stop and starts here.
-    const bool resume_stage =
-        resume && (i == 0 || fs::exists(c.run_dir / "checkpoint" / "state.json"));
+    const bool resume_stage = resume && (i == 0 || fs::exists(checkpoint_state(c.run_dir)));
     run.result = fit(c, resume_stage);
     if (stages.size() == 1) break;
     if (stage.step_share > 0 || stage.rest_of_run) prior += c.max_steps;

@@ -20,6 +20,7 @@
 #include "cli/cli_run.h"
 #include "deltatune/data/glue.h"
 #include "deltatune/io/atomic_file.h"
+#include "deltatune/train/trainer.h"
 #include "test_paths.h"
 
 extern char** environ;
@@ -220,14 +221,9 @@ TEST_P(StopAndResume, SigkillAtRandomMomentsEndsWithTheSameDelta) {
   int kills = 0;
   bool done = false;
   for (int attempt = 0; attempt < 20 && !done; ++attempt) {
-    // Resumed once any stage has a checkpoint; before that, started afresh.
-    // A kill inside a checkpoint write leaves a staging directory with a
-    // state.json that is no checkpoint: only <stage>/checkpoint/ counts.
-    bool resumable = false;
-    if (fs::exists(resumed))
-      for (const auto& entry : fs::recursive_directory_iterator(resumed))
-        resumable = resumable || (entry.path().filename() == "state.json" &&
-                                  entry.path().parent_path().filename() == "checkpoint");
+    // Resumed once any stage has a checkpoint; before that, started afresh
+    // (a kill inside a checkpoint write leaves none).
+    const bool resumable = train::has_checkpoint(resumed);
     Background run(command(resumed) + (resumable ? " --resume" : ""));
     ASSERT_GT(run.pid(), 0);
     std::this_thread::sleep_for(std::chrono::milliseconds(

@@ -190,4 +190,9 @@ MethodRun run_method(
     const std::vector<std::pair<std::string, const data::EncodedDataset*>>& extra_eval = {},
     bool resume = false, bool overwrite = false);
 
+// Whether a stage of the run in `run_dir` (the run's own directory or a
+// stage's below it) holds a checkpoint --resume can continue from. The
+// staging directory an interrupted checkpoint write leaves does not count.
+bool has_checkpoint(const std::filesystem::path& run_dir);
+
 }  // namespace deltatune::train
