@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cmath>
 #include <initializer_list>
+#include <stdexcept>
 
 #include "deltatune/model/linear_kernel.h"
 #include "deltatune/torch_compat.h"
@@ -78,6 +79,18 @@ at::Tensor plain_linear(const at::Tensor& x, const at::Tensor& weight, const at:
   return row_bias.defined() ? y + per_row(row_bias, y.dim()) : y;
 }
 
+// sum_i f(row[i]) over n values in eight independent lanes.
+template <typename F>
+float lane_sum(const float* row, int64_t n, F f) {
+  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) lanes[j] += f(row[i + j]);
+  for (; i < n; ++i) lanes[0] += f(row[i]);
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) +
+         ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+}
+
 bool row_bias_fits(const at::Tensor& x, const at::Tensor& row_bias) {
   return !row_bias.defined() ||
          (x.dim() >= 2 && row_bias.dim() == 2 && row_bias.size(0) == x.size(0) && x.size(0) > 0);
@@ -105,6 +118,15 @@ at::Tensor per_row(const at::Tensor& table, int64_t dims) {
   return table.view(shape);
 }
 
+at::Tensor linear_row_bias(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                           const at::Tensor& row_bias) {
+  if (row_bias.defined() && fusable({&x, &weight, &bias, &row_bias}) && x.dim() >= 2 &&
+      row_bias_fits(x, row_bias))
+    if (at::Tensor out = onednn::linear_frozen(x, weight, bias, {}, {}, row_bias); out.defined())
+      return out;
+  return plain_linear(x, weight, bias, row_bias);
+}
+
 at::Tensor linear_activation(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                              const std::string& name, const at::Tensor& row_bias) {
   if (fusable({&x, &weight, &bias, &row_bias}) && x.dim() >= 2 && row_bias_fits(x, row_bias))
@@ -125,6 +147,60 @@ at::Tensor linear_residual(const at::Tensor& x, const at::Tensor& weight, const 
         out.defined())
       return out;
   return plain_linear(x, weight, bias, row_bias) + residual;
+}
+
+at::Tensor layer_norm_rows(const at::Tensor& x, const at::Tensor& gain, const at::Tensor& shift,
+                           double eps) {
+  const int64_t n = x.size(-1);
+  const int64_t batch = x.dim() >= 2 ? x.size(0) : 0;
+  auto per_row_table = [&](const at::Tensor& t) { return t.defined() && t.dim() == 2; };
+  auto fits = [&](const at::Tensor& t) {
+    if (!t.defined()) return true;
+    return per_row_table(t) ? t.size(0) == batch && t.size(1) == n : t.dim() == 1 && t.size(0) == n;
+  };
+  if (!fits(gain) || !fits(shift)) throw std::invalid_argument("layer_norm_rows: shapes differ");
+  if (!per_row_table(gain) && !per_row_table(shift))
+    return at::layer_norm(x, {n}, gain, shift, eps);
+  if (!fusable({&x, &gain, &shift}) || x.numel() == 0) {
+    auto broadcast = [&](const at::Tensor& t) {
+      return per_row_table(t) ? per_row(t, x.dim()) : t;
+    };
+    at::Tensor normalized = at::layer_norm(x, {n}, {}, {}, eps);
+    if (gain.defined()) normalized = normalized * broadcast(gain);
+    return shift.defined() ? normalized + broadcast(shift) : normalized;
+  }
+  at::Tensor input = x.contiguous();
+  at::Tensor out = at::empty_like(input);
+  at::Tensor g = gain.defined() ? gain.contiguous() : gain;
+  at::Tensor b = shift.defined() ? shift.contiguous() : shift;
+  const int64_t tokens = input.numel() / n, per_batch_row = tokens / batch;
+  const float* in = input.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const float* gains = g.defined() ? g.data_ptr<float>() : nullptr;
+  const float* shifts = b.defined() ? b.data_ptr<float>() : nullptr;
+  const int64_t gain_stride = per_row_table(g) ? n : 0, shift_stride = per_row_table(b) ? n : 0;
+  at::parallel_for(0, tokens, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* row = in + t * n;
+      float* y = o + t * n;
+      const int64_t r = t / per_batch_row;
+      // Eight float lanes so that the reductions vectorize; mean first, then
+      // the centred squares (two passes, as at::layer_norm's accuracy).
+      const float mean = lane_sum(row, n, [](float v) { return v; }) / static_cast<float>(n);
+      const float variance = lane_sum(row, n, [mean](float v) { return (v - mean) * (v - mean); }) /
+                             static_cast<float>(n);
+      const float rstd = 1.0f / std::sqrt(variance + static_cast<float>(eps));
+      const float* gr = gains ? gains + r * gain_stride : nullptr;
+      const float* sr = shifts ? shifts + r * shift_stride : nullptr;
+      for (int64_t i = 0; i < n; ++i) {
+        float v = (row[i] - mean) * rstd;
+        if (gr) v *= gr[i];
+        if (sr) v += sr[i];
+        y[i] = v;
+      }
+    }
+  });
+  return out;
 }
 
 at::Tensor attention(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,

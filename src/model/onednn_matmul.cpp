@@ -67,6 +67,8 @@ memory::desc bias_desc(const View& c) {
   return memory::desc(dims, memory::data_type::f32, strides);
 }
 
+bool accumulates(const EpilogueSpec& e) { return e.kind == Epilogue::kAccumulate || e.onto_output; }
+
 dnnl::post_ops post_ops_for(const EpilogueSpec& e) {
   dnnl::post_ops ops;
   auto eltwise = [&](dnnl::algorithm algorithm, float alpha) {
@@ -76,8 +78,7 @@ dnnl::post_ops post_ops_for(const EpilogueSpec& e) {
     ops.append_eltwise(1.f, algorithm, alpha, 0.f);
 #endif
   };
-  if (e.kind == Epilogue::kAccumulate) ops.append_sum(1.f);
-  if (e.row_addend) ops.append_binary(dnnl::algorithm::binary_add, describe(*e.row_addend));
+  if (accumulates(e)) ops.append_sum(1.f);
   switch (e.kind) {
     case Epilogue::kNone:
     case Epilogue::kAccumulate:
@@ -105,8 +106,7 @@ dnnl::post_ops post_ops_for(const EpilogueSpec& e) {
 // The binary post-ops' operands with their positions in post_ops_for's chain.
 std::vector<std::pair<int, const View*>> binary_operands(const EpilogueSpec& e) {
   std::vector<std::pair<int, const View*>> operands;
-  int position = e.kind == Epilogue::kAccumulate ? 1 : 0;
-  if (e.row_addend) operands.emplace_back(position++, e.row_addend);
+  const int position = accumulates(e) ? 1 : 0;
   if (e.kind == Epilogue::kScaleAdd) operands.emplace_back(position + 1, e.addend);
   return operands;
 }
@@ -116,7 +116,8 @@ using Key = std::vector<int64_t>;
 
 Key key_of(const View& a, const View& b, bool bias, const View& c, const EpilogueSpec& e,
            bool packed) {
-  Key key{static_cast<int64_t>(e.kind), static_cast<int64_t>(bias), static_cast<int64_t>(packed)};
+  Key key{static_cast<int64_t>(e.kind), static_cast<int64_t>(accumulates(e)),
+          static_cast<int64_t>(bias), static_cast<int64_t>(packed)};
   auto add = [&](const View& v) {
     key.push_back(static_cast<int64_t>(v.dims.size()));
     key.insert(key.end(), v.dims.begin(), v.dims.end());
@@ -293,29 +294,31 @@ at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at
   const int64_t n = weight.size(0), k = weight.size(1);
   auto sizes = x.sizes().vec();
   sizes.back() = n;
-  at::Tensor out = residual.defined()
-                       ? residual.reshape({-1, n}).clone(at::MemoryFormat::Contiguous)
-                       : at::empty({x.numel() / k, n}, x.options());
+  at::Tensor out;
+  if (row_bias.defined()) {  // [B, L, N] filled with each row's bias (+ the residual)
+    std::vector<int64_t> shape(sizes.size(), 1);
+    shape.front() = row_bias.size(0);
+    shape.back() = n;
+    at::Tensor rows = row_bias.reshape(shape);
+    out = residual.defined() ? at::add(residual, rows)
+                             : rows.expand(sizes).clone(at::MemoryFormat::Contiguous);
+    out = out.view({-1, n});
+    epilogue.onto_output = true;
+  } else {
+    out = residual.defined() ? residual.reshape({-1, n}).clone(at::MemoryFormat::Contiguous)
+                             : at::empty({x.numel() / k, n}, x.options());
+  }
   if (out.numel() == 0) return out.view(sizes);
   at::Tensor x2d = x.reshape({-1, k}).contiguous();
   at::Tensor w = weight.contiguous();
   at::Tensor b = bias.defined() ? bias.contiguous() : bias;
   const float* bias_data = b.defined() ? b.data_ptr<float>() : nullptr;
-  // Always a batched product [B, L, K] x [1, K, N] (B = 1 without row biases),
-  // so that one packed copy of W serves both forms and a row addend [B, 1, N]
-  // broadcasts over each row's L tokens. W^T is read through strides.
-  const int64_t batch = row_bias.defined() ? row_bias.size(0) : 1;
-  const int64_t length = x2d.size(0) / batch;
-  const View a = view_of(x2d, {batch, length, k}, {length * k, k, 1});
-  const View c = view_of(out, {batch, length, n}, {length * n, n, 1});
+  // One product [1, M, K] x [1, K, N] over every token of the batch; W^T is
+  // read through strides (or from its packed copy).
+  const int64_t m = x2d.size(0);
+  const View a = view_of(x2d, {1, m, k}, {m * k, k, 1});
+  const View c = view_of(out, {1, m, n}, {m * n, n, 1});
   const View plain = view_of(w, {1, k, n}, {n * k, 1, k});
-  at::Tensor rows;
-  View row_view;
-  if (row_bias.defined()) {
-    rows = row_bias.contiguous();
-    row_view = view_of(rows, {batch, 1, n}, {n, n, 1});
-    epilogue.row_addend = &row_view;
-  }
   std::shared_ptr<Primitive> primitive;
   try {
     primitive = primitive_for(a, plain, bias_data != nullptr, c, epilogue, /*packed=*/true);

@@ -38,10 +38,9 @@ struct EpilogueSpec {
   Epilogue kind = Epilogue::kNone;
   float scale = 1;
   const View* addend = nullptr;  // kScaleAdd only
-  // Added right after the product, before the epilogue's activation: one
-  // bias per batch row, [B, 1, N] against c [B, L, N] (a mixed batch's
-  // per-task biases).
-  const View* row_addend = nullptr;
+  // c += a b before the activation: c holds an addend on entry (kAccumulate
+  // without an activation, or a mixed batch's per-row biases before one).
+  bool onto_output = false;
 };
 
 bool available();
@@ -64,7 +63,9 @@ bool matmul(const View& a, const View& b, const float* bias, const View& c,
 // counter): packing a plain W on every call costs as much as the product
 // itself at small M. kAccumulate adds the product onto `residual` (shaped as
 // the result; not modified). `row_bias` [B, N] for x [B, L, K] adds each
-// batch row's own bias before the activation. Undefined where oneDNN has no
+// batch row's own bias before the activation: the output is filled with the
+// rows' biases (plus the residual) and one 2-D product accumulates onto it,
+// so W is streamed once for the whole batch. Undefined where oneDNN has no
 // implementation.
 at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                          EpilogueSpec epilogue = {}, const at::Tensor& residual = {},

@@ -104,13 +104,8 @@ class MixedPass {
   // Whether every row's Dense `name` is the base product plus its bias: no
   // task of the batch changes its weight or hooks it. Then the fused
   // inference kernels apply, with each row's bias in the product's epilogue.
-  bool plain_dense(const std::string& name, const at::Tensor& x) const {
+  bool plain_dense(const std::string& name) const {
     const std::string weight = name + ".weight";
-    // Rows with different biases run as a batched product, one GEMM per row,
-    // only for long rows (MixedOptions::row_bias_min_length).
-    const bool biases_differ =
-        tasks_.size() > 1 && any_task_has(&ServedTask::vectors, name + ".bias");
-    if (biases_differ && (x.dim() < 3 || x.size(1) < options_.row_bias_min_length)) return false;
     return !any_task_has(&ServedTask::matrices, weight) &&
            !any_task_has(&ServedTask::sparse_changes, weight) &&
            !any_task_has(&ServedTask::dense_deltas, name);
@@ -118,7 +113,7 @@ class MixedPass {
 
   // act(dense(x)) for the FFN's first product.
   at::Tensor dense_activation(const std::string& name, model::DenseImpl& d, const at::Tensor& x) {
-    if (plain_dense(name, x)) {
+    if (plain_dense(name)) {
       RowVectors bias = vectors_of(name + ".bias", d.bias);
       return model::linear_activation(x, model::weight_operand({d.weight}), bias.shared,
                                       config_.hidden_act, bias.table);
@@ -130,7 +125,7 @@ class MixedPass {
   at::Tensor sublayer_output(const std::string& site, model::SublayerOutputImpl& out,
                              const at::Tensor& x, const at::Tensor& residual) {
     const std::string name = site + ".dense";
-    if (plain_dense(name, x) && !any_task_has(&ServedTask::adapters, site)) {
+    if (plain_dense(name) && !any_task_has(&ServedTask::adapters, site)) {
       RowVectors bias = vectors_of(name + ".bias", out.dense->bias);
       return layer_norm(site + ".LayerNorm", *out.LayerNorm,
                         model::linear_residual(x, model::weight_operand({out.dense->weight}),
@@ -143,8 +138,8 @@ class MixedPass {
   // row's task part.
   at::Tensor dense(const std::string& name, model::DenseImpl& d, const at::Tensor& x) {
     RowVectors bias = vectors_of(name + ".bias", d.bias);
-    at::Tensor y = model::linear(x, model::weight_operand({d.weight}), bias.shared);
-    if (bias.table.defined()) y = add_bias(y, bias, {});
+    at::Tensor y =
+        model::linear_row_bias(x, model::weight_operand({d.weight}), bias.shared, bias.table);
     return task_parts(name, d, x, y, bias);
   }
 
@@ -159,16 +154,21 @@ class MixedPass {
       bias[i] = vectors_of(names[i] + ".bias", parts[i]->bias);
       any_table = any_table || bias[i].table.defined();
     }
-    at::Tensor fused = model::linear(
-        x, model::weight_operand({parts[0]->weight, parts[1]->weight, parts[2]->weight}),
-        any_table ? at::Tensor() : at::cat({bias[0].shared, bias[1].shared, bias[2].shared}));
+    at::Tensor weight =
+        model::weight_operand({parts[0]->weight, parts[1]->weight, parts[2]->weight});
+    at::Tensor fused;
+    if (any_table) {  // one [B, 3n] table of each row's query, key and value biases
+      std::vector<at::Tensor> tables;
+      for (const RowVectors& b : bias)
+        tables.push_back(b.table.defined() ? b.table : b.shared.expand({batch(), -1}));
+      fused = model::linear_row_bias(x, weight, {}, at::cat(tables, 1));
+    } else {
+      fused = model::linear(x, weight, at::cat({bias[0].shared, bias[1].shared, bias[2].shared}));
+    }
     auto chunks = fused.chunk(3, -1);
     std::vector<at::Tensor> out;
-    for (int i = 0; i < 3; ++i) {
-      at::Tensor y = chunks[static_cast<size_t>(i)];
-      if (any_table) y = add_bias(y, bias[i], {});
-      out.push_back(task_parts(names[i], *parts[i], x, y, bias[i]));
-    }
+    for (int i = 0; i < 3; ++i)
+      out.push_back(task_parts(names[i], *parts[i], x, chunks[static_cast<size_t>(i)], bias[i]));
     return out;
   }
 
@@ -248,14 +248,9 @@ class MixedPass {
                         const at::Tensor& x) {
     RowVectors gains = vectors_of(name + ".weight", norm.weight);
     RowVectors shifts = vectors_of(name + ".bias", norm.bias);
-    if (!gains.table.defined() && !shifts.table.defined())
-      return at::layer_norm(x, norm.options.normalized_shape(), gains.shared, shifts.shared,
-                            norm.options.eps());
-    at::Tensor normalized =
-        at::layer_norm(x, norm.options.normalized_shape(), {}, {}, norm.options.eps());
-    return at::addcmul(shifts.table.defined() ? per_row(shifts.table, x.dim()) : shifts.shared,
-                       normalized,
-                       gains.table.defined() ? per_row(gains.table, x.dim()) : gains.shared);
+    return model::layer_norm_rows(x, gains.table.defined() ? gains.table : gains.shared,
+                                  shifts.table.defined() ? shifts.table : shifts.shared,
+                                  norm.options.eps());
   }
 
   // Rows of table `name` for ids [B, L], each row from its task's table.

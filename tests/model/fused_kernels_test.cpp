@@ -75,6 +75,42 @@ TEST_F(FusedKernels, PerRowBiasesInTheEpilogueEqualThePlainBroadcast) {
       plain_and_fused([&] { return linear_residual(x, w, at::Tensor(), residual, rows); });
   EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << max_diff(fused, plain);
   EXPECT_TRUE(at::allclose(plain, at::linear(x, w) + rows.unsqueeze(1) + residual, 1e-5, 1e-5));
+  // Shared and per-row biases together, on token rows [B, L, K] and on [B, K].
+  at::Tensor shared = at::randn({16});
+  for (const at::Tensor& input : {x, x.select(1, 0)}) {
+    std::tie(plain, fused) =
+        plain_and_fused([&] { return linear_row_bias(input, w, shared, rows); });
+    EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << max_diff(fused, plain);
+    at::Tensor broadcast = input.dim() == 3 ? rows.unsqueeze(1) : rows;
+    EXPECT_TRUE(at::allclose(plain, at::linear(input, w, shared) + broadcast, 1e-5, 1e-5));
+  }
+}
+
+TEST_F(FusedKernels, LayerNormWithEachRowsParametersEqualsThePlainBroadcast) {
+  at::manual_seed(8);
+  // Offset and scaled rows (a residual stream's statistics), 384 wide plus a tail.
+  at::Tensor x = at::randn({4, 9, 389}) * 3 + 5;
+  at::Tensor gains = at::randn({4, 389}), shifts = at::randn({4, 389});
+  at::Tensor gain = at::randn({389}), shift = at::randn({389});
+  struct Case {
+    at::Tensor gain, shift;
+  };
+  for (const Case& c : {Case{gains, shifts}, Case{gain, shifts}, Case{gains, shift},
+                        Case{gains, at::Tensor()}, Case{at::Tensor(), shifts}}) {
+    auto [plain, fused] =
+        plain_and_fused([&] { return layer_norm_rows(x, c.gain, c.shift, 1e-12); });
+    EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << max_diff(fused, plain);
+    auto expand = [&](const at::Tensor& t, double fill) {
+      if (!t.defined()) return at::full({4, 389}, fill);
+      return t.dim() == 2 ? t : t.expand({4, -1});
+    };
+    for (int64_t r = 0; r < 4; ++r) {
+      at::Tensor alone =
+          at::layer_norm(x[r], {389}, expand(c.gain, 1)[r], expand(c.shift, 0)[r], 1e-12);
+      EXPECT_TRUE(at::allclose(fused[r], alone, 1e-5, 1e-5)) << "row " << r;
+    }
+  }
+  EXPECT_THROW(layer_norm_rows(x, at::randn({3, 389}), {}, 1e-12), std::invalid_argument);
 }
 
 TEST_F(FusedKernels, AttentionOnStridedHeadsWithPaddingAndPrefixesEqualsPlain) {

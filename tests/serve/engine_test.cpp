@@ -7,6 +7,7 @@
 #include <regex>
 #include <thread>
 
+#include "deltatune/model/fused_kernels.h"
 #include "deltatune/serve/engine.h"
 #include "served_deltas.h"
 
@@ -162,15 +163,19 @@ TEST(MixedBatch, OnCudaEveryMethodsRowsEqualTheirTaskModelAloneOnTheCpu) {
   }
 }
 
-TEST(MixedBatch, PerRowBiasEpiloguesGiveTheSameScores) {
+// The fused per-row kernels (biases accumulated into one product, LayerNorm
+// with each row's parameters) are the default; this is the plain path.
+TEST(MixedBatch, PlainKernelsGiveTheSameScores) {
   EngineOptions options;
   options.max_client_batch_size = 256;
-  options.mixed.row_bias_min_length = 0;  // every pass, however short its rows
   auto engine = make_engine(options);
   for (const auto& spec : served_delta_specs())
     engine->load_task(spec.name, served_deltas_dir() / spec.name);
   auto [request, references] = mixed_request();
-  expect_equal_to_alone(*engine, engine->predict(request), references);
+  model::set_fused_kernels(false);
+  auto served = engine->predict(request);
+  model::set_fused_kernels(true);
+  expect_equal_to_alone(*engine, served, references);
 }
 
 TEST(MixedBatch, GroupingRowsPerTaskGivesTheSameScores) {

@@ -22,6 +22,12 @@ at::Tensor activation(const at::Tensor& x, const std::string& name);
 // per batch row (a mixed batch's per-task biases) broadcast over tokens.
 at::Tensor per_row(const at::Tensor& table, int64_t dims);
 
+// x W^T + b + row_bias: `row_bias` [B, N] for x [B, L, K] (or [B, K]) adds
+// each batch row's own bias (a mixed batch's per-task biases); fused, the
+// product accumulates onto the rows' biases in one pass over W.
+at::Tensor linear_row_bias(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                           const at::Tensor& row_bias);
+
 // act(x W^T + b): the activation (model::activation's names) applied in the
 // product's epilogue, while the output tile is in cache.
 // `row_bias` [B, N] for x [B, L, K], when defined, adds each batch row's own
@@ -33,6 +39,14 @@ at::Tensor linear_activation(const at::Tensor& x, const at::Tensor& weight, cons
 // in one pass (the product accumulates onto a copy of the residual).
 at::Tensor linear_residual(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                            const at::Tensor& residual, const at::Tensor& row_bias = {});
+
+// LayerNorm over the last dimension (Ba et al.: (x - mean) / sqrt(var + eps)
+// * gain + shift) where gain and shift are each either one vector [n] for
+// every row, or a table [B, n] of one per batch row of x [B, .., n] (a mixed
+// batch's per-task LayerNorm parameters), or undefined (1 and 0). Fused, one
+// pass per token; plain, at::layer_norm and one broadcast addcmul.
+at::Tensor layer_norm_rows(const at::Tensor& x, const at::Tensor& gain, const at::Tensor& shift,
+                           double eps);
 
 // Multi-head scaled dot-product attention (Vaswani et al., eq. 1):
 // softmax(Q K^T / sqrt(d) + mask) V for each of `heads` heads of width d.
