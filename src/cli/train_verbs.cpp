@@ -405,8 +405,9 @@ int run_train(TrainOptions& o) {
   // A data-parallel job when torchrun's environment describes one (deltatune launch, torchrun).
   train::JobOptions job_options;
   job_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(o.job_timeout_s * 1000));
+  job_options.device = train::rank_device(device, o.device.rfind("cuda:", 0) == 0);
   const std::unique_ptr<train::Collective> job = train::join_job_from_environment(job_options);
-  if (job) device = train::rank_device(device, o.device.rfind("cuda:", 0) == 0);
+  if (job) device = job_options.device;
   auto task_model = train::make_task_model(base, task_data.task.num_labels(), c.seed, device);
   task_model->encoder->set_gradient_checkpointing(o.gradient_checkpointing);
   method->attach(*task_model);

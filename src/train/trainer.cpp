@@ -238,8 +238,11 @@ StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& par
   const auto n = static_cast<int64_t>(parameters.size());
   int64_t values = 0;
   for (int64_t size : sizes) values += size;
-  at::Tensor flat = at::empty({values + n + 3}, at::kFloat);
-  float* tail = flat.data_ptr<float>() + values;
+  // On the job's device (the GPU under NCCL): the gradients, then the step's
+  // bookkeeping, written on the host and copied in.
+  at::Tensor flat = at::empty({values + n + 3}, at::TensorOptions(job.device()).dtype(at::kFloat));
+  at::Tensor bookkeeping = at::empty({n + 3}, at::kFloat);
+  float* tail = bookkeeping.data_ptr<float>();
   int64_t offset = 0;
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = parameters[static_cast<size_t>(i)];
@@ -259,8 +262,10 @@ StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& par
   tail[n] = static_cast<float>(loss);
   tail[n + 1] = static_cast<float>(tokens);
   tail[n + 2] = own_signal != 0 ? 1.0f : 0.0f;
+  flat.narrow(0, values, n + 3).copy_(bookkeeping);
   job.all_reduce_sum(flat);
-  tail = flat.data_ptr<float>() + values;  // the same storage, reduced
+  bookkeeping = flat.narrow(0, values, n + 3).to(at::kCPU);
+  tail = bookkeeping.data_ptr<float>();
   flat.narrow(0, 0, values).mul_(1.0 / job.world_size());
   at::NoGradGuard no_grad;
   offset = 0;

@@ -1,5 +1,6 @@
 // Data-parallel training's one interface to the trainer: the ranks of a job
-// and the few collectives a step needs, over PyTorch's c10d (Gloo on the CPU).
+// and the few collectives a step needs, over PyTorch's c10d (Gloo on the CPU,
+// NCCL for CUDA devices in builds whose LibTorch has it).
 //
 // Every rank runs the same code and calls the same collectives in the same
 // order. A rank that dies or hangs makes the others' next collective throw
@@ -30,8 +31,10 @@ class Collective {
   virtual ~Collective() = default;
   virtual int rank() const = 0;
   virtual int world_size() const = 0;
-  // Elementwise sum over the ranks, in place (a contiguous CPU tensor); every
-  // rank ends with the same bits.
+  // Where the collectives run (host memory for Gloo, the rank's GPU for
+  // NCCL): tensors that live there go without a copy, others are staged.
+  virtual at::Device device() const = 0;
+  // Elementwise sum over the ranks, in place; every rank ends with the same bits.
   virtual void all_reduce_sum(at::Tensor& tensor) = 0;
   // Rank `root`'s values on every rank, in place.
   virtual void broadcast(at::Tensor& tensor, int root) = 0;
@@ -42,6 +45,9 @@ class Collective {
 struct JobOptions {
   // How long a collective or the rendezvous may wait for the other ranks.
   std::chrono::milliseconds timeout = std::chrono::minutes(5);
+  // The rank's compute device: a CUDA device joins over NCCL where the
+  // build's LibTorch has it, anything else over Gloo.
+  at::Device device = at::Device(at::kCPU);
 };
 
 // The job torchrun's environment describes, joined over Gloo: RANK,
@@ -53,6 +59,10 @@ struct JobOptions {
 // network interface, as in PyTorch. nullptr when WORLD_SIZE is unset or 1.
 // A malformed variable is an Error naming it.
 std::unique_ptr<Collective> join_job_from_environment(const JobOptions& options);
+
+// Rank `rank` of a job of `world` ranks (1 included) at MASTER_ADDR /
+// MASTER_PORT, as join_job_from_environment joins once it has read them.
+std::unique_ptr<Collective> join_job(int rank, int world, const JobOptions& options);
 
 // LOCAL_RANK (0 when unset): which of a machine's GPUs a rank takes.
 int64_t local_rank_from_environment();
