@@ -84,7 +84,9 @@ class MixedPass {
     at::Tensor shared, table;
   };
   RowVectors vectors_of(const std::string& name, const at::Tensor& base) const {
-    if (!base.defined() || !any_task_has(&ServedTask::vectors, name)) return {base, {}};
+    bool replaced = false;
+    for (const ServedTask* t : tasks_) replaced = replaced || t->vectors().count(name) > 0;
+    if (!base.defined() || !replaced) return {base, {}};
     if (tasks_.size() == 1) return {tasks_.front()->vector(name), {}};
     std::vector<at::Tensor> per_slot;
     for (const ServedTask* t : tasks_) {

@@ -84,9 +84,15 @@ void check_head(const ServedTask& task, const model::EncoderConfig& config,
 
 }  // namespace
 
+const ServedTask::VectorLayout& ServedTask::vectors() const {
+  static const VectorLayout none;
+  return vector_layout ? *vector_layout : none;
+}
+
 at::Tensor ServedTask::vector(const std::string& name) const {
-  auto found = vectors.find(name);
-  if (found == vectors.end()) return {};
+  const VectorLayout& layout = vectors();
+  auto found = layout.find(name);
+  if (found == layout.end()) return {};
   return vector_values.narrow(0, found->second.first, found->second.second);
 }
 
@@ -250,13 +256,22 @@ std::shared_ptr<const ServedTask> TaskLoader::load(const std::string& name,
   }
   if (!replaced_vectors.empty()) {
     std::vector<at::Tensor> parts;
+    ServedTask::VectorLayout layout;
+    std::string signature;
     int64_t offset = 0;
     for (const auto& [vector_name, value] : replaced_vectors) {
-      task->vectors[vector_name] = {offset, value.numel()};
+      layout[vector_name] = {offset, value.numel()};
+      signature += fmt::format("{}:{}:{};", vector_name, offset, value.numel());
       offset += value.numel();
       parts.push_back(value);
     }
     task->vector_values = at::cat(parts);
+    std::shared_ptr<const ServedTask::VectorLayout> shared = layouts_[signature].lock();
+    if (!shared) {
+      shared = std::make_shared<const ServedTask::VectorLayout>(std::move(layout));
+      layouts_[signature] = shared;
+    }
+    task->vector_layout = std::move(shared);
   }
   if (!module_names.empty())
     throw Error(fmt::format("{}: the delta lacks '{}', which {} needs", where,

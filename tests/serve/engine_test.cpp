@@ -126,10 +126,16 @@ TEST(MixedBatch, EveryMethodsRowsInOnePassEqualTheirTaskModelAlone) {
   EXPECT_TRUE(engine->task("prompt-sst2")->inserter);
   EXPECT_TRUE(engine->task("prefix-rte")->prefix);
   EXPECT_FALSE(engine->task("full-rte")->matrices.empty());
-  EXPECT_FALSE(engine->task("bitfit-sst2")->vectors.empty());
+  EXPECT_FALSE(engine->task("bitfit-sst2")->vectors().empty());
   // A frozen encoder's task changes only its head (BERT's pooler is part of it).
-  for (const auto& [name, value] : engine->task("frozen-stsb")->vectors)
+  for (const auto& [name, value] : engine->task("frozen-stsb")->vectors())
     EXPECT_EQ(name.rfind("bert.pooler.", 0), 0u) << name;
+  // Tasks of one method share the names of their vectors, never the values.
+  engine->load_task("bitfit-again", served_deltas_dir() / "bitfit-sst2");
+  const auto first = engine->task("bitfit-sst2"), again = engine->task("bitfit-again");
+  EXPECT_EQ(first->vector_layout.get(), again->vector_layout.get());
+  EXPECT_NE(first->vector_values.data_ptr(), again->vector_values.data_ptr());
+  EXPECT_NE(first->vector_layout.get(), engine->task("frozen-stsb")->vector_layout.get());
 }
 
 // The same on a CUDA device (skipped where there is none): the shared model

@@ -57,7 +57,9 @@ class Rendezvous : public ::testing::Test {
   }
 };
 
-bool without_gloo(const Error& e) { return std::string(e.what()).find("no Gloo") != std::string::npos; }
+bool without_gloo(const Error& e) {
+  return std::string(e.what()).find("no Gloo") != std::string::npos;
+}
 
 TEST_F(Rendezvous, TwoGlooRanksSumBroadcastAndGatherBitForBit) {
   std::unique_ptr<Collective> ranks[2];

@@ -42,9 +42,13 @@ struct ServedTask {
 
   // 1-D base parameters the task replaces (biases, LayerNorm weights), whole:
   // their values one after another in vector_values (one allocation per
-  // task, not one per bias), by name as (offset, length).
+  // task, not one per bias), by name as (offset, length). The layout is
+  // shared by every task with the same names and lengths (all BitFit tasks
+  // of a base): a thousand tasks hold one copy of the ~100 names.
+  using VectorLayout = std::map<std::string, std::pair<int64_t, int64_t>>;
   at::Tensor vector_values;
-  std::map<std::string, std::pair<int64_t, int64_t>> vectors;
+  std::shared_ptr<const VectorLayout> vector_layout;
+  const VectorLayout& vectors() const;
   // The replaced value of `name` (a view), undefined when the task keeps the base's.
   at::Tensor vector(const std::string& name) const;
   // 2-D base parameters the task replaces whole (full fine-tuning, dense-stored masks).
@@ -100,6 +104,8 @@ class TaskLoader {
   model::SequenceClassifierImpl& shared_;
   model::SequenceClassifier scratch_{nullptr};
   std::set<std::string> base_names_;  // the scratch model's own parameters, without any method's
+  // Vector layouts handed out so far, by their names and lengths.
+  std::map<std::string, std::weak_ptr<const ServedTask::VectorLayout>> layouts_;
 };
 
 }  // namespace deltatune::serve
