@@ -4,7 +4,7 @@
 // changes, the per-row correction against a merged copy per batch.
 //
 //   serve_compute --tasks-dir DIR [--tasks 16] --texts sst2.txt --batch 32 --length 64
-//                 --mode mixed|grouped|single [--sparse correction|merged] [--seconds 10]
+//                 --mode mixed|grouped|single [--sparse correction|merged] [--seconds 10] [--bf16]
 //
 // Prints one JSON line.
 #include <ATen/ATen.h>
@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   size_t tasks_wanted = 0, batch = 32, length = 64;
   double seconds = 10;
   int threads = 0;
+  bool bf16 = false;
   app.add_option("--model", model_dir, "base model directory")->required();
   app.add_option("--tasks-dir", tasks_dir, "directory of delta directories")->required();
   app.add_option("--tasks", tasks_wanted, "first N tasks (0: all)");
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--mode", mode, "mixed, grouped or single")->capture_default_str();
   app.add_option("--sparse", sparse, "correction or merged")->capture_default_str();
+  app.add_flag("--bf16", bf16, "passes under bf16 autocast (serve --bf16)");
   app.add_option("--seconds", seconds, "time spent measuring")->capture_default_str();
   app.add_option("--threads", threads, "intra-op threads (0: LibTorch's default)");
   CLI11_PARSE(app, argc, argv);
@@ -96,6 +98,7 @@ int main(int argc, char** argv) {
   serve::MixedOptions options;
   options.sparse_weights =
       sparse == "merged" ? serve::SparseWeights::kMerged : serve::SparseWeights::kCorrection;
+  options.precision = bf16 ? model::Precision::kBFloat16 : model::Precision::kFloat32;
   auto run = [&](size_t iteration) {
     at::NoGradGuard no_grad;
     auto rows = make_rows(iteration);
@@ -118,6 +121,7 @@ int main(int argc, char** argv) {
     elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   }
   nlohmann::json out = {{"mode", mode},
+                        {"precision", bf16 ? "bf16" : "fp32"},
                         {"sparse", sparse},
                         {"tasks", tasks.size()},
                         {"method", tasks.front()->method},

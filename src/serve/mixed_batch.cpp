@@ -1,6 +1,7 @@
 #include "deltatune/serve/mixed_batch.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <algorithm>
 #include <map>
@@ -205,7 +206,10 @@ class MixedPass {
           std::vector<int64_t> shape = xr.sizes().vec();
           shape.back() = y.size(-1);
           updates.add_rows.push_back(rows);
-          updates.add_values.push_back(at::mm(found->second, flat.t()).t().reshape(shape));
+          // Sparse products have no bf16 kernels: this one stays in fp32 under autocast.
+          c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+          at::Tensor correction = at::mm(found->second, flat.t().to(found->second.scalar_type()));
+          updates.add_values.push_back(correction.t().reshape(shape));
         }
       }
       auto hooks = t->dense_deltas.find(name);
@@ -486,7 +490,7 @@ class MixedPass {
         logits = at::linear(x, head.at("classifier.out_proj.weight"),
                             head.at("classifier.out_proj.bias"));
       }
-      logits = logits.to(at::kCPU);  // what the engine reads
+      logits = logits.to(at::kCPU, at::kFloat);  // what the engine reads (bf16 under autocast)
       for (size_t i = 0; i < rows_of_[s].size(); ++i)
         out[static_cast<size_t>(rows_of_[s][i])] = logits[static_cast<int64_t>(i)];
     }
@@ -518,6 +522,7 @@ std::vector<at::Tensor> mixed_forward(model::SequenceClassifierImpl& base,
   for (const MixedRow& row : rows)
     if (row.task == nullptr || row.encoding == nullptr || row.encoding->input_ids.empty())
       throw Error("mixed_forward: a row without a task or tokens");
+  model::AutocastScope autocast(model::device_of(base), options.precision);
   return MixedPass(base, rows, pad_token_id, options).run();
 }
 

@@ -28,6 +28,7 @@
 
 #include <vector>
 
+#include "deltatune/model/device.h"
 #include "deltatune/serve/served_task.h"
 #include "deltatune/text/tokenizer.h"
 
@@ -41,6 +42,12 @@ enum class SparseWeights { kCorrection, kMerged };
 
 struct MixedOptions {
   SparseWeights sparse_weights = SparseWeights::kCorrection;
+  // bf16: the pass under bf16 autocast (products in bf16 on frozen weights
+  // cast once, LayerNorm and softmax in fp32; logits returned in fp32).
+  // Faster where the CPU's bf16 products are (2x on the AMD EPYC measured in
+  // docs/BENCHMARKS.md; slower on the Intel VM there); scores then differ
+  // from fp32 in the second or third digit.
+  model::Precision precision = model::Precision::kFloat32;
 };
 
 struct MixedRow {
