@@ -41,13 +41,20 @@ at::Tensor forward_2d(const at::Tensor& x2d, const at::Tensor& weight, const at:
 
 class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
  public:
+  // Saves only what backward will read: X for dW when W trains, W for dX
+  // when X needs a gradient. A frozen weight (BitFit, LoRA, prompts,
+  // adapters) keeps no copy of its input alive, as autograd's own addmm
+  // saves conditionally: the FFN's [B, L, 4H] GELU output is then held by
+  // no one through the backward pass.
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
                             const at::Tensor& weight, const at::Tensor& bias) {
     at::Tensor x2d = x.reshape({-1, x.size(-1)}).contiguous();
     at::Tensor w = weight.contiguous();
-    ctx->save_for_backward({x2d, w});
+    ctx->save_for_backward(
+        {weight.requires_grad() ? x2d : at::Tensor(), x.requires_grad() ? w : at::Tensor()});
     const bool has_bias = bias.numel() > 0;
     ctx->saved_data["has_bias"] = has_bias;
+    ctx->saved_data["rows"] = x2d.size(0);
     auto sizes = x.sizes().vec();
     sizes.back() = weight.size(0);
     return forward_2d(x2d, w, has_bias ? bias.contiguous() : at::Tensor()).view(sizes);
@@ -56,12 +63,14 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const at::Tensor& x2d = saved[0];
-    const at::Tensor& w = saved[1];
-    const int64_t m = x2d.size(0), k = x2d.size(1), n = w.size(0);
+    const at::Tensor& x2d = saved[0];  // defined when W trains
+    const at::Tensor& w = saved[1];    // defined when X needs a gradient
+    const int64_t m = ctx->saved_data["rows"].toInt();
+    const int64_t n = grads[0].size(-1);
     at::Tensor grad = grads[0].reshape({m, n}).contiguous();
     at::Tensor grad_x, grad_w, grad_b;
-    if (ctx->needs_input_grad(0)) {  // dX = dY W
+    if (ctx->needs_input_grad(0) && w.defined()) {  // dX = dY W
+      const int64_t k = w.size(1);
       grad_x = at::empty({m, k}, grad.options());
       if (m > 0 && !onednn::matmul(view_of(grad), view_of(w), nullptr, view_of(grad_x)))
         grad_x = at::mm(grad, w);
@@ -69,7 +78,8 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
       sizes.back() = k;
       grad_x = grad_x.view(sizes);
     }
-    if (ctx->needs_input_grad(1)) {  // dW = dY^T X
+    if (ctx->needs_input_grad(1) && x2d.defined()) {  // dW = dY^T X
+      const int64_t k = x2d.size(1);
       // The product overwrites every entry; only an empty batch needs zeros.
       grad_w = m > 0 ? at::empty({n, k}, grad.options()) : at::zeros({n, k}, grad.options());
       if (m > 0 &&

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
+#include <torch/csrc/autograd/autograd.h>
 #include "deltatune/torch_compat.h"
 
 namespace deltatune::model {
@@ -48,6 +49,27 @@ TEST(LinearKernel, FrozenWeightGetsNoGradientAndNonContiguousInputWorks) {
   EXPECT_FALSE(w.grad().defined());
   EXPECT_TRUE(at::allclose(b.grad(), at::full({10}, 6.0f)));
   EXPECT_TRUE(at::allclose(x.grad(), w.sum(0).expand({6, 48}), 1e-4, 1e-5));
+}
+
+// The graph keeps a linear layer's input only for its weight's gradient:
+// with the weight frozen, the GELU output feeding it is freed after forward.
+TEST(LinearKernel, AFrozenWeightKeepsNoCopyOfItsInputForBackward) {
+  if (!onednn_linear_active()) GTEST_SKIP() << "built without oneDNN";
+  at::manual_seed(5);
+  for (bool weight_trains : {false, true}) {
+    at::Tensor x = at::randn({3, 5, 16}).requires_grad_(true);
+    at::Tensor w = at::randn({8, 16}).requires_grad_(weight_trains);
+    at::Tensor b = at::randn({8}).requires_grad_(true);
+    at::Tensor h = at::gelu(x);  // GELU's backward saves x, never h
+    c10::weak_intrusive_ptr<c10::StorageImpl> storage(h.storage().getWeakStorageImpl());
+    at::Tensor y = linear(h, w, b);
+    h.reset();
+    EXPECT_EQ(storage.expired(), !weight_trains) << "weight trains: " << weight_trains;
+    y.sum().backward();
+    at::Tensor expected_dx = torch::autograd::grad({at::linear(at::gelu(x), w, b).sum()}, {x})[0];
+    EXPECT_TRUE(at::allclose(x.grad(), expected_dx, 1e-4, 1e-5));
+    EXPECT_EQ(w.grad().defined(), weight_trains);
+  }
 }
 
 TEST(LinearKernel, OtherDtypesAndEmptyBatchesFallThrough) {
