@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
 
 #include "deltatune/error.h"
 #include "deltatune/torch_compat.h"
@@ -139,6 +140,31 @@ int64_t store_frozen_dense_weights(torch::nn::Module& model, at::ScalarType dtyp
 Precision parse_precision(bool bf16, bool fp16) {
   if (bf16 && fp16) throw Error("--bf16 and --fp16 exclude each other: choose one");
   return bf16 ? Precision::kBFloat16 : fp16 ? Precision::kFloat16 : Precision::kFloat32;
+}
+
+const PrecisionProbe& probe_cpu_precision() {
+  static const PrecisionProbe probe = [] {
+    at::NoGradGuard no_grad;
+    auto gflops = [](at::ScalarType dtype) {
+      at::Tensor a = at::randn({512, 1024}).to(dtype), b = at::randn({1024, 1024}).to(dtype);
+      (void)at::matmul(a, b);  // warm-up: kernel selection, pages
+      double best = 1e30;
+      for (int i = 0; i < 3; ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        at::Tensor c = at::matmul(a, b);
+        (void)c.data_ptr();
+        best = std::min(
+            best, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      }
+      return 2.0 * 512 * 1024 * 1024 / best / 1e9;
+    };
+    PrecisionProbe p;
+    p.fp32_gflops = gflops(at::kFloat);
+    p.bf16_gflops = gflops(at::kBFloat16);
+    p.choice = p.bf16_gflops >= 1.2 * p.fp32_gflops ? Precision::kBFloat16 : Precision::kFloat32;
+    return p;
+  }();
+  return probe;
 }
 
 const char* precision_name(Precision precision) {

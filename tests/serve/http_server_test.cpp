@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "deltatune/model/device.h"
 #include "served_deltas.h"
 #include "server_process.h"
 
@@ -237,6 +238,35 @@ TEST(ServeHttp, MixedBatchesOfEveryMethodEqualDeltatunePredict) {
   for (auto& t : clients) t.join();
   EXPECT_EQ(failures, 0);
   EXPECT_EQ(mismatches, 0);
+}
+
+// --precision: bf16 passes answer within bf16's precision of fp32 ones;
+// auto takes what this CPU's probe chooses and says so in /info.
+TEST(ServeHttp, PrecisionBf16AndAutoServeTheSameLabels) {
+  const json request = {{"inputs", "a gripping, beautifully made film"}, {"task", "sst2"}};
+  double fp32_score = 0;
+  std::string fp32_label;
+  for (const char* precision : {"fp32", "bf16", "auto"}) {
+    ServerProcess server({"--task", task_arg("sst2", "bitfit-sst2"), "--precision", precision});
+    auto client = server.client();
+    const std::string dtype = json::parse(client.Get("/info")->body)["model_dtype"];
+    const std::string expected =
+        std::string(precision) == "auto"
+            ? (model::probe_cpu_precision().choice == model::Precision::kBFloat16 ? "bfloat16"
+                                                                                  : "float32")
+        : std::string(precision) == "bf16" ? "bfloat16"
+                                           : "float32";
+    EXPECT_EQ(dtype, expected) << precision;
+    auto answer = post(client, "/predict", request);
+    ASSERT_EQ(answer->status, 200) << answer->body;
+    const json scores = json::parse(answer->body);
+    if (std::string(precision) == "fp32") {
+      fp32_label = scores[0]["label"];
+      fp32_score = scores[0]["score"];
+    }
+    EXPECT_EQ(scores[0]["label"], fp32_label) << precision;
+    EXPECT_NEAR(scores[0]["score"].get<double>(), fp32_score, 0.02) << precision;
+  }
 }
 
 TEST(ServeHttp, TasksLoadAndUnloadUnderLoadWithoutAFailedRequest) {

@@ -67,6 +67,16 @@ double max_difference(const std::map<std::string, at::Tensor>& a,
   return worst;
 }
 
+TEST(Device, ThePrecisionProbeChoosesBf16ExactlyWhereItsProductsAreFaster) {
+  const model::PrecisionProbe& probe = model::probe_cpu_precision();
+  EXPECT_GT(probe.fp32_gflops, 1.0);  // a real product was timed
+  EXPECT_GT(probe.bf16_gflops, 0.1);
+  EXPECT_EQ(probe.choice == model::Precision::kBFloat16,
+            probe.bf16_gflops >= 1.2 * probe.fp32_gflops)
+      << probe.fp32_gflops << " fp32, " << probe.bf16_gflops << " bf16 GFLOP/s";
+  EXPECT_EQ(&model::probe_cpu_precision(), &probe);  // measured once per process
+}
+
 TEST(Device, ParsesSpecsAndNamesWhatIsMissing) {
   EXPECT_EQ(model::parse_device("cpu"), at::Device(at::kCPU));
   EXPECT_NE(test::error_of([] { model::parse_device("gpu"); }).find("expected cpu, cuda"),

@@ -72,6 +72,18 @@ enum class Precision {
 };
 Precision parse_precision(bool bf16, bool fp16);  // refuses both
 const char* precision_name(Precision precision);  // "fp32", "bf16", "fp16"
+
+// Which of fp32 and bf16 multiplies faster on this machine's CPU: a product
+// of [512, 1024] x [1024, 1024] timed in each (best of 3 after a warm-up,
+// ~50 ms in all, once per process). bf16 is chosen when it is at least
+// 1.2x fp32: it is on CPUs with fast bf16 dot products (2x on the AMD EPYC
+// of docs/BENCHMARKS.md), not on the Intel VM there without AMX (0.6x).
+struct PrecisionProbe {
+  double fp32_gflops = 0, bf16_gflops = 0;
+  Precision choice = Precision::kFloat32;
+};
+const PrecisionProbe& probe_cpu_precision();
+
 // fp16 autocast exists on CUDA only (1.13's CPU autocast is bf16-only):
 // refuses it elsewhere, naming the flag.
 void check_precision(Precision precision, const at::Device& device);
