@@ -63,11 +63,9 @@ void check_config_matches(const EncoderConfig& config,
                     model_dir, described / 1e6, held / 1e6));
 }
 
-std::map<std::string, at::Tensor> read_checkpoint(const fs::path& model_dir) {
-  if (!fs::is_directory(model_dir))
-    throw Error(model_dir.string() + ": model directory does not exist");
+std::vector<fs::path> checkpoint_files(const fs::path& model_dir) {
   const fs::path single = model_dir / "model.safetensors";
-  if (fs::exists(single)) return io::SafetensorsFile::open(single).load_all();
+  if (fs::exists(single)) return {single};
   const fs::path index = model_dir / "model.safetensors.index.json";
   if (fs::exists(index)) {
     nlohmann::json j;
@@ -80,39 +78,31 @@ std::map<std::string, at::Tensor> read_checkpoint(const fs::path& model_dir) {
       throw Error(index.string() + ": missing field 'weight_map'");
     std::set<std::string> shards;
     for (auto& [key, shard] : j["weight_map"].items()) shards.insert(shard.get<std::string>());
-    std::map<std::string, at::Tensor> all;
-    for (const auto& shard : shards) {
-      auto part = io::SafetensorsFile::open(model_dir / shard).load_all();
-      all.insert(part.begin(), part.end());
-    }
-    return all;
-  }
-  const fs::path bin = model_dir / "pytorch_model.bin";
-  if (fs::exists(bin)) return io::load_torch_state_dict(bin);
-  throw Error(model_dir.string() +
-              ": no model.safetensors, model.safetensors.index.json or pytorch_model.bin");
-}
-
-std::vector<fs::path> checkpoint_files(const fs::path& model_dir) {
-  const fs::path single = model_dir / "model.safetensors";
-  if (fs::exists(single)) return {single};
-  const fs::path index = model_dir / "model.safetensors.index.json";
-  if (fs::exists(index)) {
     std::vector<fs::path> files{index};
-    try {
-      std::set<std::string> shards;
-      for (auto& [key, shard] :
-           nlohmann::json::parse(io::read_text_file(index)).at("weight_map").items())
-        shards.insert(shard.get<std::string>());
-      for (const auto& shard : shards) files.push_back(model_dir / shard);
-    } catch (const std::exception&) {
-      return {};  // read_checkpoint names what is wrong with it
-    }
+    for (const auto& shard : shards) files.push_back(model_dir / shard);
     return files;
   }
   const fs::path bin = model_dir / "pytorch_model.bin";
   if (fs::exists(bin)) return {bin};
   return {};
+}
+
+std::map<std::string, at::Tensor> read_checkpoint(const fs::path& model_dir) {
+  if (!fs::is_directory(model_dir))
+    throw Error(model_dir.string() + ": model directory does not exist");
+  const std::vector<fs::path> files = checkpoint_files(model_dir);
+  if (files.empty())
+    throw Error(model_dir.string() +
+                ": no model.safetensors, model.safetensors.index.json or pytorch_model.bin");
+  if (files.front().extension() == ".bin") return io::load_torch_state_dict(files.front());
+  if (files.front().filename() == "model.safetensors")
+    return io::SafetensorsFile::open(files.front()).load_all();
+  std::map<std::string, at::Tensor> all;  // files: the index, then its shards
+  for (size_t i = 1; i < files.size(); ++i) {
+    auto part = io::SafetensorsFile::open(files[i]).load_all();
+    all.insert(part.begin(), part.end());
+  }
+  return all;
 }
 
 LoadReport load_state(torch::nn::Module& module,

@@ -76,6 +76,13 @@ class MixedPass {
       if ((t->*member).count(name)) return true;
     return false;
   }
+  // The same for a part a task gives through an accessor (its vector layout).
+  template <typename Map, typename Key>
+  bool any_task_has(const Map& (ServedTask::*accessor)() const, const Key& name) const {
+    for (const ServedTask* t : tasks_)
+      if ((t->*accessor)().count(name)) return true;
+    return false;
+  }
 
   // Each row's value of the 1-D parameter `name` (its task's, else the
   // base's): `shared` [n] when every row of the batch has the same one (a
@@ -85,9 +92,7 @@ class MixedPass {
     at::Tensor shared, table;
   };
   RowVectors vectors_of(const std::string& name, const at::Tensor& base) const {
-    bool replaced = false;
-    for (const ServedTask* t : tasks_) replaced = replaced || t->vectors().count(name) > 0;
-    if (!base.defined() || !replaced) return {base, {}};
+    if (!base.defined() || !any_task_has(&ServedTask::vectors, name)) return {base, {}};
     if (tasks_.size() == 1) return {tasks_.front()->vector(name), {}};
     std::vector<at::Tensor> per_slot;
     for (const ServedTask* t : tasks_) {

@@ -26,8 +26,9 @@ struct LoadReport {
 // deltatune::Error naming the directory when none is readable.
 std::map<std::string, at::Tensor> read_checkpoint(const std::filesystem::path& model_dir);
 
-// The files read_checkpoint reads in `model_dir` (a shard index included);
-// empty when it holds none of them.
+// The files read_checkpoint reads in `model_dir`: model.safetensors, or the
+// shard index followed by its shards, or pytorch_model.bin; empty when it
+// holds none of them. A malformed index is an Error naming it.
 std::vector<std::filesystem::path> checkpoint_files(const std::filesystem::path& model_dir);
 
 // Refuses a config.json that describes a far larger encoder than the
