@@ -7,6 +7,8 @@
 
 #include <fstream>
 #include <functional>
+#include <iterator>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -105,10 +107,16 @@ std::map<std::string, at::Tensor> read_checkpoint(const fs::path& model_dir) {
   return all;
 }
 
+bool checkpoint_is_file_mapped(const fs::path& model_dir) {
+  const std::vector<fs::path> files = checkpoint_files(model_dir);
+  return !files.empty() && files.front().extension() != ".bin";
+}
+
 LoadReport load_state(torch::nn::Module& module,
                       const std::map<std::string, at::Tensor>& checkpoint,
                       const std::string& base_prefix, const std::string& source,
-                      const std::function<bool(const std::string&)>& may_initialize) {
+                      const std::function<bool(const std::string&)>& may_initialize,
+                      LoadMode mode) {
   LoadReport report;
   std::set<std::string> used;
   const std::string dotted = base_prefix.empty() ? "" : base_prefix + ".";
@@ -125,6 +133,21 @@ LoadReport load_state(torch::nn::Module& module,
   };
   at::NoGradGuard no_grad;
   std::vector<std::string> missing;
+  // Byte ranges already adopted: a checkpoint whose tensors overlap (a
+  // malformed file) must not tie two parameters together.
+  std::map<const char*, const char*> adopted;
+  auto adoptable = [&](const at::Tensor& value, const at::Tensor& target) {
+    if (mode != LoadMode::kAdopt || value.scalar_type() != target.scalar_type() ||
+        value.device() != target.device() || !value.is_contiguous() || value.numel() == 0)
+      return false;
+    const char* begin = static_cast<const char*>(value.data_ptr());
+    const char* end = begin + value.nbytes();
+    auto next = adopted.lower_bound(begin);
+    if (next != adopted.end() && next->first < end) return false;
+    if (next != adopted.begin() && std::prev(next)->second > begin) return false;
+    adopted.emplace(begin, end);
+    return true;
+  };
   auto fill = [&](const std::string& name, at::Tensor& target) {
     const std::string* key = find(name);
     if (key == nullptr) {
@@ -145,7 +168,11 @@ LoadReport load_state(torch::nn::Module& module,
     if (!at::isFloatingType(value.scalar_type()) && at::isFloatingType(target.scalar_type()))
       throw Error(source + ": tensor '" + *key + "' has dtype " +
                   std::string(c10::toString(value.scalar_type())) + ", expected floating point");
-    target.copy_(value);
+    if (adoptable(value, target)) {
+      target.set_data(value);
+    } else {
+      target.copy_(value);
+    }
     used.insert(*key);
     report.loaded.push_back(name);
   };

@@ -73,14 +73,21 @@ model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_lab
                                           const at::Device& device) {
   model::SequenceClassifier task_model(base.config, num_labels);
   model::SequenceClassifierImpl* raw = task_model.get();
+  // Frozen weights are not copied: the model reads its own private mapping of
+  // the base's files (a fresh read, so writes to its parameters stay in pages
+  // of that mapping and base.checkpoint keeps the base's values for deltas).
+  const bool adopt = model::checkpoint_is_file_mapped(base.directory);
+  const std::map<std::string, at::Tensor> source =
+      adopt ? model::read_checkpoint(base.directory) : base.checkpoint;
   // A base that is itself a task model brings a classifier for its own labels:
   // a new task gets a fresh one (HF would refuse a size mismatch).
   std::map<std::string, at::Tensor> encoder_only;
-  for (const auto& [key, value] : base.checkpoint)
+  for (const auto& [key, value] : source)
     if (key.rfind("classifier.", 0) != 0) encoder_only.emplace(key, value);
-  model::load_state(*task_model, encoder_only, base.config.base_model_prefix(),
-                    base.directory.string(),
-                    [raw](const std::string& name) { return raw->is_head_parameter(name); });
+  model::load_state(
+      *task_model, encoder_only, base.config.base_model_prefix(), base.directory.string(),
+      [raw](const std::string& name) { return raw->is_head_parameter(name); },
+      adopt ? model::LoadMode::kAdopt : model::LoadMode::kCopy);
   // HF's head initialisation: normal(0, initializer_range) weights, zero biases.
   // The generator is seeded right before the draw, so the head is the first
   // normals of the seed's stream: PyTorch's `torch.manual_seed(seed);

@@ -38,7 +38,20 @@ void check_config_matches(const EncoderConfig& config,
                           const std::map<std::string, at::Tensor>& checkpoint,
                           const std::string& model_dir);
 
-// Copies checkpoint tensors into `module` by Hugging Face key. A task model
+// How load_state fills a parameter or buffer from its checkpoint tensor.
+enum class LoadMode {
+  kCopy,
+  // The module takes the checkpoint tensor itself as its storage where dtype,
+  // device and layout allow and no other loaded tensor overlaps its bytes
+  // (else copies). Only for a checkpoint read for this module alone: its
+  // tensors then are views of a private copy-on-write file mapping, so frozen
+  // weights stay shared file pages (no second copy in memory) and a write to
+  // a parameter copies just the pages it touches, never reaching the file or
+  // any other reader of it.
+  kAdopt,
+};
+
+// Fills `module` from checkpoint tensors by Hugging Face key. A task model
 // whose encoder lives under `base_prefix` ("bert", ...) also accepts a bare
 // encoder checkpoint (keys without the prefix), and the other way round.
 // Every parameter must be found unless `may_initialize(name)` says it may be
@@ -46,7 +59,14 @@ void check_config_matches(const EncoderConfig& config,
 LoadReport load_state(torch::nn::Module& module,
                       const std::map<std::string, at::Tensor>& checkpoint,
                       const std::string& base_prefix, const std::string& source,
-                      const std::function<bool(const std::string&)>& may_initialize);
+                      const std::function<bool(const std::string&)>& may_initialize,
+                      LoadMode mode = LoadMode::kCopy);
+
+// Whether read_checkpoint(model_dir) gives views of private file mappings
+// (safetensors files, one or sharded), which LoadMode::kAdopt can keep as
+// storage; a pytorch_model.bin is read into memory whose tensors may share
+// storage (tied weights), so it is copied.
+bool checkpoint_is_file_mapped(const std::filesystem::path& model_dir);
 
 // The module's parameters and buffers by name, for save_safetensors.
 io::NamedTensors named_state(const torch::nn::Module& module);

@@ -1,0 +1,111 @@
+// A task model's base weights are the checkpoint file's own pages (a private
+// copy-on-write mapping made for the model), not a second copy in memory;
+// writing to them copies only the touched pages and never reaches the file,
+// the BaseModel's checkpoint tensors or another task model.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "deltatune/model/pretrained.h"
+#include "deltatune/train/task_model.h"
+#include "test_paths.h"
+
+namespace deltatune::train {
+namespace {
+namespace fs = std::filesystem;
+
+// What is mapped at `address` in this process: a file's path, a pseudo-path
+// such as "[heap]", or "" (anonymous memory).
+std::string mapped_file_at(const void* address) {
+  const auto at = reinterpret_cast<uintptr_t>(address);
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    std::istringstream fields(line);
+    std::string range, perms, offset, device, inode, path;
+    fields >> range >> perms >> offset >> device >> inode >> path;
+    const size_t dash = range.find('-');
+    const uintptr_t begin = std::stoull(range.substr(0, dash), nullptr, 16);
+    const uintptr_t end = std::stoull(range.substr(dash + 1), nullptr, 16);
+    if (begin <= at && at < end) return path;
+  }
+  return "";
+}
+
+std::string file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST(FrozenBaseWeights, AreTheCheckpointFilesPagesAndWritesToThemStayPrivate) {
+  test::ScratchDir dir;
+  for (const char* name : {"config.json", "model.safetensors"})
+    dir.copy_from(test::minilm_dir(), name);
+  const fs::path weights = dir.path() / "model.safetensors";
+  const std::string before = file_bytes(weights);
+  const BaseModel base = load_base(dir.path());
+
+  auto model = make_task_model(base, 2, 0);
+  at::Tensor weight, head;
+  std::string weight_name;
+  for (auto& item : model->named_parameters(true)) {
+    if (item.key().rfind("classifier.", 0) == 0) head = item.value();
+    if (!weight.defined() && item.key().find("layer.0.") != std::string::npos &&
+        item.value().dim() == 2) {
+      weight = item.value();
+      weight_name = item.key();
+    }
+  }
+  ASSERT_TRUE(weight.defined() && head.defined());
+  EXPECT_EQ(fs::path(mapped_file_at(weight.data_ptr())).filename(), "model.safetensors")
+      << weight_name << " is not a view of the checkpoint file";
+  EXPECT_NE(fs::path(mapped_file_at(head.data_ptr())).filename(), "model.safetensors")
+      << "the fresh head is not the model's own memory";
+
+  std::string key = weight_name;  // the checkpoint may name it without the model's prefix
+  if (!base.checkpoint.count(key)) key = weight_name.substr(weight_name.find('.') + 1);
+  ASSERT_TRUE(base.checkpoint.count(key)) << weight_name;
+  const at::Tensor& base_value = base.checkpoint.at(key);
+  ASSERT_TRUE(at::equal(weight, base_value));
+  {
+    at::NoGradGuard no_grad;
+    weight.add_(1.0);
+  }
+  EXPECT_TRUE(at::allclose(weight, base_value + 1.0));
+  EXPECT_TRUE(at::equal(base.checkpoint.at(key), model::read_checkpoint(dir.path()).at(key)))
+      << "a write to the model reached the BaseModel's checkpoint";
+  EXPECT_TRUE(file_bytes(weights) == before) << "a write to the model reached the file";
+  auto other = make_task_model(base, 2, 0);
+  for (auto& item : other->named_parameters(true)) {
+    if (item.key() == weight_name) {
+      EXPECT_TRUE(at::equal(item.value(), base_value));
+    }
+  }
+}
+
+TEST(FrozenBaseWeights, OverlappingCheckpointTensorsAreCopiedNotTied) {
+  torch::nn::Module module;
+  at::Tensor first = module.register_parameter("first", at::zeros({4}));
+  at::Tensor second = module.register_parameter("second", at::zeros({4}));
+  const at::Tensor storage = at::arange(6, at::kFloat);
+  // Two checkpoint tensors sharing two floats of one buffer.
+  const std::map<std::string, at::Tensor> checkpoint = {{"first", storage.slice(0, 0, 4)},
+                                                        {"second", storage.slice(0, 2, 6)}};
+  model::load_state(module, checkpoint, "", "overlap", nullptr, model::LoadMode::kAdopt);
+  EXPECT_TRUE(at::equal(first, at::arange(0, 4, at::kFloat)));
+  EXPECT_TRUE(at::equal(second, at::arange(2, 6, at::kFloat)));
+  {
+    at::NoGradGuard no_grad;
+    first.fill_(-1);
+  }
+  EXPECT_TRUE(at::equal(second, at::arange(2, 6, at::kFloat))) << "the parameters were tied";
+}
+
+}  // namespace
+}  // namespace deltatune::train
