@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
 #include <cmath>
@@ -96,6 +97,173 @@ bool row_bias_fits(const at::Tensor& x, const at::Tensor& row_bias) {
          (x.dim() >= 2 && row_bias.dim() == 2 && row_bias.size(0) == x.size(0) && x.size(0) > 0);
 }
 
+bool all_cpu_float(std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors)
+    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || t->layout() != at::kStrided ||
+        t->is_mkldnn())
+      return false;
+  return true;
+}
+
+bool attention_shapes_fit(const at::Tensor& queries, const at::Tensor& keys,
+                          const at::Tensor& values, const at::Tensor& additive_mask) {
+  const int64_t batch = queries.size(0), length = queries.size(1);
+  const int64_t key_length = keys.size(1);
+  return batch > 0 && length > 0 && key_length > 0 && queries.stride(2) == 1 &&
+         keys.stride(2) == 1 && values.stride(2) == 1 && additive_mask.dim() == 4 &&
+         (additive_mask.size(0) == batch || additive_mask.size(0) == 1) &&
+         additive_mask.size(1) == 1 && additive_mask.size(2) == 1 &&
+         additive_mask.size(3) == key_length;
+}
+
+// [B, heads, L, d] read through strides from [B, L, heads * d].
+onednn::View heads_of(const at::Tensor& x, int64_t heads) {
+  const int64_t head_dim = x.size(2) / heads;
+  return onednn::view_of(x, {x.size(0), heads, x.size(1), head_dim},
+                         {x.stride(0), head_dim, x.stride(1), 1});
+}
+
+// softmax(Q K^T / sqrt(d) + mask) as [B, heads, L, K], the scale and the mask
+// in the product's epilogue (no expanded mask); undefined where oneDNN has
+// no implementation for these strides.
+at::Tensor attention_probabilities(const at::Tensor& queries, const at::Tensor& keys,
+                                   const at::Tensor& additive_mask, int64_t heads) {
+  using onednn::view_of;
+  const int64_t batch = queries.size(0), length = queries.size(1);
+  const int64_t key_length = keys.size(1), head_dim = queries.size(2) / heads;
+  auto keys_transposed = view_of(keys, {batch, heads, head_dim, key_length},
+                                 {keys.stride(0), head_dim, 1, keys.stride(1)});
+  at::Tensor mask = additive_mask.contiguous();
+  auto mask_view =
+      view_of(mask, {mask.size(0), 1, 1, key_length}, {key_length, key_length, key_length, 1});
+  at::Tensor scores = at::empty({batch, heads, length, key_length}, queries.options());
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  if (!onednn::matmul(heads_of(queries, heads), keys_transposed, nullptr, view_of(scores),
+                      {onednn::Epilogue::kScaleAdd, scale, &mask_view}))
+    return {};
+  return at::_softmax(scores, -1, false);
+}
+
+// probs [B, heads, L, K] times values [B, K, heads * d], written as
+// [B, L, heads * d]; undefined where oneDNN has no implementation.
+at::Tensor attention_context(const at::Tensor& probs, const at::Tensor& values) {
+  using onednn::view_of;
+  const int64_t batch = probs.size(0), heads = probs.size(1), length = probs.size(2);
+  const int64_t width = values.size(2), head_dim = width / heads;
+  at::Tensor context = at::empty({batch, length, width}, values.options());
+  if (!onednn::matmul(
+          view_of(probs), heads_of(values, heads), nullptr,
+          view_of(context, {batch, heads, length, head_dim}, {length * width, head_dim, width, 1})))
+    return {};
+  return context;
+}
+
+// PyTorch's CPU dropout noise for `like` (at::dropout: bernoulli(1 - p) /
+// (1 - p) from the default generator), as the kept entries (bool) from
+// which dropout_scale rebuilds it bit for bit.
+at::Tensor dropout_keep(const at::Tensor& like, double p) {
+  at::Tensor noise = at::empty_like(like, at::MemoryFormat::Contiguous);
+  noise.bernoulli_(1 - p);
+  return noise.ne(0);
+}
+at::Tensor dropout_scale(const at::Tensor& keep, double p) {
+  return keep.to(at::kFloat).div_(1 - p);
+}
+
+// c = a b through oneDNN on strided views, else through ATen (which copies
+// non-contiguous operands); a, b, c are [B, heads, rows, cols] readings.
+void product_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+  using onednn::view_of;
+  auto view = [](const at::Tensor& t) { return view_of(t, t.sizes().vec(), t.strides().vec()); };
+  if (!onednn::matmul(view(a), view(b), nullptr, view(c))) c.copy_(at::matmul(a, b));
+}
+
+// Attention for training (Vaswani et al., eq. 1, with dropout on the
+// probabilities as BERT applies it): plain_attention's values and random
+// stream (the dropout noise is the same draw from the default generator),
+// but the backward pass keeps only Q, K and V (views of the projections, no
+// head-split copies), the probabilities P and which entries dropout kept (a
+// byte each): autograd's composition keeps P, the fp32 noise N and P N, 12
+// bytes per score against 5 here. With dS the softmax backward of
+// dP = (dC V^T) N: dQ = dS K / sqrt(d), dK = dS^T Q / sqrt(d), dV = (P N)^T dC.
+class TrainingAttention : public torch::autograd::Function<TrainingAttention> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& queries,
+                            const at::Tensor& keys, const at::Tensor& values,
+                            const at::Tensor& additive_mask, int64_t heads, double dropout_p) {
+    at::Tensor probs = attention_probabilities(queries, keys, additive_mask, heads);
+    if (!probs.defined()) probs = plain_probabilities(queries, keys, additive_mask, heads);
+    at::Tensor keep, dropped = probs;
+    if (dropout_p > 0) {
+      keep = dropout_keep(probs, dropout_p);
+      dropped = probs * dropout_scale(keep, dropout_p);
+    }
+    at::Tensor context = attention_context(dropped, values);
+    if (!context.defined()) {
+      context = at::empty_like(queries, at::MemoryFormat::Contiguous);
+      product_into(dropped, split_heads(values, heads), split_heads(context, heads));
+    }
+    ctx->save_for_backward({queries, keys, values});
+    ctx->saved_data["probs"] = probs;
+    ctx->saved_data["keep"] = keep;
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["dropout_p"] = dropout_p;
+    return context;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& queries = saved[0];
+    const at::Tensor& keys = saved[1];
+    const at::Tensor& values = saved[2];
+    const at::Tensor probs = ctx->saved_data["probs"].toTensor();
+    const at::Tensor keep = ctx->saved_data["keep"].toTensor();
+    const int64_t heads = ctx->saved_data["heads"].toInt();
+    const double dropout_p = ctx->saved_data["dropout_p"].toDouble();
+    const int64_t head_dim = queries.size(2) / heads;
+    const at::Tensor grad_context = split_heads(grad_outputs[0].contiguous(), heads);
+    const at::Tensor noise = keep.defined() ? dropout_scale(keep, dropout_p) : at::Tensor();
+    at::Tensor grad_queries, grad_keys, grad_values;
+    if (ctx->needs_input_grad(2)) {
+      const at::Tensor dropped = noise.defined() ? probs * noise : probs;
+      grad_values = at::empty_like(values, at::MemoryFormat::Contiguous);
+      product_into(dropped.transpose(-1, -2), grad_context, split_heads(grad_values, heads));
+    }
+    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
+      at::Tensor grad_probs = at::empty_like(probs);
+      product_into(grad_context, split_heads(values, heads).transpose(-1, -2), grad_probs);
+      if (noise.defined()) grad_probs.mul_(noise);
+      at::Tensor grad_scores = at::_softmax_backward_data(grad_probs, probs, -1, at::kFloat);
+      grad_scores.mul_(1.0 / std::sqrt(static_cast<double>(head_dim)));
+      if (ctx->needs_input_grad(0)) {
+        grad_queries = at::empty_like(queries, at::MemoryFormat::Contiguous);
+        product_into(grad_scores, split_heads(keys, heads), split_heads(grad_queries, heads));
+      }
+      if (ctx->needs_input_grad(1)) {
+        grad_keys = at::empty_like(keys, at::MemoryFormat::Contiguous);
+        product_into(grad_scores.transpose(-1, -2), split_heads(queries, heads),
+                     split_heads(grad_keys, heads));
+      }
+    }
+    return {grad_queries, grad_keys, grad_values, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+
+ private:
+  // [B, n, heads * d] read as [B, heads, n, d] (a view, no copy).
+  static at::Tensor split_heads(const at::Tensor& x, int64_t heads) {
+    return x.view({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);
+  }
+  // The probabilities through ATen where oneDNN declines the strides.
+  static at::Tensor plain_probabilities(const at::Tensor& queries, const at::Tensor& keys,
+                                        const at::Tensor& additive_mask, int64_t heads) {
+    const int64_t head_dim = queries.size(2) / heads;
+    at::Tensor scores =
+        at::matmul(split_heads(queries, heads), split_heads(keys, heads).transpose(-1, -2));
+    scores.mul_(1.0 / std::sqrt(static_cast<double>(head_dim))).add_(additive_mask);
+    return at::_softmax(scores, -1, false);
+  }
+};
 }  // namespace
 
 at::Tensor activation(const at::Tensor& x, const std::string& name) {
@@ -205,38 +373,21 @@ at::Tensor layer_norm_rows(const at::Tensor& x, const at::Tensor& gain, const at
 
 at::Tensor attention(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
                      const at::Tensor& additive_mask, int64_t heads, double dropout_p) {
-  const int64_t batch = queries.size(0), length = queries.size(1), width = queries.size(2);
-  const int64_t key_length = keys.size(1), head_dim = width / heads;
-  const bool shapes_fit = batch > 0 && length > 0 && key_length > 0 && queries.stride(2) == 1 &&
-                          keys.stride(2) == 1 && values.stride(2) == 1 &&
-                          additive_mask.dim() == 4 &&
-                          (additive_mask.size(0) == batch || additive_mask.size(0) == 1) &&
-                          additive_mask.size(1) == 1 && additive_mask.size(2) == 1 &&
-                          additive_mask.size(3) == key_length;
-  if (dropout_p == 0 && shapes_fit && fusable({&queries, &keys, &values, &additive_mask})) {
-    using onednn::view_of;
-    // Heads read through strides: [B, heads, L, d] views of [B, L, heads * d].
-    auto heads_of = [&](const at::Tensor& x) {
-      return view_of(x, {batch, heads, x.size(1), head_dim},
-                     {x.stride(0), head_dim, x.stride(1), 1});
-    };
-    auto keys_transposed = view_of(keys, {batch, heads, head_dim, key_length},
-                                   {keys.stride(0), head_dim, 1, keys.stride(1)});
-    at::Tensor mask = additive_mask.contiguous();
-    auto mask_view =
-        view_of(mask, {mask.size(0), 1, 1, key_length}, {key_length, key_length, key_length, 1});
-    at::Tensor scores = at::empty({batch, heads, length, key_length}, queries.options());
-    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
-    if (onednn::matmul(heads_of(queries), keys_transposed, nullptr, view_of(scores),
-                       {onednn::Epilogue::kScaleAdd, scale, &mask_view})) {
-      at::Tensor probs = at::_softmax(scores, -1, false);
-      at::Tensor context = at::empty({batch, length, width}, queries.options());
-      if (onednn::matmul(view_of(probs), heads_of(values), nullptr,
-                         view_of(context, {batch, heads, length, head_dim},
-                                 {length * width, head_dim, width, 1})))
-        return context;
-    }
+  if (!attention_shapes_fit(queries, keys, values, additive_mask))
+    return plain_attention(queries, keys, values, additive_mask, heads, dropout_p);
+  if (dropout_p == 0 && fusable({&queries, &keys, &values, &additive_mask})) {
+    at::Tensor probs = attention_probabilities(queries, keys, additive_mask, heads);
+    if (probs.defined())
+      if (at::Tensor context = attention_context(probs, values); context.defined()) return context;
   }
+  // Training (dropout, or gradients wanted): the same products with a
+  // backward that keeps only Q, K, V and the probabilities.
+  static const bool training_attention = onednn::switched_on("DELTATUNE_TRAINING_ATTENTION");
+  if (training_attention && fused_enabled().load(std::memory_order_relaxed) &&
+      onednn::available() && !compat::cpu_autocast_enabled() &&
+      all_cpu_float({&queries, &keys, &values, &additive_mask}) && !additive_mask.requires_grad() &&
+      dropout_p < 1)
+    return TrainingAttention::apply(queries, keys, values, additive_mask, heads, dropout_p);
   return plain_attention(queries, keys, values, additive_mask, heads, dropout_p);
 }
 

@@ -164,6 +164,73 @@ TEST(FusedKernelsAutograd, CallsThatNeedGradientsTakeThePlainDifferentiablePath)
   EXPECT_TRUE(at::allclose(b.grad(), b2.grad(), 1e-5, 1e-5));
 }
 
+// Attention with gradients (training, Fisher passes): the fused function's
+// output, gradients and consumption of the random stream equal autograd's
+// composition of the same draws (plain_attention), with and without dropout,
+// with prefix keys.
+TEST(FusedKernelsAutograd, TrainingAttentionEqualsAutogradsCompositionDrawForDraw) {
+  if (!fused_kernels_active()) GTEST_SKIP() << "built without oneDNN: only the plain path exists";
+  const int64_t batch = 3, length = 9, heads = 4, width = 32;
+  at::manual_seed(5);
+  const at::Tensor qkv_init = at::randn({batch, length, 3 * width});
+  const at::Tensor prefix_init = at::randn({batch, 4, 2 * width});
+  const at::Tensor upstream = at::randn({batch, length, width});
+  at::Tensor mask = at::ones({batch, length}, at::kLong);
+  mask[1].slice(0, 6).zero_();
+  const at::Tensor additive = additive_attention_mask(mask, at::kFloat);
+  const at::Tensor prefix_mask =
+      additive_attention_mask(at::ones({batch, length + 4}, at::kLong), at::kFloat);
+  for (const bool prefixed : {false, true}) {
+    for (const double dropout : {0.0, 0.1}) {
+      struct Outcome {
+        at::Tensor out, grad_qkv, grad_prefix, next_draw;
+      };
+      auto run = [&](bool fused) {
+        set_fused_kernels(fused);
+        at::Tensor qkv = qkv_init.clone().requires_grad_(true);
+        at::Tensor prefix = prefix_init.clone().requires_grad_(true);
+        auto parts = qkv.chunk(3, -1);
+        at::Tensor keys = parts[1], values = parts[2];
+        if (prefixed) {
+          auto prefix_parts = prefix.chunk(2, -1);
+          keys = at::cat({prefix_parts[0], keys}, 1);
+          values = at::cat({prefix_parts[1], values}, 1);
+        }
+        at::manual_seed(11);
+        at::Tensor out =
+            attention(parts[0], keys, values, prefixed ? prefix_mask : additive, heads, dropout);
+        at::Tensor next_draw = at::rand({4});
+        (out * upstream).sum().backward();
+        set_fused_kernels(true);
+        return Outcome{out.detach(), qkv.grad(), prefix.grad(), next_draw};
+      };
+      const Outcome plain = run(false), fused = run(true);
+      const std::string where = std::string(prefixed ? "prefixed" : "plain keys") + ", dropout " +
+                                std::to_string(dropout);
+      EXPECT_TRUE(at::allclose(fused.out, plain.out, 1e-5, 1e-5))
+          << where << ": " << max_diff(fused.out, plain.out);
+      EXPECT_TRUE(at::allclose(fused.grad_qkv, plain.grad_qkv, 1e-5, 1e-5))
+          << where << ": " << max_diff(fused.grad_qkv, plain.grad_qkv);
+      if (prefixed) {
+        EXPECT_TRUE(at::allclose(fused.grad_prefix, plain.grad_prefix, 1e-5, 1e-5))
+            << where << ": " << max_diff(fused.grad_prefix, plain.grad_prefix);
+      }
+      EXPECT_TRUE(at::equal(fused.next_draw, plain.next_draw))
+          << where << ": the stream moved apart";
+      if (dropout > 0 && !prefixed) {
+        // The draw is really there: another seed gives other outputs.
+        set_fused_kernels(true);
+        auto parts = qkv_init.chunk(3, -1);
+        at::manual_seed(12);
+        at::NoGradGuard no_grad;
+        EXPECT_FALSE(at::allclose(attention(parts[0], parts[1], parts[2], additive, heads, dropout),
+                                  fused.out))
+            << where;
+      }
+    }
+  }
+}
+
 TEST_F(FusedKernels, EncoderInEvalModeEqualsThePlainPath) {
   nlohmann::json j = {
       {"model_type", "bert"},         {"vocab_size", 120},        {"hidden_size", 48},

@@ -53,9 +53,12 @@ at::Tensor layer_norm_rows(const at::Tensor& x, const at::Tensor& gain, const at
 // queries [B, L, heads * d], keys and values [B, K, heads * d] (any strides
 // with a unit last stride, e.g. views into one fused QKV product), additive
 // mask [B or 1, 1, 1, K]. dropout_p > 0 applies dropout to the probabilities
-// (training; that path is never fused). Returns [B, L, heads * d]. Fused, the
-// heads are read and written in place through strides: no head-split copies,
-// no expanded mask, scale and mask in the score product's epilogue.
+// (training), drawn as at::dropout draws it. Returns [B, L, heads * d]. Fused,
+// the heads are read and written in place through strides: no head-split
+// copies, no expanded mask, scale and mask in the score product's epilogue;
+// with gradients, its backward keeps Q, K, V, the probabilities and a byte
+// per dropout decision instead of autograd's three [B, heads, L, K] floats
+// (DELTATUNE_TRAINING_ATTENTION=0 takes autograd's composition, to compare).
 at::Tensor attention(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,
                      const at::Tensor& additive_mask, int64_t heads, double dropout_p = 0);
 
