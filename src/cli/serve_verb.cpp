@@ -62,6 +62,7 @@ int run_serve(ServeOptions& o) {
                   " choose fp32 or bf16");
     const model::PrecisionProbe& probe = model::probe_cpu_precision();
     o.engine.mixed.precision = probe.choice;
+    o.engine.precision_probe = probe;
     fmt::print(stderr, "deltatune serve: products at {:.0f} GFLOP/s in fp32, {:.0f} in bf16: {}\n",
                probe.fp32_gflops, probe.bf16_gflops, model::precision_name(probe.choice));
   }

@@ -539,25 +539,30 @@ void Engine::shutdown() {
 json Engine::info() const {
   json tasks_json = json::array();
   for (const auto& t : tasks()) tasks_json.push_back(t->describe());
-  return {{"model_id", base_.name},
-          {"model_path", fs::absolute(base_.directory).string()},
-          {"model_sha", base_.checksum},
-          {"model_dtype",
-           options_.mixed.precision == model::Precision::kBFloat16 ? "bfloat16" : "float32"},
-          {"model_device", options_.device.str()},
-          {"model_type", {{"classifier", {{"tasks", tasks_json.size()}}}}},
-          {"architecture", base_.config.model_type},
-          {"max_input_length", base_.config.max_sequence_tokens()},
-          {"max_batch_tokens", options_.max_batch_tokens},
-          {"max_batch_requests", options_.max_batch_rows},
-          {"max_client_batch_size", options_.max_client_batch_size},
-          {"max_wait_ms", options_.max_wait.count() / 1000.0},
-          {"queue_capacity", options_.queue_capacity},
-          {"tokenization_workers", options_.tokenizer_threads},
-          {"batch_workers", options_.batch_workers},
-          {"auto_truncate", options_.auto_truncate},
-          {"tasks", tasks_json},
-          {"version", std::string("deltatune ") + kVersion}};
+  json answer = {{"model_id", base_.name},
+                 {"model_path", fs::absolute(base_.directory).string()},
+                 {"model_sha", base_.checksum},
+                 {"model_dtype",
+                  options_.mixed.precision == model::Precision::kBFloat16 ? "bfloat16" : "float32"},
+                 {"model_device", options_.device.str()},
+                 {"model_type", {{"classifier", {{"tasks", tasks_json.size()}}}}},
+                 {"architecture", base_.config.model_type},
+                 {"max_input_length", base_.config.max_sequence_tokens()},
+                 {"max_batch_tokens", options_.max_batch_tokens},
+                 {"max_batch_requests", options_.max_batch_rows},
+                 {"max_client_batch_size", options_.max_client_batch_size},
+                 {"max_wait_ms", options_.max_wait.count() / 1000.0},
+                 {"queue_capacity", options_.queue_capacity},
+                 {"tokenization_workers", options_.tokenizer_threads},
+                 {"batch_workers", options_.batch_workers},
+                 {"auto_truncate", options_.auto_truncate},
+                 {"tasks", tasks_json},
+                 {"version", std::string("deltatune ") + kVersion}};
+  if (const auto& probe = options_.precision_probe)
+    answer["precision_probe"] = {{"fp32_gflops", probe->fp32_gflops},
+                                 {"bf16_gflops", probe->bf16_gflops},
+                                 {"choice", model::precision_name(probe->choice)}};
+  return answer;
 }
 
 }  // namespace deltatune::serve

@@ -67,6 +67,9 @@ struct EngineOptions {
   // Very large: one pass.
   std::size_t pass_overhead_tokens = 192;
   MixedOptions mixed;  // how a pass computes rows of different tasks
+  // The start-up measurement that chose mixed.precision (serve --precision
+  // auto), reported by /info; absent when the user chose.
+  std::optional<model::PrecisionProbe> precision_probe;
   // Where the shared model and every task's tensors live; answers come back
   // to the CPU. (serve --device)
   at::Device device = at::Device(at::kCPU);
