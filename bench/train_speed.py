@@ -110,6 +110,10 @@ def main():
                         if side not in best or tps > best[side]["tokens_per_s"]:
                             best[side] = {"tokens_per_s": tps, "peak_rss_mib": rss,
                                           "steps": result["steps"]}
+                            if not side.startswith("ours"):  # its train_seconds exclude eval
+                                best[side]["tokens_per_example"] = (
+                                    tps * result["train_seconds"]
+                                    / (result["steps"] * args.batch_size))
                             if "stages" in result:
                                 best[side]["stages"] = {
                                     st["stage"]: st.get("train_tokens_per_s")
@@ -117,6 +121,7 @@ def main():
                         best[side]["peak_rss_mib"] = min(best[side]["peak_rss_mib"], rss)
                 rows.append({"model": model, "method": method, "precision": precision,
                              "sides": best})
+    peak = gemm_peak(args.threads, env) if "fp32" in args.precisions.split(",") else None
     stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
     out = args.out or os.path.join(HERE, "results", f"train-speed-{stamp}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -124,9 +129,7 @@ def main():
             "batch_size": args.batch_size, "blas": env.get("OPENBLAS_CORETYPE", "auto"),
             "steps": {"minilm": args.steps,
                                                      "bert-base": args.base_steps},
-            "command": " ".join(sys.argv)}
-    with open(out, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+            "command": " ".join(sys.argv), "gemm_peak_fp32_gflops": peak}
 
     ref_fp32 = {(r["model"], r["method"]): r["sides"].get("hf113", {}).get("tokens_per_s")
                 for r in rows if r["precision"] == "fp32"}
@@ -148,7 +151,69 @@ def main():
               f"| {vs_fp32} | {ours['peak_rss_mib']:.0f} "
               f"| {hf['peak_rss_mib']:.0f} | {ours['peak_rss_mib'] / hf['peak_rss_mib']:.2f} |")
     print_method_table(rows)
+    if peak:
+        print_gemm_share(rows, models, peak)
+    with open(out, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print(f"results: {out}", file=sys.stderr)
+
+
+GEMM_PEAK = r"""
+import sys, time, torch
+torch.set_num_threads(int(sys.argv[1]))
+a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+best = 0.0
+for _ in range(7):
+    start = time.perf_counter()
+    for _ in range(10):
+        torch.matmul(a, b)
+    best = max(best, 10 * 2 * 1024 ** 3 / (time.perf_counter() - start) / 1e9)
+print(best)
+"""
+
+
+def gemm_peak(threads, env):
+    """fp32 GFLOP/s of a 1024^3 product through torch 1.13 (the reference's
+    BLAS), best of 7: the machine's GEMM rate in this run."""
+    out = subprocess.run([PYTHONS["hf113"], "-c", GEMM_PEAK, str(threads)], env=env,
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.strip())
+
+
+def step_flops_per_token(model_dir, method, tokens_per_example):
+    """Floating-point operations of one training step per real token: the
+    encoder's linear layers forward (2 P per token for P weights), their input
+    gradients backward (2 P, every method: the lowest trained tensor sits in
+    the embeddings or the first layer) and, for full fine-tuning, their weight
+    gradients (2 P); attention's two products forward (4 L H per token and
+    layer, L the sequence length) and four backward (8 L H). Padding and the
+    elementwise work are not counted, so the rate is a lower bound."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    linear = layers * (4 * h * h + 2 * h * i)
+    passes = 3 if method == "full" else 2
+    attention = layers * 12 * tokens_per_example * h
+    return 2 * linear * passes + attention
+
+
+def print_gemm_share(rows, models, peak):
+    print()
+    print(f"GEMM peak (fp32, 1024^3 torch.matmul, this run): {peak:.0f} GFLOP/s")
+    print()
+    print("| model | method | tok/s | tokens/example | GFLOP/token | GFLOP/s | share of peak |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        # Both sides train the same batches; the reference times its steps alone.
+        ours = r["sides"].get("ours")
+        per_example = r["sides"].get("hf113", {}).get("tokens_per_example")
+        if r["precision"] != "fp32" or not ours or not per_example:
+            continue
+        flops = step_flops_per_token(models[r["model"]], r["method"], per_example)
+        rate = flops * ours["tokens_per_s"] / 1e9
+        ours["step_gflops"] = rate
+        print(f"| {r['model']} | {r['method']} | {ours['tokens_per_s']:.0f} "
+              f"| {per_example:.1f} | {flops / 1e9:.3f} | {rate:.0f} | {rate / peak:.0%} |")
 
 
 def print_method_table(rows):
