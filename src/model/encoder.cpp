@@ -51,11 +51,24 @@ double classifier_dropout(const EncoderConfig& config) {
 
 }  // namespace
 
+// --- Initialisation ------------------------------------------------------------
+
+namespace {
+thread_local bool skip_initialisation = false;
+}
+
+SkipInitialisation::SkipInitialisation() : previous_(skip_initialisation) {
+  skip_initialisation = true;
+}
+SkipInitialisation::~SkipInitialisation() { skip_initialisation = previous_; }
+bool SkipInitialisation::active() { return skip_initialisation; }
+
 // --- Dense ---------------------------------------------------------------------
 
 DenseImpl::DenseImpl(int64_t in_features, int64_t out_features, bool with_bias) {
   weight = register_parameter("weight", at::empty({out_features, in_features}));
   if (with_bias) bias = register_parameter("bias", at::zeros({out_features}));
+  if (SkipInitialisation::active()) return;
   // HF's _init_weights for nn.Linear; loading overwrites it for pretrained parts.
   at::NoGradGuard no_grad;
   weight.normal_(0.0, 0.02);
@@ -83,17 +96,21 @@ void DenseImpl::remove_delta(const std::string& name) {
 EmbeddingsImpl::EmbeddingsImpl(const EncoderConfig& config)
     : positions_from_padding_(config.positions_from_padding()), pad_token_id_(config.pad_token_id) {
   const int64_t width = config.embedding_size;
+  // An Embedding given its weight tensor draws no initial values.
+  auto table = [&](int64_t rows) {
+    auto options = torch::nn::EmbeddingOptions(rows, width);
+    if (SkipInitialisation::active()) options._weight(at::empty({rows, width}));
+    return options;
+  };
   word_embeddings = register_module(
       "word_embeddings",
-      torch::nn::Embedding(
-          torch::nn::EmbeddingOptions(config.vocab_size, width).padding_idx(config.pad_token_id)));
-  auto position_options = torch::nn::EmbeddingOptions(config.max_position_embeddings, width);
+      torch::nn::Embedding(table(config.vocab_size).padding_idx(config.pad_token_id)));
+  auto position_options = table(config.max_position_embeddings);
   if (positions_from_padding_) position_options.padding_idx(config.pad_token_id);
   position_embeddings =
       register_module("position_embeddings", torch::nn::Embedding(position_options));
-  token_type_embeddings = register_module(
-      "token_type_embeddings",
-      torch::nn::Embedding(torch::nn::EmbeddingOptions(config.type_vocab_size, width)));
+  token_type_embeddings =
+      register_module("token_type_embeddings", torch::nn::Embedding(table(config.type_vocab_size)));
   LayerNorm = register_module("LayerNorm", make_layer_norm(width, config.layer_norm_eps));
   dropout = register_module("dropout", torch::nn::Dropout(config.hidden_dropout_prob));
 }

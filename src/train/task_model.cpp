@@ -71,7 +71,12 @@ void override_dropout(BaseModel& base, double rate) {
 
 model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_labels, uint64_t seed,
                                           const at::Device& device) {
-  model::SequenceClassifier task_model(base.config, num_labels);
+  model::SequenceClassifier task_model{nullptr};
+  {
+    // Every parameter is loaded or initialised below: none is drawn twice.
+    model::SkipInitialisation no_draws;
+    task_model = model::SequenceClassifier(base.config, num_labels);
+  }
   model::SequenceClassifierImpl* raw = task_model.get();
   // Frozen weights are not copied: the model reads its own private mapping of
   // the base's files (a fresh read, so writes to its parameters stay in pages
@@ -84,24 +89,33 @@ model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_lab
   std::map<std::string, at::Tensor> encoder_only;
   for (const auto& [key, value] : source)
     if (key.rfind("classifier.", 0) != 0) encoder_only.emplace(key, value);
-  model::load_state(
+  const model::LoadReport report = model::load_state(
       *task_model, encoder_only, base.config.base_model_prefix(), base.directory.string(),
       [raw](const std::string& name) { return raw->is_head_parameter(name); },
       adopt ? model::LoadMode::kAdopt : model::LoadMode::kCopy);
-  // HF's head initialisation: normal(0, initializer_range) weights, zero biases.
-  // The generator is seeded right before the draw, so the head is the first
-  // normals of the seed's stream: PyTorch's `torch.manual_seed(seed);
+  at::NoGradGuard no_grad;
+  // HF's _init_weights: normal(0, initializer_range) weights, zero biases.
+  auto initialise = [&](const std::string& name, at::Tensor& value) {
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0)
+      value.zero_();
+    else
+      value.normal_(0.0, base.config.initializer_range);
+  };
+  auto is_classifier = [](const std::string& name) { return name.rfind("classifier.", 0) == 0; };
+  // What the base lacks besides the new classifier (a BERT pooler some
+  // checkpoints omit), drawn before the seed below so that the classifier's
+  // values do not depend on it.
+  for (auto& item : task_model->named_parameters(true))
+    if (!is_classifier(item.key()) &&
+        std::find(report.initialized.begin(), report.initialized.end(), item.key()) !=
+            report.initialized.end())
+      initialise(item.key(), item.value());
+  // The head: the generator is seeded right before the draw, so the head is
+  // the first normals of the seed's stream: PyTorch's `torch.manual_seed(seed);
   // classifier.weight.normal_(0, initializer_range)` gives the same values.
   at::manual_seed(seed);
-  at::NoGradGuard no_grad;
-  for (auto& item : task_model->named_parameters(true)) {
-    if (item.key().rfind("classifier.", 0) != 0) continue;
-    if (item.key().size() > 5 && item.key().compare(item.key().size() - 5, 5, ".bias") == 0) {
-      item.value().zero_();
-    } else {
-      item.value().normal_(0.0, base.config.initializer_range);
-    }
-  }
+  for (auto& item : task_model->named_parameters(true))
+    if (is_classifier(item.key())) initialise(item.key(), item.value());
   // Drawn on the CPU, then moved: the same head on every device.
   if (!device.is_cpu()) task_model->to(device);
   return task_model;

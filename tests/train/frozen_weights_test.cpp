@@ -12,6 +12,7 @@
 #include <sstream>
 #include <string>
 
+#include "deltatune/io/safetensors.h"
 #include "deltatune/model/pretrained.h"
 #include "deltatune/train/task_model.h"
 #include "test_paths.h"
@@ -105,6 +106,42 @@ TEST(FrozenBaseWeights, OverlappingCheckpointTensorsAreCopiedNotTied) {
     first.fill_(-1);
   }
   EXPECT_TRUE(at::equal(second, at::arange(2, 6, at::kFloat))) << "the parameters were tied";
+}
+
+// The model is built without drawing initial values (every parameter is
+// loaded or initialised explicitly): what a base lacks besides the new head
+// still gets HF's initialisation, and the head stays the seed's first draws.
+TEST(TaskModelInitialisation, WhatTheBaseLacksIsDrawnAndTheHeadIsTheSeedsFirstDraws) {
+  test::ScratchDir dir;
+  dir.copy_from(test::minilm_dir(), "config.json");
+  io::NamedTensors without_pooler;
+  for (const auto& [name, value] : model::read_checkpoint(test::minilm_dir()))
+    if (name.find("pooler.") == std::string::npos) without_pooler.emplace_back(name, value);
+  io::save_safetensors(dir.path() / "model.safetensors", without_pooler);
+
+  const BaseModel full = load_base(test::minilm_dir()), lacking = load_base(dir.path());
+  auto reference = make_task_model(full, 3, 5);
+  auto model = make_task_model(lacking, 3, 5);
+  std::map<std::string, at::Tensor> values;
+  for (const auto& item : reference->named_parameters(true)) values[item.key()] = item.value();
+  int checked_pooler = 0;
+  for (const auto& item : model->named_parameters(true)) {
+    const std::string& name = item.key();
+    const at::Tensor& value = item.value();
+    ASSERT_TRUE(at::isfinite(value).all().item<bool>()) << name;
+    if (name.find("pooler.") != std::string::npos) {
+      ++checked_pooler;
+      if (name.find(".bias") != std::string::npos) {
+        EXPECT_TRUE(at::equal(value, at::zeros_like(value))) << name;
+      } else {
+        EXPECT_NEAR(value.std().item<double>(), 0.02, 0.002) << name;
+        EXPECT_NEAR(value.mean().item<double>(), 0.0, 0.002) << name;
+      }
+    } else {
+      EXPECT_TRUE(at::equal(value, values.at(name))) << name;  // classifier included
+    }
+  }
+  EXPECT_EQ(checked_pooler, 2);
 }
 
 }  // namespace
