@@ -205,7 +205,7 @@ class TrainingAttention : public torch::autograd::Function<TrainingAttention> {
     }
     ctx->save_for_backward({queries, keys, values});
     ctx->saved_data["probs"] = probs;
-    ctx->saved_data["keep"] = keep;
+    if (keep.defined()) ctx->saved_data["keep"] = keep;
     ctx->saved_data["heads"] = heads;
     ctx->saved_data["dropout_p"] = dropout_p;
     return context;
@@ -218,7 +218,8 @@ class TrainingAttention : public torch::autograd::Function<TrainingAttention> {
     const at::Tensor& keys = saved[1];
     const at::Tensor& values = saved[2];
     const at::Tensor probs = ctx->saved_data["probs"].toTensor();
-    const at::Tensor keep = ctx->saved_data["keep"].toTensor();
+    const auto kept = ctx->saved_data.find("keep");
+    const at::Tensor keep = kept != ctx->saved_data.end() ? kept->second.toTensor() : at::Tensor();
     const int64_t heads = ctx->saved_data["heads"].toInt();
     const double dropout_p = ctx->saved_data["dropout_p"].toDouble();
     const int64_t head_dim = queries.size(2) / heads;
