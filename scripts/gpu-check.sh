@@ -51,15 +51,24 @@ export LD_LIBRARY_PATH="$deps/lib/x86_64-linux-gnu:$carry/fmt/usr/lib/x86_64-lin
 # fine-tuning delta of BERT-base alone is 440 MB).
 work="${TMPDIR:-/tmp}/deltatune-gpu-work"
 rm -rf "$work" && mkdir -p "$work"
-# The model: the carried fp16 weights widened to fp32 (what both sides read).
+# The model: the carried fp16 weights (xz of the safetensors header, then
+# every value's low bytes, then its high bytes: scripts/gpu-prepare.sh)
+# interleaved and widened to fp32, what both sides read.
 model="$work/all-MiniLM-L6-v2"
 widen_model() {
   mkdir -p "$model" && cp "$carry"/model/*.json "$carry"/model/vocab.txt "$model/" &&
-    $PY - "$carry/model/model.fp16.safetensors" "$model/model.safetensors" <<'PY'
-import sys
-from safetensors.torch import load_file, save_file
+    $PY - "$carry/model/model.fp16.planes.xz" "$model/model.safetensors" <<'PY'
+import lzma, struct, sys
+from safetensors.torch import load, save_file
 import torch
-tensors = {k: (v.float() if v.dtype == torch.float16 else v) for k, v in load_file(sys.argv[1]).items()}
+data = lzma.decompress(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", data[:8])[0]
+planes = data[8 + n:]
+half = len(planes) // 2
+body = bytearray(len(planes))
+body[0::2], body[1::2] = planes[:half], planes[half:]
+tensors = {k: (v.float() if v.dtype == torch.float16 else v)
+           for k, v in load(data[:8 + n] + bytes(body)).items()}
 save_file(tensors, sys.argv[2], metadata={"format": "pt"})
 PY
 }
