@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
 #include <optional>
 
@@ -81,7 +82,9 @@ model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_lab
   // Frozen weights are not copied: the model reads its own private mapping of
   // the base's files (a fresh read, so writes to its parameters stay in pages
   // of that mapping and base.checkpoint keeps the base's values for deltas).
-  const bool adopt = model::checkpoint_is_file_mapped(base.directory);
+  const char* map_weights = std::getenv("DELTATUNE_MAP_WEIGHTS");
+  const bool adopt = model::checkpoint_is_file_mapped(base.directory) &&
+                     !(map_weights != nullptr && std::string(map_weights) == "0");
   const std::map<std::string, at::Tensor> source =
       adopt ? model::read_checkpoint(base.directory) : base.checkpoint;
   // A base that is itself a task model brings a classifier for its own labels:

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -85,6 +86,17 @@ TEST(FrozenBaseWeights, AreTheCheckpointFilesPagesAndWritesToThemStayPrivate) {
   auto other = make_task_model(base, 2, 0);
   for (auto& item : other->named_parameters(true)) {
     if (item.key() == weight_name) {
+      EXPECT_TRUE(at::equal(item.value(), base_value));
+    }
+  }
+
+  // DELTATUNE_MAP_WEIGHTS=0: the weights are the model's own memory.
+  ::setenv("DELTATUNE_MAP_WEIGHTS", "0", 1);
+  auto copied = make_task_model(base, 2, 0);
+  ::unsetenv("DELTATUNE_MAP_WEIGHTS");
+  for (auto& item : copied->named_parameters(true)) {
+    if (item.key() == weight_name) {
+      EXPECT_NE(fs::path(mapped_file_at(item.value().data_ptr())).filename(), "model.safetensors");
       EXPECT_TRUE(at::equal(item.value(), base_value));
     }
   }
