@@ -131,15 +131,27 @@ def main():
                                                      "bert-base": args.base_steps},
             "command": " ".join(sys.argv), "gemm_peak_fp32_gflops": peak}
 
-    ref_fp32 = {(r["model"], r["method"]): r["sides"].get("hf113", {}).get("tokens_per_s")
+    print_ratio_table(rows, next(s for s in args.sides.split(",") if not s.startswith("ours")))
+    print_method_table(rows)
+    if peak:
+        print_gemm_share(rows, models, peak)
+    with open(out, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    print(f"results: {out}", file=sys.stderr)
+
+
+def print_ratio_table(rows, reference):
+    """deltatune against `reference` (hf113, hflatest) per model, method and precision."""
+    print(f"reference: {reference}")
+    ref_fp32 = {(r["model"], r["method"]): r["sides"].get(reference, {}).get("tokens_per_s")
                 for r in rows if r["precision"] == "fp32"}
     print("| model | method | precision | deltatune tok/s | HF tok/s | ratio | vs HF fp32 "
           "| deltatune RSS MiB | HF RSS MiB | RSS ratio |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    ref_bf16 = {(r["model"], r["method"]): r["sides"].get("hf113")
+    ref_bf16 = {(r["model"], r["method"]): r["sides"].get(reference)
                 for r in rows if r["precision"] == "bf16"}
     for r in rows:
-        ours, hf = r["sides"].get("ours"), r["sides"].get("hf113")
+        ours, hf = r["sides"].get("ours"), r["sides"].get(reference)
         if r["precision"] == "bf16-plain":
             hf = ref_bf16.get((r["model"], r["method"]))
         if not ours or not hf:
@@ -150,12 +162,6 @@ def main():
               f"| {hf['tokens_per_s']:.0f} | {ours['tokens_per_s'] / hf['tokens_per_s']:.2f}x "
               f"| {vs_fp32} | {ours['peak_rss_mib']:.0f} "
               f"| {hf['peak_rss_mib']:.0f} | {ours['peak_rss_mib'] / hf['peak_rss_mib']:.2f} |")
-    print_method_table(rows)
-    if peak:
-        print_gemm_share(rows, models, peak)
-    with open(out, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    print(f"results: {out}", file=sys.stderr)
 
 
 GEMM_PEAK = r"""
@@ -206,7 +212,8 @@ def print_gemm_share(rows, models, peak):
     for r in rows:
         # Both sides train the same batches; the reference times its steps alone.
         ours = r["sides"].get("ours")
-        per_example = r["sides"].get("hf113", {}).get("tokens_per_example")
+        per_example = next((side["tokens_per_example"] for name, side in r["sides"].items()
+                            if "tokens_per_example" in side), None)
         if r["precision"] != "fp32" or not ours or not per_example:
             continue
         flops = step_flops_per_token(models[r["model"]], r["method"], per_example)
