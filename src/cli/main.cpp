@@ -32,6 +32,25 @@ using namespace deltatune;
 
 namespace deltatune::cli {
 
+model::Precision forward_precision(const std::string& choice, const at::Device& device,
+                                   const std::string& verb,
+                                   std::optional<model::PrecisionProbe>* probe) {
+  if (choice != "auto") return model::parse_precision(choice == "bf16", false);
+  if (!device.is_cpu())
+    throw Error("--precision auto probes the CPU; on " + device.str() + " choose fp32 or bf16");
+  const model::PrecisionProbe& measured = model::probe_cpu_precision();
+  fmt::print(stderr, "deltatune {}: products at {:.0f} GFLOP/s in fp32, {:.0f} in bf16: {}\n", verb,
+             measured.fp32_gflops, measured.bf16_gflops, model::precision_name(measured.choice));
+  if (probe != nullptr) *probe = measured;
+  return measured.choice;
+}
+
+CLI::Option* add_precision_option(CLI::App* verb, std::string& choice) {
+  return verb->add_option("--precision", choice, kPrecisionHelp)
+      ->check(CLI::IsMember({"fp32", "bf16", "auto"}))
+      ->capture_default_str();
+}
+
 std::string default_model_dir() {
   const char* home = std::getenv("DELTATUNE_HOME");
   fs::path root =

@@ -55,17 +55,8 @@ int run_serve(ServeOptions& o) {
   o.engine.max_wait = std::chrono::microseconds(static_cast<int64_t>(o.max_wait_ms * 1000));
   o.engine.group_per_task = o.group_per_task;
   o.engine.device = model::parse_device(o.device);
-  o.engine.mixed.precision = model::parse_precision(o.precision == "bf16", false);
-  if (o.precision == "auto") {
-    if (!o.engine.device.is_cpu())
-      throw Error("--precision auto probes the CPU; on " + o.engine.device.str() +
-                  " choose fp32 or bf16");
-    const model::PrecisionProbe& probe = model::probe_cpu_precision();
-    o.engine.mixed.precision = probe.choice;
-    o.engine.precision_probe = probe;
-    fmt::print(stderr, "deltatune serve: products at {:.0f} GFLOP/s in fp32, {:.0f} in bf16: {}\n",
-               probe.fp32_gflops, probe.bf16_gflops, model::precision_name(probe.choice));
-  }
+  o.engine.mixed.precision =
+      forward_precision(o.precision, o.engine.device, "serve", &o.engine.precision_probe);
   train::BaseModel base = train::load_base(o.model_dir);
   base.allow_mismatch = o.allow_base_mismatch;
   serve::Engine engine(std::move(base), text::load_tokenizer(o.model_dir), o.engine);
@@ -132,13 +123,7 @@ void register_serve_verb(CLI::App& app, Action& action, int& threads) {
                   "load deltas made on another base (checksum differs) with a warning instead "
                   "of refusing them");
   serve->add_option("--device", o->device, kDeviceHelp)->capture_default_str();
-  serve
-      ->add_option("--precision", o->precision,
-                   "fp32, bf16 (passes under bf16 autocast: faster where the CPU's bf16 products "
-                   "are, scores differ from fp32 in the second or third digit) or auto (bf16 when "
-                   "a start-up probe finds its products >= 1.2x fp32's)")
-      ->check(CLI::IsMember({"fp32", "bf16", "auto"}))
-      ->capture_default_str();
+  add_precision_option(serve, o->precision);
   serve->add_option("--threads", threads,
                     "intra-op threads of the forward pass (0: every CPU the process may use)");
   serve->callback([&action, o] { action = [o] { return run_serve(*o); }; });

@@ -472,11 +472,18 @@ struct EvalOptions {
   std::string ensemble = "mean";
   DataOptions data;
   int64_t batch_size = 64;
-  bool bf16 = false;
+  bool bf16 = false;               // --bf16: the same as --precision bf16
+  std::string precision = "fp32";  // --precision; resolved into bf16 by run_eval
   bool json_output = false;
   bool allow_base_mismatch = false;
   std::string device = "auto";
 };
+
+// --precision (auto probes the CPU) and --bf16 as one answer, kept in o.bf16.
+void resolve_eval_precision(EvalOptions& o) {
+  o.bf16 = forward_precision(o.bf16 ? "bf16" : o.precision, model::parse_device(o.device),
+                             "eval") == model::Precision::kBFloat16;
+}
 
 // Several prompt-tuning deltas of one task evaluated as one ensemble, each
 // member alone too.
@@ -519,6 +526,7 @@ int run_ensemble_eval(EvalOptions& o) {
 }
 
 int run_eval(EvalOptions& o) {
+  resolve_eval_precision(o);
   if (!o.more_deltas.empty()) return run_ensemble_eval(o);
   methods::Delta delta = methods::Delta::load(o.delta_dir);
   train::BaseModel base = base_for_deltas(o.model_dir, o.allow_base_mismatch);
@@ -550,6 +558,7 @@ int run_eval(EvalOptions& o) {
   out["delta_values"] = delta.stored_values();
   out["delta_bytes"] = delta.stored_bytes();
   out["device"] = model::device_of(*task_model).str();
+  out["precision"] = o.bf16 ? "bf16" : "fp32";
   out["seconds"] = eval_seconds;  // the dev set's forward passes and metrics
   out["examples_per_second"] = static_cast<double>(eval.examples) / std::max(eval_seconds, 1e-9);
   if (o.json_output) {
@@ -574,15 +583,17 @@ struct PredictOptions {
   std::string input, output;
   std::string text_a, text_b;
   int64_t batch_size = 64;
+  std::string precision = "fp32";
   bool allow_base_mismatch = false;
   std::string device = "auto";
 };
 
 int run_predict(PredictOptions& o) {
   methods::Delta delta = methods::Delta::load(o.delta_dir);
+  const at::Device device = model::parse_device(o.device);
+  const model::Precision precision = forward_precision(o.precision, device, "predict");
   train::BaseModel base = base_for_deltas(o.model_dir, o.allow_base_mismatch);
-  auto task_model =
-      train::model_from_delta(base, delta, /*fold=*/false, model::parse_device(o.device));
+  auto task_model = train::model_from_delta(base, delta, /*fold=*/false, device);
   data::TaskSpec task = train::task_of(delta);
   data::ReadOptions options;
   if (!o.text_a.empty()) options.text_a = data::ColumnRef::parse(o.text_a);
@@ -599,7 +610,7 @@ int run_predict(PredictOptions& o) {
   auto tokenizer = text::load_tokenizer(o.model_dir);
   auto encoded =
       data::encode_dataset(inputs, *tokenizer, delta.meta.value("max_length", size_t{128}));
-  at::Tensor logits = train::predict_logits(*task_model, encoded, o.batch_size, false);
+  at::Tensor logits = train::predict_logits(*task_model, encoded, o.batch_size, precision);
   std::ostringstream lines;
   for (int64_t i = 0; i < logits.size(0); ++i) {
     json row = {{"line", inputs.examples[i].line}};
@@ -820,7 +831,8 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
       ->capture_default_str();
   add_data_options(eval, e->data, false);
   eval->add_option("--batch-size", e->batch_size, "examples per batch")->capture_default_str();
-  eval->add_flag("--bf16", e->bf16, "bf16 autocast");
+  auto* eval_precision = add_precision_option(eval, e->precision);
+  eval->add_flag("--bf16", e->bf16, "the same as --precision bf16")->excludes(eval_precision);
   eval->add_option("--device", e->device, kDeviceHelp)->capture_default_str();
   eval->add_flag("--json", e->json_output, "print JSON");
   eval->add_flag("--allow-base-mismatch", e->allow_base_mismatch, kAllowBaseMismatchHelp);
@@ -837,6 +849,7 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   predict->add_option("--text-b", p->text_b, "column of the second text");
   predict->add_flag("--allow-base-mismatch", p->allow_base_mismatch, kAllowBaseMismatchHelp);
   predict->add_option("--device", p->device, kDeviceHelp)->capture_default_str();
+  add_precision_option(predict, p->precision);
   predict->add_option("--threads", threads, threads_help);
   predict->callback([&action, p] { action = [p] { return run_predict(*p); }; });
 

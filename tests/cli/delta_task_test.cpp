@@ -3,6 +3,8 @@
 // does not fit it with a one-line error and a non-zero exit.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <sstream>
+#include <vector>
 
 #include "cli/cli_run.h"
 #include "deltatune/data/task.h"
@@ -65,6 +67,46 @@ TEST(CliDeltaTask, PredictPrintsTheDeltasOwnLabelNames) {
   const auto row = nlohmann::json::parse(run.output.substr(run.output.find('{')));
   const std::string label = row["label"];
   EXPECT_TRUE(label == "neg" || label == "pos") << run.output;
+}
+
+// --precision on predict and eval: auto says on stderr what the CPU's probe
+// chose and answers within bf16's precision of fp32; eval's --bf16 and
+// --precision together, or an unknown precision, are refused.
+TEST(CliDeltaTask, PrecisionAutoSaysWhatItChoseAndAnswersLikeFp32) {
+  test::ScratchDir tmp;
+  const fs::path delta = user_delta(tmp);
+  tmp.write("inputs.tsv", "sentence\nwhat a film\na dull, tired mess\n");
+  const std::string common =
+      " --delta '" + delta.string() + "' --input '" + (tmp.path() / "inputs.tsv").string() + "'";
+  auto rows = [](const std::string& output) {
+    std::vector<nlohmann::json> out;
+    std::istringstream lines(output);
+    for (std::string line; std::getline(lines, line);)
+      if (!line.empty() && line.front() == '{') out.push_back(nlohmann::json::parse(line));
+    return out;
+  };
+  CliRun fp32 = deltatune("predict --precision fp32" + common);
+  ASSERT_EQ(fp32.status, 0) << fp32.output;
+  EXPECT_EQ(fp32.output.find("products at"), std::string::npos) << fp32.output;
+  CliRun automatic = deltatune("predict --precision auto" + common);
+  ASSERT_EQ(automatic.status, 0) << automatic.output;
+  EXPECT_NE(automatic.output.find("deltatune predict: products at"), std::string::npos)
+      << automatic.output;
+  const auto exact = rows(fp32.output), chosen = rows(automatic.output);
+  ASSERT_EQ(exact.size(), 2u) << fp32.output;
+  ASSERT_EQ(chosen.size(), 2u) << automatic.output;
+  for (size_t i = 0; i < exact.size(); ++i) {
+    EXPECT_EQ(chosen[i]["line"], exact[i]["line"]);
+    EXPECT_NEAR(chosen[i]["probability"].get<double>(), exact[i]["probability"].get<double>(),
+                0.02);
+  }
+
+  CliRun both = deltatune("eval --bf16 --precision fp32 --delta '" + delta.string() + "'");
+  EXPECT_NE(both.status, 0) << both.output;
+  EXPECT_NE(both.output.find("excludes"), std::string::npos) << both.output;
+  CliRun unknown = deltatune("predict --precision fp8" + common);
+  EXPECT_NE(unknown.status, 0) << unknown.output;
+  EXPECT_NE(unknown.output.find("--precision"), std::string::npos) << unknown.output;
 }
 
 }  // namespace
