@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iterator>
@@ -105,6 +107,25 @@ std::map<std::string, at::Tensor> read_checkpoint(const fs::path& model_dir) {
     all.insert(part.begin(), part.end());
   }
   return all;
+}
+
+void initialise_missing(torch::nn::Module& module, const std::vector<std::string>& names,
+                        double initializer_range) {
+  at::NoGradGuard no_grad;
+  for (auto& item : module.named_parameters(/*recurse=*/true)) {
+    const std::string& name = item.key();
+    if (std::find(names.begin(), names.end(), name) == names.end()) continue;
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0)
+      item.value().zero_();
+    else
+      item.value().normal_(0.0, initializer_range);
+  }
+}
+
+LoadMode load_mode_for(const fs::path& model_dir) {
+  const char* map_weights = std::getenv("DELTATUNE_MAP_WEIGHTS");
+  const bool allowed = !(map_weights != nullptr && std::string(map_weights) == "0");
+  return allowed && checkpoint_is_file_mapped(model_dir) ? LoadMode::kAdopt : LoadMode::kCopy;
 }
 
 bool checkpoint_is_file_mapped(const fs::path& model_dir) {
@@ -210,11 +231,16 @@ LoadedClassifier load_classifier(const fs::path& model_dir, int64_t num_labels) 
   if (num_labels <= 0) num_labels = labels_from_config(out.config);
   auto checkpoint = read_checkpoint(model_dir);
   check_config_matches(out.config, checkpoint, model_dir.string());
-  out.model = SequenceClassifier(out.config, num_labels);
+  {
+    SkipInitialisation no_draws;  // loaded below, or drawn by initialise_missing
+    out.model = SequenceClassifier(out.config, num_labels);
+  }
   SequenceClassifierImpl* model = out.model.get();
-  out.report =
-      load_state(*out.model, checkpoint, out.config.base_model_prefix(), model_dir.string(),
-                 [model](const std::string& name) { return model->is_head_parameter(name); });
+  out.report = load_state(
+      *out.model, checkpoint, out.config.base_model_prefix(), model_dir.string(),
+      [model](const std::string& name) { return model->is_head_parameter(name); },
+      load_mode_for(model_dir));
+  initialise_missing(*out.model, out.report.initialized, out.config.initializer_range);
   return out;
 }
 
@@ -224,10 +250,15 @@ LoadedEncoder load_encoder(const fs::path& model_dir) {
   const bool with_pooler = out.config.architecture == Architecture::kBert;
   auto checkpoint = read_checkpoint(model_dir);
   check_config_matches(out.config, checkpoint, model_dir.string());
-  out.model = EncoderModel(out.config, with_pooler);
-  out.report =
-      load_state(*out.model, checkpoint, out.config.base_model_prefix(), model_dir.string(),
-                 [](const std::string& name) { return starts_with(name, "pooler."); });
+  {
+    SkipInitialisation no_draws;  // loaded below, or drawn by initialise_missing
+    out.model = EncoderModel(out.config, with_pooler);
+  }
+  out.report = load_state(
+      *out.model, checkpoint, out.config.base_model_prefix(), model_dir.string(),
+      [](const std::string& name) { return starts_with(name, "pooler."); },
+      load_mode_for(model_dir));
+  initialise_missing(*out.model, out.report.initialized, out.config.initializer_range);
   return out;
 }
 

@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <ctime>
 #include <optional>
 
@@ -82,43 +81,30 @@ model::SequenceClassifier make_task_model(const BaseModel& base, int64_t num_lab
   // Frozen weights are not copied: the model reads its own private mapping of
   // the base's files (a fresh read, so writes to its parameters stay in pages
   // of that mapping and base.checkpoint keeps the base's values for deltas).
-  const char* map_weights = std::getenv("DELTATUNE_MAP_WEIGHTS");
-  const bool adopt = model::checkpoint_is_file_mapped(base.directory) &&
-                     !(map_weights != nullptr && std::string(map_weights) == "0");
+  const model::LoadMode mode = model::load_mode_for(base.directory);
   const std::map<std::string, at::Tensor> source =
-      adopt ? model::read_checkpoint(base.directory) : base.checkpoint;
+      mode == model::LoadMode::kAdopt ? model::read_checkpoint(base.directory) : base.checkpoint;
   // A base that is itself a task model brings a classifier for its own labels:
   // a new task gets a fresh one (HF would refuse a size mismatch).
+  auto is_classifier = [](const std::string& name) { return name.rfind("classifier.", 0) == 0; };
   std::map<std::string, at::Tensor> encoder_only;
   for (const auto& [key, value] : source)
-    if (key.rfind("classifier.", 0) != 0) encoder_only.emplace(key, value);
+    if (!is_classifier(key)) encoder_only.emplace(key, value);
   const model::LoadReport report = model::load_state(
       *task_model, encoder_only, base.config.base_model_prefix(), base.directory.string(),
-      [raw](const std::string& name) { return raw->is_head_parameter(name); },
-      adopt ? model::LoadMode::kAdopt : model::LoadMode::kCopy);
-  at::NoGradGuard no_grad;
-  // HF's _init_weights: normal(0, initializer_range) weights, zero biases.
-  auto initialise = [&](const std::string& name, at::Tensor& value) {
-    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0)
-      value.zero_();
-    else
-      value.normal_(0.0, base.config.initializer_range);
-  };
-  auto is_classifier = [](const std::string& name) { return name.rfind("classifier.", 0) == 0; };
+      [raw](const std::string& name) { return raw->is_head_parameter(name); }, mode);
+  std::vector<std::string> head, lacking;
+  for (const std::string& name : report.initialized)
+    (is_classifier(name) ? head : lacking).push_back(name);
   // What the base lacks besides the new classifier (a BERT pooler some
-  // checkpoints omit), drawn before the seed below so that the classifier's
+  // checkpoints omit) is drawn before the seed below, so that the classifier's
   // values do not depend on it.
-  for (auto& item : task_model->named_parameters(true))
-    if (!is_classifier(item.key()) &&
-        std::find(report.initialized.begin(), report.initialized.end(), item.key()) !=
-            report.initialized.end())
-      initialise(item.key(), item.value());
+  model::initialise_missing(*task_model, lacking, base.config.initializer_range);
   // The head: the generator is seeded right before the draw, so the head is
   // the first normals of the seed's stream: PyTorch's `torch.manual_seed(seed);
   // classifier.weight.normal_(0, initializer_range)` gives the same values.
   at::manual_seed(seed);
-  for (auto& item : task_model->named_parameters(true))
-    if (is_classifier(item.key())) initialise(item.key(), item.value());
+  model::initialise_missing(*task_model, head, base.config.initializer_range);
   // Drawn on the CPU, then moved: the same head on every device.
   if (!device.is_cpu()) task_model->to(device);
   return task_model;

@@ -62,6 +62,17 @@ LoadReport load_state(torch::nn::Module& module,
                       const std::function<bool(const std::string&)>& may_initialize,
                       LoadMode mode = LoadMode::kCopy);
 
+// HF's _init_weights for the parameters of `module` named in `names` (what
+// a checkpoint lacked: a new head, an omitted pooler), in the module's
+// parameter order: normal(0, initializer_range) weights, zero biases. For a
+// model built under SkipInitialisation, whose other parameters are loaded.
+void initialise_missing(torch::nn::Module& module, const std::vector<std::string>& names,
+                        double initializer_range);
+
+// LoadMode::kAdopt for a fresh read of `model_dir`'s safetensors unless
+// DELTATUNE_MAP_WEIGHTS=0 asks for copies; kCopy for a pytorch_model.bin.
+LoadMode load_mode_for(const std::filesystem::path& model_dir);
+
 // Whether read_checkpoint(model_dir) gives views of private file mappings
 // (safetensors files, one or sharded), which LoadMode::kAdopt can keep as
 // storage; a pytorch_model.bin is read into memory whose tensors may share
