@@ -4,7 +4,9 @@
 #  1. training tokens/s of 1 process (all cores) and of `deltatune launch
 #     --nproc 2` (one intra-op thread each) on the same global batches;
 #  2. the gradient all-reduce per step (Gloo, loopback, 2 ranks) for BitFit,
-#     LoRA and full fine-tuning on MiniLM and on a BERT-base-sized model.
+#     LoRA and full fine-tuning on MiniLM and on a BERT-base-sized model;
+#  3. two ranks with the all-reduce overlapped with backward against after it
+#     (--overlap-all-reduce true / false), alternated OVERLAP_REPEATS times.
 #
 #   bench/run_scaling.sh [OUT.jsonl]    (needs `make build`; GLUE_DIR or ../shared)
 set -euo pipefail
@@ -42,6 +44,30 @@ print(json.dumps({"case": "train", "method": method, "steps": two["steps"],
                   "rank0_all_reduce_bytes": ar.get("bytes"), "rank0_all_reduce_s": ar.get("seconds"),
                   "rank0_train_s": two["train_seconds"]}))
 EOF
+done
+
+# The all-reduce overlapped with backward, or after it: alternated, the same job.
+repeats=${OVERLAP_REPEATS:-2}
+for method in lora full; do
+  common=(train --task SST-2 --glue-dir "$glue" --max-train-samples 4096 --method "$method" --max-steps "$steps"
+          --batch-size 32 --max-length 64 --eval-every 0 --seed 1 --model "$model" --threads 1)
+  for repeat in $(seq "$repeats"); do
+    for overlap in false true; do
+      "$build/deltatune" launch --nproc 2 -- "${common[@]}" --overlap-all-reduce "$overlap" \
+        --out "$work/overlap-$method-$overlap-$repeat" --json > "$work/two.json" 2>/dev/null
+      python3 - "$method" "$overlap" "$work/two.json" \
+        "$work/overlap-$method-$overlap-$repeat/metrics.jsonl" >> "$out" <<'EOF'
+import json, sys
+method, overlap, two, log = sys.argv[1:]
+two = json.load(open(two))
+summary = [json.loads(l) for l in open(log) if '"summary"' in l][-1]
+ar = summary.get("all_reduce", {})
+print(json.dumps({"case": "overlap", "method": method, "overlap": overlap == "true",
+                  "steps": two["steps"], "two_ranks_tokens_per_s": two["train_tokens_per_s"],
+                  "rank0_all_reduce_wait_s": ar.get("seconds"), "rank0_train_s": two["train_seconds"]}))
+EOF
+    done
+  done
 done
 
 # A BERT-base-sized architecture (random weights: only its parameter counts matter).

@@ -181,6 +181,7 @@ int run_embed(const Common& common, const std::vector<std::string>& texts, size_
 
 int run_classify(const Common& common, const std::vector<std::string>& texts,
                  const std::vector<std::string>& pairs, size_t max_length) {
+  const at::Device device = model::parse_device(common.device);  // refused before any work
   auto tokenizer = text::load_tokenizer(common.model_dir);
   auto loaded = model::load_classifier(common.model_dir);
   if (!loaded.report.initialized.empty())
@@ -188,7 +189,6 @@ int run_classify(const Common& common, const std::vector<std::string>& texts,
                 loaded.report.initialized.front() +
                 " is missing): fine-tune it first or pass a fine-tuned model directory");
   loaded.model->eval();
-  const at::Device device = model::parse_device(common.device);
   loaded.model->to(device);
   auto batch = model::to_device(model::make_batch(encode_all(*tokenizer, texts, pairs, max_length),
                                                   tokenizer->pad_token_id()),

@@ -12,6 +12,8 @@
 #include <csignal>
 #include <cstring>
 #include <fstream>
+#include <memory>
+#include <numeric>
 
 #include "deltatune/error.h"
 #include "deltatune/io/atomic_file.h"
@@ -223,52 +225,35 @@ struct StepTotals {
   int signal = 0;  // a stop signal that reached some rank, else 0
 };
 
-// The step's one all-reduce: every trainable gradient in one flat fp32
-// buffer (only the entries in its support where the method names one, bool
-// masks aligned with `parameters`, undefined: all), then per parameter
-// whether some rank produced its gradient, this rank's loss part, its tokens
-// and whether a stop signal reached it. Gradients become the ranks' mean:
-// SUM, then 1/world (Gloo has no AVG); entries outside a support become 0,
-// as the method's on_backward() makes them anyway. A gradient no rank
-// produced stays undefined, as in one process.
-// `sizes`: the entries sent of each (its support's count, or its numel).
-StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& parameters,
-                             const std::vector<at::Tensor>& supports,
-                             const std::vector<int64_t>& sizes, double loss, int64_t tokens) {
+// What the ranks add up besides the gradients, after them in the step's
+// buffer: per parameter whether this rank produced its gradient, this rank's
+// loss part, its tokens and whether a stop signal reached it.
+at::Tensor step_bookkeeping(const std::vector<at::Tensor>& parameters, double loss, int64_t tokens,
+                            int own_signal) {
   const auto n = static_cast<int64_t>(parameters.size());
-  int64_t values = 0;
-  for (int64_t size : sizes) values += size;
-  // On the job's device (the GPU under NCCL): the gradients, then the step's
-  // bookkeeping, written on the host and copied in.
-  at::Tensor flat = at::empty({values + n + 3}, at::TensorOptions(job.device()).dtype(at::kFloat));
   at::Tensor bookkeeping = at::empty({n + 3}, at::kFloat);
   float* tail = bookkeeping.data_ptr<float>();
-  int64_t offset = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const at::Tensor& p = parameters[static_cast<size_t>(i)];
-    const at::Tensor& support = supports[static_cast<size_t>(i)];
-    const int64_t size = sizes[static_cast<size_t>(i)];
-    at::Tensor slot = flat.narrow(0, offset, size);
-    if (!p.grad().defined())
-      slot.zero_();
-    else if (support.defined())
-      slot.copy_(p.grad().masked_select(support));
-    else
-      slot.copy_(p.grad().reshape({-1}));
-    tail[i] = p.grad().defined() ? 1.0f : 0.0f;
-    offset += size;
-  }
-  const int own_signal = stop_requested();
+  for (int64_t i = 0; i < n; ++i)
+    tail[i] = parameters[static_cast<size_t>(i)].grad().defined() ? 1.0f : 0.0f;
   tail[n] = static_cast<float>(loss);
   tail[n + 1] = static_cast<float>(tokens);
   tail[n + 2] = own_signal != 0 ? 1.0f : 0.0f;
-  flat.narrow(0, values, n + 3).copy_(bookkeeping);
-  job.all_reduce_sum(flat);
-  bookkeeping = flat.narrow(0, values, n + 3).to(at::kCPU);
-  tail = bookkeeping.data_ptr<float>();
-  flat.narrow(0, 0, values).mul_(1.0 / job.world_size());
+  return bookkeeping;
+}
+
+// The ranks' mean gradients, `flat` (their sum, in parameter order, each
+// parameter's support or whole), written into the parameters' gradients;
+// `summed` is step_bookkeeping summed over the ranks. A gradient no rank
+// produced stays undefined, as in one process; entries outside a support
+// become 0, as the method's on_backward() makes them anyway.
+StepTotals apply_means(Collective& job, const std::vector<at::Tensor>& parameters,
+                       const std::vector<at::Tensor>& supports, const std::vector<int64_t>& sizes,
+                       at::Tensor flat, const at::Tensor& summed, int own_signal) {
+  const auto n = static_cast<int64_t>(parameters.size());
+  const float* tail = summed.data_ptr<float>();
+  flat.mul_(1.0 / job.world_size());  // Gloo has no AVG
   at::NoGradGuard no_grad;
-  offset = 0;
+  int64_t offset = 0;
   for (int64_t i = 0; i < n; ++i) {
     at::Tensor p = parameters[static_cast<size_t>(i)];
     const at::Tensor& support = supports[static_cast<size_t>(i)];
@@ -288,6 +273,170 @@ StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& par
   totals.signal = tail[n + 2] > 0 ? (own_signal != 0 ? own_signal : SIGTERM) : 0;
   return totals;
 }
+
+// The step's one all-reduce after backward: every trainable gradient in one
+// flat fp32 buffer (only the entries in its support where the method names
+// one, bool masks aligned with `parameters`, undefined: all), then the
+// step's bookkeeping. Gradients become the ranks' mean: SUM, then 1/world.
+// `sizes`: the entries sent of each (its support's count, or its numel).
+StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& parameters,
+                             const std::vector<at::Tensor>& supports,
+                             const std::vector<int64_t>& sizes, double loss, int64_t tokens) {
+  const auto n = static_cast<int64_t>(parameters.size());
+  int64_t values = 0;
+  for (int64_t size : sizes) values += size;
+  // On the job's device (the GPU under NCCL): the gradients, then the step's
+  // bookkeeping, written on the host and copied in.
+  at::Tensor flat = at::empty({values + n + 3}, at::TensorOptions(job.device()).dtype(at::kFloat));
+  int64_t offset = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& p = parameters[static_cast<size_t>(i)];
+    const at::Tensor& support = supports[static_cast<size_t>(i)];
+    const int64_t size = sizes[static_cast<size_t>(i)];
+    at::Tensor slot = flat.narrow(0, offset, size);
+    if (!p.grad().defined())
+      slot.zero_();
+    else if (support.defined())
+      slot.copy_(p.grad().masked_select(support));
+    else
+      slot.copy_(p.grad().reshape({-1}));
+    offset += size;
+  }
+  const int own_signal = stop_requested();
+  flat.narrow(0, values, n + 3).copy_(step_bookkeeping(parameters, loss, tokens, own_signal));
+  job.all_reduce_sum(flat);
+  const at::Tensor summed = flat.narrow(0, values, n + 3).to(at::kCPU).contiguous();
+  return apply_means(job, parameters, supports, sizes, flat.narrow(0, 0, values), summed,
+                     own_signal);
+}
+
+// The step's gradient all-reduce overlapped with backward, as DDP's buckets
+// do. The parameters' gradients are cut into buckets of about
+// `bucket_bytes`, taken in `order` (the reverse of the model's parameter
+// order: roughly the order backward produces them). A hook on each parameter
+// copies its gradient (plus what earlier accumulated batches left) into the
+// bucket as backward produces it; a bucket starts its all-reduce once all its
+// gradients are in and every bucket before it has started, so every rank
+// starts the same collectives in the same order whatever its own backward did
+// (a rank whose shard was empty starts them all in finish()). For methods
+// whose gradients after backward are what the optimizer steps on (all of
+// them sent, nothing rewritten in on_backward()), on a step's last batch.
+class OverlappedAverage {
+ public:
+  OverlappedAverage(Collective& job, const std::vector<at::Tensor>& parameters,
+                    const std::vector<size_t>& order, int64_t bucket_bytes)
+      : state_(std::make_shared<State>()) {
+    State& s = *state_;
+    s.job = &job;
+    s.parameters = parameters;
+    const size_t n = parameters.size();
+    s.offset.resize(n);
+    s.bucket_of.resize(n);
+    int64_t values = 0, in_bucket = 0;
+    for (size_t i : order) {
+      const int64_t size = parameters[i].numel();
+      if (s.bucket_begin.empty() || in_bucket * 4 >= bucket_bytes) {
+        s.bucket_begin.push_back(values);
+        s.bucket_parameters.push_back(0);
+        in_bucket = 0;
+      }
+      s.offset[i] = values;
+      s.bucket_of[i] = s.bucket_begin.size() - 1;
+      ++s.bucket_parameters.back();
+      values += size;
+      in_bucket += size;
+    }
+    s.bucket_begin.push_back(values);
+    s.flat = at::empty({values}, at::TensorOptions(job.device()).dtype(at::kFloat));
+    for (size_t i = 0; i < n; ++i) {
+      std::weak_ptr<State> weak = state_;
+      hooks_.push_back(parameters[i].register_hook([weak, i](const at::Tensor& grad) {
+        if (auto state = weak.lock()) state->arrived(i, grad);
+      }));
+    }
+  }
+
+  ~OverlappedAverage() {
+    for (size_t i = 0; i < hooks_.size(); ++i) state_->parameters[i].remove_hook(hooks_[i]);
+  }
+  OverlappedAverage(const OverlappedAverage&) = delete;
+  OverlappedAverage& operator=(const OverlappedAverage&) = delete;
+
+  // The next backward is a step's last: its gradients go out as they come.
+  void arm() {
+    State& s = *state_;
+    s.armed = true;
+    s.flat.zero_();
+    s.produced.assign(s.parameters.size(), 0);
+    s.missing = s.bucket_parameters;
+    s.started.clear();
+  }
+
+  // After that backward (or in place of it, for a rank without a shard): the
+  // buckets not started yet start, all are waited for, and the ranks' mean
+  // gradients replace the parameters'.
+  StepTotals finish(double loss, int64_t tokens) {
+    State& s = *state_;
+    while (s.started.size() + 1 < s.bucket_begin.size()) s.start_next();
+    for (auto& pending : s.started) pending->wait();
+    s.armed = false;
+    const int own_signal = stop_requested();
+    // Whether each gradient was produced is this step's: from the hooks, not
+    // from .grad, which an unused parameter may still hold from before.
+    at::Tensor summed = step_bookkeeping(s.parameters, loss, tokens, own_signal);
+    float* tail = summed.data_ptr<float>();
+    for (size_t i = 0; i < s.parameters.size(); ++i) tail[i] = s.produced[i] ? 1.0f : 0.0f;
+    s.job->all_reduce_sum(summed);
+    // The means in parameter order, as apply_means reads them.
+    std::vector<at::Tensor> supports(s.parameters.size());
+    std::vector<int64_t> sizes;
+    std::vector<at::Tensor> slots;
+    for (size_t i = 0; i < s.parameters.size(); ++i) {
+      sizes.push_back(s.parameters[i].numel());
+      slots.push_back(s.flat.narrow(0, s.offset[i], sizes.back()));
+    }
+    return apply_means(*s.job, s.parameters, supports, sizes, at::cat(slots), summed, own_signal);
+  }
+
+ private:
+  struct State {
+    Collective* job = nullptr;
+    std::vector<at::Tensor> parameters;
+    at::Tensor flat;                         // the gradients, bucket after bucket
+    std::vector<int64_t> offset;             // each parameter's place in `flat`
+    std::vector<size_t> bucket_of;           // each parameter's bucket
+    std::vector<int64_t> bucket_begin;       // each bucket's first value; then the end
+    std::vector<int64_t> bucket_parameters;  // how many parameters each holds
+    std::vector<int64_t> missing;            // of those, how many have not arrived
+    std::vector<char> produced;
+    std::vector<std::unique_ptr<PendingCollective>> started;  // buckets 0.. started, in order
+    bool armed = false;
+
+    void arrived(size_t i, const at::Tensor& grad) {
+      if (!armed || produced[i]) return;
+      at::NoGradGuard no_grad;
+      const at::Tensor& p = parameters[i];
+      at::Tensor slot = flat.narrow(0, offset[i], p.numel()).view(p.sizes());
+      // The gradient .grad will hold once accumulated: earlier batches' part plus this one.
+      slot.copy_(p.grad().defined() ? p.grad() + grad : grad);  // copy_ crosses devices
+      produced[i] = 1;
+      --missing[bucket_of[i]];
+      while (started.size() + 1 < bucket_begin.size() && missing[started.size()] == 0) start_next();
+    }
+
+    void start_next() {
+      const size_t b = started.size();
+      started.push_back(job->start_all_reduce_sum(
+          flat.narrow(0, bucket_begin[b], bucket_begin[b + 1] - bucket_begin[b])));
+    }
+  };
+
+  std::shared_ptr<State> state_;
+  std::vector<unsigned> hooks_;
+};
+
+// DDP's default bucket size.
+constexpr int64_t kBucketBytes = 25 << 20;
 
 // 64-bit FNV-1a over the bytes of every trained tensor, in name order.
 uint64_t digest(const std::map<std::string, at::Tensor>& tensors) {
@@ -636,6 +785,25 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
                                                           : group.parameters[i].numel());
       }
   }
+  // Where nothing stands between backward and the average (every gradient
+  // sent whole, none rewritten by the method), the all-reduce overlaps backward.
+  std::unique_ptr<OverlappedAverage> overlapped;
+  if (job && config_.overlap_all_reduce && !method_.rewrites_gradients_on_backward() &&
+      std::none_of(supports.begin(), supports.end(),
+                   [](const at::Tensor& t) { return t.defined(); })) {
+    std::map<const void*, size_t> position;
+    for (const auto& item : model.named_parameters(true))
+      position.emplace(item.value().unsafeGetTensorImpl(), position.size());
+    std::vector<size_t> order(parameters.size());
+    std::iota(order.begin(), order.end(), 0);
+    auto place = [&](size_t i) {
+      auto found = position.find(parameters[i].unsafeGetTensorImpl());
+      return found == position.end() ? position.size() : found->second;
+    };
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return place(a) > place(b); });
+    overlapped = std::make_unique<OverlappedAverage>(*job, parameters, order, kBucketBytes);
+  }
 
   TrainResult result;
   std::map<std::string, at::Tensor> best_parameters;
@@ -867,10 +1035,11 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       if (!job) loss_window += loss.item<double>();
       ++loss_count;
       const int64_t epoch_batches = static_cast<int64_t>(plan.batches.size());
+      const bool step_now = (b + 1) % config_.gradient_accumulation == 0 || b + 1 == epoch_batches;
+      if (overlapped && step_now) overlapped->arm();
       if (loss.defined())
         scaler.scale(loss / static_cast<double>(window_batches(b, epoch_batches, config_)))
             .backward();
-      const bool step_now = (b + 1) % config_.gradient_accumulation == 0 || b + 1 == epoch_batches;
       if (!step_now) continue;
 
       // The method's own gradient work (FISH's masks, Diff Pruning's fold of
@@ -881,8 +1050,10 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
         method_.on_backward(model, optimizer.steps());
       }
       if (job) {
-        const StepTotals totals =
-            average_gradients(*job, parameters, supports, support_sizes, step_loss, step_tokens);
+        const StepTotals totals = overlapped
+                                      ? overlapped->finish(step_loss, step_tokens)
+                                      : average_gradients(*job, parameters, supports, support_sizes,
+                                                          step_loss, step_tokens);
         loss_window += totals.loss;
         job_tokens += totals.tokens;
         agreed_signal = totals.signal;
@@ -908,7 +1079,11 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       optimizer.step(lr_multiplier(schedule, config_.prior_steps + optimizer.steps(), warmup_steps,
                                    run_steps));
       optimizer.zero_grad();
-      io::crash_point("step");
+      if (io::crash_point("step") && !parameters.empty()) {
+        // A fault test's rank whose trained state drifts from the others'.
+        at::NoGradGuard no_grad;
+        parameters.front().add_(1e-3);
+      }
 
       const double elapsed =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

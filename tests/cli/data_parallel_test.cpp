@@ -109,10 +109,33 @@ TEST_P(DataParallelMethods, TwoRanksEndWhereOneProcessEndsOnTheSameGlobalBatches
 INSTANTIATE_TEST_SUITE_P(BitfitFullFishLora, DataParallelMethods,
                          ::testing::Values("bitfit", "full", "fish", "lora"));
 
+// The all-reduce overlapped with backward (buckets started by gradient hooks,
+// here with two accumulated batches per step, so earlier batches' gradients
+// join the last one's) sums the same values as the one after backward: two
+// ranks' sums are the same bits, so the deltas are identical. Full
+// fine-tuning's 90 MB of gradients span four 25 MB buckets.
+TEST_F(DataParallel, TheOverlappedAllReduceEndsBitForBitWhereTheOneAfterBackwardEnds) {
+  const fs::path overlapped = tmp_.path() / "overlapped", after = tmp_.path() / "after";
+  const std::string flags = "--dropout 0.1 --gradient-accumulation 2";
+  test::CliRun one =
+      test::deltatune("launch --nproc 2 -- " + train_arguments("full", overlapped, flags, "1e-4"));
+  ASSERT_EQ(one.status, 0) << one.output;
+  test::CliRun two = test::deltatune(
+      "launch --nproc 2 -- " +
+      train_arguments("full", after, flags + " --overlap-all-reduce false", "1e-4"));
+  ASSERT_EQ(two.status, 0) << two.output;
+  EXPECT_TRUE(io::read_text_file(overlapped / "delta" / "delta.safetensors") ==
+              io::read_text_file(after / "delta" / "delta.safetensors"))
+      << "the overlapped all-reduce changed the result";
+}
+
 // Methods whose steps draw at random (Diff Pruning's gates per rank,
-// Child-Tuning_F's shared gradient masks) cannot equal one process, but the
-// ranks must stay equal to each other: the trainer checks that at the end of
-// every stage (digests of the trained tensors compared), failing the job if not.
+// Child-Tuning_F's shared gradient masks) cannot equal one process, and
+// methods with a stage before training (Child-Tuning_D's Fisher over the
+// shards, FAR's priming and split) must agree on what it chose; the ranks must
+// stay equal to each other: the trainer checks that at the end of every stage
+// (digests of the trained tensors compared), failing the job if not (the test
+// after the next shows the check firing).
 class DataParallelRandomMethods : public DataParallel,
                                   public ::testing::WithParamInterface<std::string> {};
 
@@ -126,8 +149,10 @@ TEST_P(DataParallelRandomMethods, RanksStayEqualThroughEveryStage) {
   EXPECT_TRUE(fs::exists(job / "delta" / "delta.safetensors"));
 }
 
-INSTANTIATE_TEST_SUITE_P(DiffPruningChildTuningF, DataParallelRandomMethods,
-                         ::testing::Values("diff-pruning", "child-tuning-f"), [](const auto& info) {
+INSTANTIATE_TEST_SUITE_P(StagedAndMaskedMethods, DataParallelRandomMethods,
+                         ::testing::Values("diff-pruning", "child-tuning-f", "child-tuning-d",
+                                           "far"),
+                         [](const auto& info) {
                            std::string name = info.param;
                            for (char& c : name)
                              if (c == '-') c = '_';
@@ -195,8 +220,44 @@ TEST_F(DataParallel, WithoutALauncherTheSurvivingRankExitsWithAnErrorWithinTheTi
   ASSERT_TRUE(WIFEXITED(status0));
   EXPECT_EQ(WEXITSTATUS(status0), 1);
   const std::string log = io::read_text_file(out.string() + ".rank0.log");
-  EXPECT_NE(log.find("rank 0 of 2: all-reduce failed"), std::string::npos) << log;
+  EXPECT_NE(log.find("rank 0 of 2: all-reduce failed: rank 1 stopped answering"), std::string::npos)
+      << log;
   EXPECT_LT(seconds, 60.0);
+}
+
+// A rank that hangs (stopped: SIGSTOP) makes the job fail within the timeout,
+// with an error naming it, and leaves no process behind.
+TEST_F(DataParallel, AHungRankIsNamedAndTheJobStopsWithinTheTimeout) {
+  const fs::path out = tmp_.path() / "hung";
+  const auto start = std::chrono::steady_clock::now();
+  test::CliRun run = test::deltatune(
+      "launch --nproc 2 --grace 3 -- " +
+          train_arguments("bitfit", out, "--dropout 0 --job-timeout 10"),
+      {}, "DELTATUNE_CRASH_AT=step:2 DELTATUNE_CRASH_RANK=1 DELTATUNE_CRASH_ACTION=stop");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_NE(run.status, 0) << run.output;
+  EXPECT_NE(run.output.find("rank 0 of 2: all-reduce failed: rank 1 stopped answering"),
+            std::string::npos)
+      << run.output;
+  EXPECT_LT(seconds, 45.0);
+  EXPECT_TRUE(processes_naming(out.string()).empty()) << "a rank is still running";
+  EXPECT_FALSE(fs::exists(out / "delta")) << "a delta was written by a broken job";
+}
+
+// Ranks whose trained parameters drift apart (a data-parallel bug, simulated
+// on rank 1 after its second step) fail the job at the stage's end, before
+// rank 0 writes a delta.
+TEST_F(DataParallel, RanksThatDivergeFailTheJobBeforeADeltaIsWritten) {
+  const fs::path out = tmp_.path() / "diverged";
+  test::CliRun run = test::deltatune(
+      "launch --nproc 2 --grace 5 -- " + train_arguments("bitfit", out), {},
+      "DELTATUNE_CRASH_AT=step:2 DELTATUNE_CRASH_RANK=1 DELTATUNE_CRASH_ACTION=diverge");
+  EXPECT_NE(run.status, 0) << run.output;
+  EXPECT_NE(run.output.find("the ranks' trained parameters differ after step 10"),
+            std::string::npos)
+      << run.output;
+  EXPECT_FALSE(fs::exists(out / "delta")) << "a delta was written by a broken job";
 }
 
 TEST_F(DataParallel, AResumedJobEndsExactlyWhereAnUninterruptedOneEnds) {

@@ -9,6 +9,7 @@
 #include "cli/cli_run.h"
 #include "deltatune/data/task.h"
 #include "deltatune/methods/method.h"
+#include "deltatune/model/device.h"
 #include "deltatune/train/task_model.h"
 #include "test_paths.h"
 
@@ -67,6 +68,44 @@ TEST(CliDeltaTask, PredictPrintsTheDeltasOwnLabelNames) {
   const auto row = nlohmann::json::parse(run.output.substr(run.output.find('{')));
   const std::string label = row["label"];
   EXPECT_TRUE(label == "neg" || label == "pos") << run.output;
+}
+
+// --device on every verb that runs the model: cpu answers as the default
+// does; without a GPU, cuda is refused before any work, in one line that names
+// the flag and the way out.
+TEST(CliDeltaTask, EveryModelVerbTakesDeviceCpuAndRefusesAMissingGpu) {
+  test::ScratchDir tmp;
+  const fs::path delta = user_delta(tmp);
+  tmp.write("inputs.tsv", "sentence\nwhat a film\n");
+  ASSERT_TRUE(test::write_sst2_user_files(tmp.path(), 8, 8))
+      << "GLUE SST-2 not found: set GLUE_DIR";
+  const std::string predict = "predict --delta '" + delta.string() + "' --input '" +
+                              (tmp.path() / "inputs.tsv").string() + "'";
+  CliRun plain = deltatune(predict), on_cpu = deltatune(predict + " --device cpu");
+  ASSERT_EQ(plain.status, 0) << plain.output;
+  ASSERT_EQ(on_cpu.status, 0) << on_cpu.output;
+  EXPECT_EQ(plain.output, on_cpu.output);
+  CliRun embedded = deltatune("embed 'a film' 'a movie' --device cpu");
+  EXPECT_EQ(embedded.status, 0) << embedded.output;
+
+  if (model::cuda_available())
+    GTEST_SKIP() << "a GPU is visible: --device cuda is not refused here";
+  const std::vector<std::string> verbs = {
+      "train --method bitfit --train '" + (tmp.path() / "train.tsv").string() + "' --dev '" +
+          (tmp.path() / "dev.tsv").string() + "' --epochs 1 --out '" +
+          (tmp.path() / "run").string() + "'",
+      "eval --delta '" + delta.string() + "' --dev '" + (tmp.path() / "dev.tsv").string() + "'",
+      predict,
+      "embed 'a film'",
+      "classify 'a film'",
+      "serve --task sst2='" + delta.string() + "' --port 0"};
+  for (const std::string& verb : verbs) {
+    CliRun run = deltatune(verb + " --device cuda");
+    EXPECT_EQ(run.status, 1) << verb << "\n" << run.output;
+    EXPECT_NE(run.output.find("--device cuda"), std::string::npos) << verb << "\n" << run.output;
+    EXPECT_NE(run.output.find("--device cpu"), std::string::npos) << verb << "\n" << run.output;
+  }
+  EXPECT_FALSE(fs::exists(tmp.path() / "run" / "delta")) << "train wrote a delta it was refused";
 }
 
 // --precision on predict and eval: auto says on stderr what the CPU's probe

@@ -148,6 +148,91 @@ TEST_F(Rendezvous, OnAGpuOneRankJoinsOverNcclAndStagesHostTensors) {
   EXPECT_EQ(job->stats().all_reduce_calls, 3);
 }
 
+// Two Gloo ranks of one job joined in two threads of this process, with the
+// given timeout; false (and `skip` set) where the build has no Gloo.
+bool join_two(std::unique_ptr<Collective> (&ranks)[2], std::chrono::milliseconds timeout,
+              std::string& skip) {
+  JobOptions options;
+  options.timeout = timeout;
+  std::string failure;
+  std::thread second([&] {
+    try {
+      ranks[1] = join_job(1, 2, options);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  });
+  try {
+    ranks[0] = join_job(0, 2, options);
+  } catch (const Error& e) {
+    second.join();
+    skip = e.what();
+    return false;
+  }
+  second.join();
+  if (!failure.empty()) ADD_FAILURE() << failure;
+  return failure.empty();
+}
+
+// The error of a rank whose collective fails names the rank that failed:
+// one that is alive but never reaches the collective (here: busy past the
+// timeout) and one that is gone.
+TEST_F(Rendezvous, AFailedCollectiveNamesTheRankThatHungOrDied) {
+  std::unique_ptr<Collective> ranks[2];
+  std::string skip;
+  if (!join_two(ranks, std::chrono::seconds(3), skip)) {
+    if (!skip.empty() && skip.find("no Gloo") != std::string::npos) GTEST_SKIP() << skip;
+    FAIL() << skip;
+  }
+  at::Tensor values = at::ones({4});
+  std::string hung;
+  try {
+    ranks[0]->all_reduce_sum(values);  // rank 1 never calls it
+  } catch (const Error& e) {
+    hung = e.what();
+  }
+  EXPECT_NE(hung.find("rank 0 of 2: all-reduce failed: rank 1 is alive but has not reached"),
+            std::string::npos)
+      << hung;
+
+  ranks[1].reset();  // rank 1 leaves: its connections close and its signs of life stop
+  std::string died;
+  try {
+    ranks[0]->all_reduce_sum(values);
+  } catch (const Error& e) {
+    died = e.what();
+  }
+  EXPECT_NE(died.find("rank 0 of 2: all-reduce failed: rank 1 stopped answering"),
+            std::string::npos)
+      << died;
+}
+
+// torchrun's per-machine variables are checked before the rendezvous waits:
+// LOCAL_RANK below LOCAL_WORLD_SIZE, LOCAL_WORLD_SIZE within the job.
+TEST(JoinJob, ALocalRankOutsideTheMachinesRanksIsNamed) {
+  setenv("WORLD_SIZE", "2", 1);
+  setenv("RANK", "1", 1);
+  setenv("MASTER_PORT", "1", 1);
+  auto error_of = [] {
+    try {
+      join_job_from_environment(JobOptions{});
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  setenv("LOCAL_WORLD_SIZE", "2", 1);
+  setenv("LOCAL_RANK", "2", 1);
+  EXPECT_NE(error_of().find("LOCAL_RANK=2: not an integer in [0, 1]"), std::string::npos)
+      << error_of();
+  setenv("LOCAL_WORLD_SIZE", "3", 1);
+  setenv("LOCAL_RANK", "0", 1);
+  EXPECT_NE(error_of().find("LOCAL_WORLD_SIZE=3: not an integer in [1, 2]"), std::string::npos)
+      << error_of();
+  for (const char* name : {"WORLD_SIZE", "RANK", "MASTER_PORT", "LOCAL_WORLD_SIZE", "LOCAL_RANK"})
+    unsetenv(name);
+}
+
 TEST(JoinJob, ARankOutsideTheJobIsAnError) {
   EXPECT_THROW(join_job(2, 2, JobOptions{}), Error);
   EXPECT_THROW(join_job(0, 0, JobOptions{}), Error);

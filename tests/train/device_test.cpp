@@ -222,6 +222,15 @@ TEST_P(OnDevice, ACheckpointResumesOnTheCpu) {
   std::string where;
   EXPECT_LT(max_difference(trained_values(*straight), trained_values(*resumed), &where), 1e-4)
       << where;
+  // And the other way: a CPU checkpoint resumes on the device (its dropout
+  // stream is the CPU's, so the device starts a fresh one of its own: dropout
+  // is off here, so the runs still agree).
+  test::ScratchDir from_cpu;
+  train(at::Device(at::kCPU), from_cpu.path(), 2, false);
+  auto resumed_there = train(device, from_cpu.path(), 4, true);
+  EXPECT_LT(max_difference(trained_values(*straight), trained_values(*resumed_there), &where),
+            1e-4)
+      << where;
 }
 
 TEST_P(OnDevice, Fp16TrainsWithLossScalingWhereItExists) {

@@ -41,6 +41,7 @@ class DiffPruning : public Method {
                                                double weight_decay) const override;
   void before_forward(model::SequenceClassifierImpl& model, bool training) override;
   void on_backward(model::SequenceClassifierImpl& model, int64_t step) override;
+  bool rewrites_gradients_on_backward() const override { return true; }
   // Stage 1's step count, whether projected, and the projected mask.
   MethodState state() const override;
   void restore_state(const MethodState& state) override;

@@ -26,6 +26,7 @@ class FishMask : public Method {
   // as the authors' SparseUpdateTrainer.training_step does (so the clipping
   // norm is the masked gradient's).
   void on_backward(model::SequenceClassifierImpl& model, int64_t step) override;
+  bool rewrites_gradients_on_backward() const override { return true; }
   std::optional<int64_t> sparse_budget(const model::SequenceClassifierImpl& model) const override;
   std::vector<std::pair<std::string, StorageKind>> stored_parameters(
       const model::SequenceClassifierImpl& model) const override;

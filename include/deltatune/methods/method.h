@@ -201,6 +201,9 @@ class Method {
 
   // After backward, before clipping and the optimizer step (gradient masks).
   virtual void on_backward(model::SequenceClassifierImpl& /*model*/, int64_t /*step*/) {}
+  // Whether on_backward() changes the gradients backward left: a data-parallel
+  // job must then average them after it, not while backward runs.
+  virtual bool rewrites_gradients_on_backward() const { return false; }
   // After clipping, right before the optimizer step (Child-Tuning_F's masks,
   // which ChildTuningAdamW applies inside step(), after the trainer clipped).
   virtual void before_step(model::SequenceClassifierImpl& /*model*/, int64_t /*step*/) {}

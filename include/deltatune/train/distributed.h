@@ -4,7 +4,9 @@
 //
 // Every rank runs the same code and calls the same collectives in the same
 // order. A rank that dies or hangs makes the others' next collective throw
-// deltatune::Error within the job's timeout, so no rank waits for ever.
+// deltatune::Error within the job's timeout, so no rank waits for ever; the
+// error names the rank that failed where the ranks' signs of life in the
+// job's store tell it (a few seconds more).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -22,8 +24,16 @@ namespace deltatune::train {
 // What one process's collectives have moved so far.
 struct CollectiveStats {
   int64_t all_reduce_calls = 0;
-  int64_t all_reduce_bytes = 0;  // payload handed to all-reduce (each rank's own copy)
-  double all_reduce_seconds = 0;
+  int64_t all_reduce_bytes = 0;   // payload handed to all-reduce (each rank's own copy)
+  double all_reduce_seconds = 0;  // spent waiting for all-reduces (started ones: in wait())
+};
+
+// A collective under way; wait() returns once its result is in place (or
+// throws deltatune::Error as the collective itself would have).
+class PendingCollective {
+ public:
+  virtual ~PendingCollective() = default;
+  virtual void wait() = 0;
 };
 
 class Collective {
@@ -36,6 +46,10 @@ class Collective {
   virtual at::Device device() const = 0;
   // Elementwise sum over the ranks, in place; every rank ends with the same bits.
   virtual void all_reduce_sum(at::Tensor& tensor) = 0;
+  // The same sum started, to overlap with the caller's work: `tensor` must be
+  // contiguous on device() and left alone until wait(). Every rank must start
+  // its collectives in the same order. This default runs it at once.
+  virtual std::unique_ptr<PendingCollective> start_all_reduce_sum(at::Tensor tensor);
   // Rank `root`'s values on every rank, in place.
   virtual void broadcast(at::Tensor& tensor, int root) = 0;
   virtual void barrier() = 0;
@@ -64,12 +78,16 @@ std::unique_ptr<Collective> join_job_from_environment(const JobOptions& options)
 // MASTER_PORT, as join_job_from_environment joins once it has read them.
 std::unique_ptr<Collective> join_job(int rank, int world, const JobOptions& options);
 
-// LOCAL_RANK (0 when unset): which of a machine's GPUs a rank takes.
+// LOCAL_RANK (0 when unset): which of a machine's GPUs a rank takes; below
+// LOCAL_WORLD_SIZE where that is set.
 int64_t local_rank_from_environment();
+// LOCAL_WORLD_SIZE (1 when unset): the job's ranks on this machine.
+int64_t local_world_size_from_environment();
 
 // The device a rank of a job computes on: where CUDA was asked for without
 // an index ("cuda", "auto"), GPU LOCAL_RANK modulo the visible ones, as
-// torchrun's users expect; otherwise `requested` as it is.
+// torchrun's users expect (an Error where LOCAL_WORLD_SIZE exceeds them);
+// otherwise `requested` as it is.
 at::Device rank_device(const at::Device& requested, bool index_given);
 
 // Many tensors summed over the ranks in one all-reduce of a flat buffer of

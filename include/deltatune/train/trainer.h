@@ -73,6 +73,11 @@ struct TrainConfig {
   // step equals one process's on the whole batch. Rank 0 writes every file;
   // every rank reads a checkpoint to resume (a directory they all see).
   Collective* collective = nullptr;
+  // A job's gradient all-reduce overlapped with backward, in buckets, where
+  // the method allows it (every gradient sent whole, none rewritten after
+  // backward); false: one all-reduce after backward. The same sums either
+  // way, so it is not part of the run's plan.
+  bool overlap_all_reduce = true;
   nlohmann::json to_json() const;  // with world_size
 };
 
