@@ -271,7 +271,7 @@ struct TrainOptions {
   bool overwrite = false;
   bool json_output = false;
   double job_timeout_s = 300;  // a data-parallel job's wait for the other ranks
-  bool overlap_all_reduce = true;
+  std::string overlap_all_reduce = "auto";
   std::string device = "auto";
   bool gradient_checkpointing = false;
   std::string frozen_weights = "fp32";
@@ -446,7 +446,7 @@ int run_train(TrainOptions& o) {
     extra_eval.emplace_back(task_data.other_dev[i].first, &other_dev_sets[i]);
   train::StopOnSignals stop_on_signals;  // SIGINT/SIGTERM: checkpoint, exit 130/143
   c.collective = job.get();
-  c.overlap_all_reduce = o.overlap_all_reduce;
+  if (o.overlap_all_reduce != "auto") c.overlap_all_reduce = o.overlap_all_reduce == "true";
   train::MethodRun run = train::run_method(task_model, *method, task_data.task, c, train_set,
                                            dev_set, extra_eval, o.resume, o.overwrite);
   const train::TrainResult& result = run.result;
@@ -818,7 +818,9 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   train
       ->add_option("--overlap-all-reduce", t->overlap_all_reduce,
                    "data-parallel job: all-reduce the gradients in buckets while backward runs "
-                   "(methods that send every gradient whole) instead of after it")
+                   "(methods that send every gradient whole) instead of after it: true, false "
+                   "or auto (true on GPUs, false on CPUs, where it measured slower)")
+      ->check(CLI::IsMember({"auto", "true", "false"}))
       ->capture_default_str();
   train->add_flag("--overwrite", t->overwrite,
                   "replace a different run that --out already holds (default: refuse)");

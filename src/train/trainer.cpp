@@ -335,7 +335,8 @@ class OverlappedAverage {
     int64_t values = 0, in_bucket = 0;
     for (size_t i : order) {
       const int64_t size = parameters[i].numel();
-      if (s.bucket_begin.empty() || in_bucket * 4 >= bucket_bytes) {
+      // A parameter that would overfill a bucket starts the next one.
+      if (s.bucket_begin.empty() || (in_bucket > 0 && (in_bucket + size) * 4 > bucket_bytes)) {
         s.bucket_begin.push_back(values);
         s.bucket_parameters.push_back(0);
         in_bucket = 0;
@@ -361,6 +362,8 @@ class OverlappedAverage {
   }
   OverlappedAverage(const OverlappedAverage&) = delete;
   OverlappedAverage& operator=(const OverlappedAverage&) = delete;
+
+  int64_t buckets() const { return static_cast<int64_t>(state_->bucket_begin.size()) - 1; }
 
   // The next backward is a step's last: its gradients go out as they come.
   void arm() {
@@ -788,7 +791,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   // Where nothing stands between backward and the average (every gradient
   // sent whole, none rewritten by the method), the all-reduce overlaps backward.
   std::unique_ptr<OverlappedAverage> overlapped;
-  if (job && config_.overlap_all_reduce && !method_.rewrites_gradients_on_backward() &&
+  if (job && config_.overlap_all_reduce.value_or(job->device().is_cuda()) &&
+      !method_.rewrites_gradients_on_backward() &&
       std::none_of(supports.begin(), supports.end(),
                    [](const at::Tensor& t) { return t.defined(); })) {
     std::map<const void*, size_t> position;
@@ -1161,6 +1165,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
     int64_t step_values = static_cast<int64_t>(parameters.size()) + 3;
     for (int64_t size : support_sizes) step_values += size;
     summary["all_reduce_bytes_per_step"] = step_values * 4;
+    // Buckets overlapped with backward; 0: one all-reduce after it.
+    summary["all_reduce_overlapped_buckets"] = overlapped ? overlapped->buckets() : 0;
   }
   append_metrics(summary);
   return result;

@@ -113,12 +113,15 @@ INSTANTIATE_TEST_SUITE_P(BitfitFullFishLora, DataParallelMethods,
 // here with two accumulated batches per step, so earlier batches' gradients
 // join the last one's) sums the same values as the one after backward: two
 // ranks' sums are the same bits, so the deltas are identical. Full
-// fine-tuning's 90 MB of gradients span four 25 MB buckets.
+// fine-tuning's 90 MB of gradients fill three buckets of at most 25 MB or one
+// parameter: layers 5-3, layers 2-0 with the small embeddings, and the
+// 47 MB word embeddings, whose gradient backward produces last.
 TEST_F(DataParallel, TheOverlappedAllReduceEndsBitForBitWhereTheOneAfterBackwardEnds) {
   const fs::path overlapped = tmp_.path() / "overlapped", after = tmp_.path() / "after";
   const std::string flags = "--dropout 0.1 --gradient-accumulation 2";
-  test::CliRun one =
-      test::deltatune("launch --nproc 2 -- " + train_arguments("full", overlapped, flags, "1e-4"));
+  test::CliRun one = test::deltatune(
+      "launch --nproc 2 -- " +
+      train_arguments("full", overlapped, flags + " --overlap-all-reduce true", "1e-4"));
   ASSERT_EQ(one.status, 0) << one.output;
   test::CliRun two = test::deltatune(
       "launch --nproc 2 -- " +
@@ -127,6 +130,16 @@ TEST_F(DataParallel, TheOverlappedAllReduceEndsBitForBitWhereTheOneAfterBackward
   EXPECT_TRUE(io::read_text_file(overlapped / "delta" / "delta.safetensors") ==
               io::read_text_file(after / "delta" / "delta.safetensors"))
       << "the overlapped all-reduce changed the result";
+  auto buckets = [](const fs::path& run) {
+    int64_t count = -1;
+    std::ifstream log(run / "metrics.jsonl");
+    for (std::string line; std::getline(log, line);)
+      if (line.find("\"summary\"") != std::string::npos)
+        count = nlohmann::json::parse(line).value("all_reduce_overlapped_buckets", int64_t{-1});
+    return count;
+  };
+  EXPECT_EQ(buckets(overlapped), 3);
+  EXPECT_EQ(buckets(after), 0);
 }
 
 // Methods whose steps draw at random (Diff Pruning's gates per rank,

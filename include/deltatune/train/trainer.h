@@ -75,9 +75,12 @@ struct TrainConfig {
   Collective* collective = nullptr;
   // A job's gradient all-reduce overlapped with backward, in buckets, where
   // the method allows it (every gradient sent whole, none rewritten after
-  // backward); false: one all-reduce after backward. The same sums either
-  // way, so it is not part of the run's plan.
-  bool overlap_all_reduce = true;
+  // backward); false: one all-reduce after backward. Unset: overlapped where
+  // the job's collectives run on a GPU (NCCL: the transfers use the GPU's own
+  // engines), not on the CPU, where Gloo's thread takes cores from backward
+  // (measured 0.90x on 2 cores: docs/SCALING.md). The same sums either way,
+  // so it is not part of the run's plan.
+  std::optional<bool> overlap_all_reduce;
   nlohmann::json to_json() const;  // with world_size
 };
 
