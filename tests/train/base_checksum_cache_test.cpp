@@ -70,5 +70,35 @@ TEST(BaseChecksumCache, AHitIsUsedAndAWriteToTheWeightsComputesItAgain) {
   EXPECT_EQ(load_base(model).checksum, first.checksum);
 }
 
+// This process's resident file-backed pages (RssFile of /proc/self/status), in kB.
+int64_t resident_file_kb() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("RssFile:", 0) == 0) return std::stoll(line.substr(8));
+  return -1;
+}
+
+// Computing the checksum reads every weight; it must not leave them resident
+// in the base's mapping, where a training process would carry them (and its
+// RSS count them a second time beside the task model's own mapping: 430 MB
+// for a BERT-base-size base). A fresh copy of MiniLM (90 MB) is uncached.
+TEST(BaseChecksumCache, ComputingItLeavesNoWeightPagesResident) {
+  test::ScratchDir dir;
+  const fs::path model = dir.path() / "model", cache = dir.path() / "cache";
+  fs::create_directories(model);
+  for (const char* name : {"config.json", "model.safetensors"})
+    fs::copy_file(test::minilm_dir() / name, model / name);
+  ScratchCache scoped(cache);
+  const int64_t before = resident_file_kb();
+  ASSERT_GE(before, 0) << "no RssFile in /proc/self/status";
+  const BaseModel base = load_base(model);
+  const int64_t grown = resident_file_kb() - before;
+  ASSERT_TRUE(fs::exists(cache / "base-checksums.json")) << "the checksum was not computed";
+  EXPECT_LT(grown, 20 * 1024) << "kB of the base's weights left resident by hashing";
+  // The weights themselves are still there to read.
+  EXPECT_EQ(base.checksum,
+            model::weights_checksum(model::read_checkpoint(model), base.config.architecture));
+}
+
 }  // namespace
 }  // namespace deltatune::train
