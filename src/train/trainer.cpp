@@ -380,6 +380,17 @@ class OverlappedAverage {
   // gradients replace the parameters'.
   StepTotals finish(double loss, int64_t tokens) {
     State& s = *state_;
+    // A gradient only earlier accumulated batches produced (none came in this
+    // backward) goes as it is: its bucket has not started, since it never filled.
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < s.parameters.size(); ++i) {
+      const at::Tensor& p = s.parameters[i];
+      if (s.produced[i] || !p.grad().defined()) continue;
+      if (s.bucket_of[i] < s.started.size())
+        throw Error("overlapped all-reduce: a bucket started without all its gradients");
+      s.flat.narrow(0, s.offset[i], p.numel()).view(p.sizes()).copy_(p.grad());
+      s.produced[i] = 1;
+    }
     while (s.started.size() + 1 < s.bucket_begin.size()) s.start_next();
     for (auto& pending : s.started) pending->wait();
     s.armed = false;

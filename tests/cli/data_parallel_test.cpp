@@ -110,15 +110,20 @@ INSTANTIATE_TEST_SUITE_P(BitfitFullFishLora, DataParallelMethods,
                          ::testing::Values("bitfit", "full", "fish", "lora"));
 
 // The all-reduce overlapped with backward (buckets started by gradient hooks,
-// here with two accumulated batches per step, so earlier batches' gradients
-// join the last one's) sums the same values as the one after backward: two
+// here with accumulated batches per step, so earlier batches' gradients join
+// the last one's) sums the same values as the one after backward: two
 // ranks' sums are the same bits, so the deltas are identical. Full
 // fine-tuning's 90 MB of gradients fill three buckets of at most 25 MB or one
 // parameter: layers 5-3, layers 2-0 with the small embeddings, and the
 // 47 MB word embeddings, whose gradient backward produces last.
 TEST_F(DataParallel, TheOverlappedAllReduceEndsBitForBitWhereTheOneAfterBackwardEnds) {
   const fs::path overlapped = tmp_.path() / "overlapped", after = tmp_.path() / "after";
-  const std::string flags = "--dropout 0.1 --gradient-accumulation 2";
+  // 25 examples in batches of 8, 3 accumulated per step: each epoch has one
+  // batch of a single example, whose shard on rank 1 is empty; with seed 5 it
+  // ends a step's window, so that step's gradients on rank 1 all come from the
+  // window's earlier batches, which no hook saw (checked: a trainer that
+  // leaves them out fails this test).
+  const std::string flags = "--dropout 0.1 --gradient-accumulation 3 --max-train-samples 25";
   test::CliRun one = test::deltatune(
       "launch --nproc 2 -- " +
       train_arguments("full", overlapped, flags + " --overlap-all-reduce true", "1e-4"));
