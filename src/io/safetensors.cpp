@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -32,9 +34,9 @@ struct DTypeInfo {
 };
 
 const DTypeInfo kDTypes[] = {
-    {"F64", at::kDouble, 8}, {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2},
-    {"BF16", at::kBFloat16, 2}, {"I64", at::kLong, 8}, {"I32", at::kInt, 4},
-    {"I16", at::kShort, 2}, {"I8", at::kChar, 1},    {"U8", at::kByte, 1},
+    {"F64", at::kDouble, 8},    {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2},
+    {"BF16", at::kBFloat16, 2}, {"I64", at::kLong, 8},  {"I32", at::kInt, 4},
+    {"I16", at::kShort, 2},     {"I8", at::kChar, 1},   {"U8", at::kByte, 1},
     {"BOOL", at::kBool, 1},
 };
 
@@ -61,16 +63,53 @@ uint64_t checked_numel(const std::vector<int64_t>& shape, const std::string& whe
   return numel;
 }
 
+// The address ranges of the live mappings: begin -> end.
+std::mutex& mappings_mutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<uintptr_t, uintptr_t>& live_mappings() {
+  static std::map<uintptr_t, uintptr_t> ranges;
+  return ranges;
+}
+
 }  // namespace
 
 struct SafetensorsFile::Mapping {
   void* data = nullptr;
   size_t size = 0;
+  void map(void* address, size_t bytes) {
+    data = address;
+    size = bytes;
+    std::lock_guard<std::mutex> lock(mappings_mutex());
+    live_mappings()[reinterpret_cast<uintptr_t>(data)] = reinterpret_cast<uintptr_t>(data) + size;
+  }
   ~Mapping() {
-    if (data != nullptr && data != MAP_FAILED) ::munmap(data, size);
+    if (data == nullptr || data == MAP_FAILED) return;
+    {
+      std::lock_guard<std::mutex> lock(mappings_mutex());
+      live_mappings().erase(reinterpret_cast<uintptr_t>(data));
+    }
+    ::munmap(data, size);
   }
   const uint8_t* bytes() const { return static_cast<const uint8_t*>(data); }
 };
+
+int64_t release_mapped_pages(const void* data, size_t bytes) {
+  const auto begin = reinterpret_cast<uintptr_t>(data), end = begin + bytes;
+  {
+    std::lock_guard<std::mutex> lock(mappings_mutex());
+    auto it = live_mappings().upper_bound(begin);
+    if (it == live_mappings().begin()) return 0;
+    --it;
+    if (begin < it->first || end > it->second) return 0;
+  }
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (last <= first) return 0;
+  if (::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED) != 0) return 0;
+  return static_cast<int64_t>(last - first);
+}
 
 SafetensorsFile SafetensorsFile::open(const fs::path& path) {
   const std::string where = path.string();
@@ -95,8 +134,7 @@ SafetensorsFile SafetensorsFile::open(const fs::path& path) {
   void* data = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (data == MAP_FAILED) throw Error("cannot map " + where + ": " + std::strerror(errno));
-  file.mapping_->data = data;
-  file.mapping_->size = file_size;
+  file.mapping_->map(data, file_size);
   const uint8_t* bytes = file.mapping_->bytes();
 
   uint64_t header_size = 0;
@@ -203,8 +241,8 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   if (e.end == e.begin) return at::empty(e.shape, options);
   uint8_t* data = static_cast<uint8_t*>(mapping_->data) + buffer_offset_ + e.begin;
   auto keep_alive = mapping_;
-  at::Tensor view =
-      at::from_blob(data, e.shape, [keep_alive](void*) {}, options);
+  at::Tensor view = at::from_blob(
+      data, e.shape, [keep_alive](void*) {}, options);
   if (reinterpret_cast<uintptr_t>(data) % dtype->bytes != 0) return view.clone();
   return view;
 }

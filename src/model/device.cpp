@@ -9,6 +9,7 @@
 #include <chrono>
 
 #include "deltatune/error.h"
+#include "deltatune/io/safetensors.h"
 #include "deltatune/torch_compat.h"
 
 // Only this file sees CUDA's headers, and only in a build against a CUDA
@@ -132,7 +133,13 @@ int64_t store_frozen_dense_weights(torch::nn::Module& model, at::ScalarType dtyp
       continue;
     at::Tensor narrowed = dense->weight.to(dtype);
     saved += dense->weight.numel() * (dense->weight.element_size() - narrowed.element_size());
+    at::Storage wide = dense->weight.storage();
+    const void* wide_data = dense->weight.data_ptr();
+    const size_t wide_bytes = dense->weight.nbytes();
     dense->weight.set_data(narrowed);
+    // A weight that was pages of the mapped checkpoint (frozen: never
+    // written) and that nothing else holds: its fp32 pages leave memory.
+    if (wide.use_count() == 1) io::release_mapped_pages(wide_data, wide_bytes);
   }
   return saved;
 }

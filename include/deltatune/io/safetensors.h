@@ -28,6 +28,14 @@ struct TensorEntry {
   uint64_t end = 0;
 };
 
+// Hands the resident pages of [data, data + bytes) back to the kernel where
+// that range lies in a live mapping of a safetensors file (only the pages
+// wholly inside it): a later read of them reads the file again. For a tensor
+// of such a file that no one reads any more (replaced by a converted copy),
+// whose values were never written (a write to a private mapping would be
+// lost). Returns the bytes handed back; 0 for memory that is not a mapping.
+int64_t release_mapped_pages(const void* data, size_t bytes);
+
 class SafetensorsFile {
  public:
   // Maps and validates `path`; throws deltatune::Error naming the file and
