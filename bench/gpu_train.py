@@ -63,8 +63,9 @@ def run_deltatune(args, model_dir, variant, train_tsv, dev_tsv, work):
            "--json", "--log-every", "0"]
     if args.precision == "bf16":
         cmd.append("--bf16")
-    if option == "frozen-bf16":  # deltatune's frozen Dense weights stored in bf16
-        cmd += ["--frozen-weights", "bf16"]
+    # deltatune's frozen Dense weights stored in bf16 (its default under --bf16),
+    # or kept fp32 for the plain rows
+    cmd += ["--frozen-weights", "bf16" if option == "frozen-bf16" else "fp32"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1:] or ["?"]}

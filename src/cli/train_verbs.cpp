@@ -274,7 +274,7 @@ struct TrainOptions {
   std::string overlap_all_reduce = "auto";
   std::string device = "auto";
   bool gradient_checkpointing = false;
-  std::string frozen_weights = "fp32";
+  std::string frozen_weights = "auto";
 };
 
 std::vector<std::string> split_commas(const std::string& text) {
@@ -334,10 +334,15 @@ int run_train(TrainOptions& o) {
   if (c.log_every < 0) throw Error("--log-every must be 0 or more");
   at::Device device = model::parse_device(o.device);
   model::check_precision(c.precision(), device);
-  if (o.frozen_weights != "fp32" && o.frozen_weights != "bf16")
-    throw Error("--frozen-weights must be fp32 or bf16, not '" + o.frozen_weights + "'");
+  if (o.frozen_weights != "fp32" && o.frozen_weights != "bf16" && o.frozen_weights != "auto")
+    throw Error("--frozen-weights must be fp32, bf16 or auto, not '" + o.frozen_weights + "'");
   if (o.frozen_weights == "bf16" && c.precision() != model::Precision::kBFloat16)
     throw Error("--frozen-weights bf16 needs --bf16 (autocast then reads every weight in bf16)");
+  // auto: bf16 under bf16 autocast, which reads every weight in bf16 anyway
+  // (the same training, test FrozenWeights.*), in half the memory.
+  const bool frozen_in_bf16 =
+      o.frozen_weights == "bf16" ||
+      (o.frozen_weights == "auto" && c.precision() == model::Precision::kBFloat16);
 
   json method_options = json::object();
   if (!o.bias_terms.empty()) {
@@ -423,7 +428,7 @@ int run_train(TrainOptions& o) {
     fmt::print(stderr, "{}: {} {}tensors copied into the task model (stored in the delta)\n",
                o.init_from, c.initialised_parameters.size(), encoder ? "encoder " : "");
   }
-  if (o.frozen_weights == "bf16") {
+  if (frozen_in_bf16) {
     const int64_t saved = model::store_frozen_dense_weights(*task_model, at::kBFloat16);
     fmt::print(stderr, "frozen Dense weights in bf16: {:.1f} MiB less\n",
                static_cast<double>(saved) / (1024.0 * 1024.0));
@@ -802,8 +807,8 @@ void register_training_verbs(CLI::App& app, Action& action, int& threads) {
   train->add_option("--device", t->device, kDeviceHelp)->capture_default_str();
   train
       ->add_option("--frozen-weights", t->frozen_weights,
-                   "fp32 or bf16: frozen Dense weights stored in bf16 (with --bf16; half "
-                   "their memory, the same computation)")
+                   "fp32, bf16 or auto: frozen Dense weights stored in bf16 (with --bf16; "
+                   "half their memory, the same computation); auto: bf16 with --bf16")
       ->capture_default_str();
   train->add_flag("--gradient-checkpointing", t->gradient_checkpointing,
                   "recompute each layer during backward instead of keeping its activations "
