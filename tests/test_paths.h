@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -67,6 +68,15 @@ inline std::filesystem::path minilm_dir() {
   if (!std::filesystem::exists(dir / "model.safetensors"))
     ADD_FAILURE() << "all-MiniLM-L6-v2 not found at " << dir << ": run `scripts/setup.sh model`";
   return dir;
+}
+
+// This process's resident file-backed pages (RssFile of /proc/self/status),
+// in kB; -1 where the kernel does not report them.
+inline int64_t resident_file_kb() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("RssFile:", 0) == 0) return std::stoll(line.substr(8));
+  return -1;
 }
 
 }  // namespace deltatune::test

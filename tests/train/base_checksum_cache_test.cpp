@@ -39,12 +39,18 @@ class ScratchCache {
   std::string previous_;
 };
 
+// MiniLM's config and weights copied to `dir`: files of a new identity, whose
+// checksum nothing has cached.
+fs::path copy_of_minilm(const fs::path& dir) {
+  fs::create_directories(dir);
+  for (const char* name : {"config.json", "model.safetensors"})
+    fs::copy_file(test::minilm_dir() / name, dir / name);
+  return dir;
+}
+
 TEST(BaseChecksumCache, AHitIsUsedAndAWriteToTheWeightsComputesItAgain) {
   test::ScratchDir dir;
-  const fs::path model = dir.path() / "model", cache = dir.path() / "cache";
-  fs::create_directories(model);
-  for (const char* name : {"config.json", "model.safetensors"})
-    fs::copy_file(test::minilm_dir() / name, model / name);
+  const fs::path model = copy_of_minilm(dir.path() / "model"), cache = dir.path() / "cache";
   ScratchCache scoped(cache);
 
   const BaseModel first = load_base(model);
@@ -70,29 +76,18 @@ TEST(BaseChecksumCache, AHitIsUsedAndAWriteToTheWeightsComputesItAgain) {
   EXPECT_EQ(load_base(model).checksum, first.checksum);
 }
 
-// This process's resident file-backed pages (RssFile of /proc/self/status), in kB.
-int64_t resident_file_kb() {
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);)
-    if (line.rfind("RssFile:", 0) == 0) return std::stoll(line.substr(8));
-  return -1;
-}
-
 // Computing the checksum reads every weight; it must not leave them resident
 // in the base's mapping, where a training process would carry them (and its
 // RSS count them a second time beside the task model's own mapping: 430 MB
 // for a BERT-base-size base). A fresh copy of MiniLM (90 MB) is uncached.
 TEST(BaseChecksumCache, ComputingItLeavesNoWeightPagesResident) {
   test::ScratchDir dir;
-  const fs::path model = dir.path() / "model", cache = dir.path() / "cache";
-  fs::create_directories(model);
-  for (const char* name : {"config.json", "model.safetensors"})
-    fs::copy_file(test::minilm_dir() / name, model / name);
+  const fs::path model = copy_of_minilm(dir.path() / "model"), cache = dir.path() / "cache";
   ScratchCache scoped(cache);
-  const int64_t before = resident_file_kb();
+  const int64_t before = test::resident_file_kb();
   ASSERT_GE(before, 0) << "no RssFile in /proc/self/status";
   const BaseModel base = load_base(model);
-  const int64_t grown = resident_file_kb() - before;
+  const int64_t grown = test::resident_file_kb() - before;
   ASSERT_TRUE(fs::exists(cache / "base-checksums.json")) << "the checksum was not computed";
   EXPECT_LT(grown, 20 * 1024) << "kB of the base's weights left resident by hashing";
   // The weights themselves are still there to read.

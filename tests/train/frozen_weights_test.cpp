@@ -159,14 +159,6 @@ TEST(TaskModelInitialisation, WhatTheBaseLacksIsDrawnAndTheHeadIsTheSeedsFirstDr
   EXPECT_EQ(checked_pooler, 2);
 }
 
-// This process's resident file-backed pages, in kB.
-int64_t resident_file_kb() {
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);)
-    if (line.rfind("RssFile:", 0) == 0) return std::stoll(line.substr(8));
-  return -1;
-}
-
 // --frozen-weights bf16: the frozen Dense weights become bf16 copies, and
 // their fp32 pages of the mapped checkpoint leave memory (else both stay
 // resident: BERT-base size BitFit in bf16 1,436 -> 1,108 MB); the base's own
@@ -186,9 +178,9 @@ TEST(FrozenBaseWeights, StoredInBf16TheirFp32PagesLeaveMemory) {
       frozen_bytes += item.value().nbytes();
   }
   ASSERT_TRUE(std::isfinite(touched));
-  const int64_t before = resident_file_kb();
+  const int64_t before = test::resident_file_kb();
   const int64_t saved = model::store_frozen_dense_weights(*model, at::kBFloat16);
-  const int64_t after = resident_file_kb();
+  const int64_t after = test::resident_file_kb();
   EXPECT_EQ(saved, frozen_bytes / 2);
   EXPECT_GT(before - after, frozen_bytes / 1024 * 9 / 10)
       << "kB of fp32 weight pages should have left memory";
