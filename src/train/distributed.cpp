@@ -100,10 +100,6 @@ c10::intrusive_ptr<c10d::Store> job_store(int rank, int world, std::chrono::mill
   return c10::make_intrusive<c10d::PrefixStore>("deltatune/", store);
 }
 
-c10::intrusive_ptr<c10d::Store> rendezvous_store(int rank, int world, const JobOptions& options) {
-  return job_store(rank, world, options.timeout, /*may_serve=*/true);
-}
-
 // Signs of life each rank publishes to the job's store, so that a rank whose
 // collective fails can say which rank failed: every `period` a beat count and
 // how many collectives it has entered, under "alive/<rank>". The survivor
@@ -379,7 +375,7 @@ bool is_loopback(const std::string& host) {
 }
 
 std::unique_ptr<Collective> gloo_job(int rank, int world, const JobOptions& options) {
-  auto store = rendezvous_store(rank, world, options);
+  auto store = job_store(rank, world, options.timeout, /*may_serve=*/true);
   return std::make_unique<BackendCollective<c10d::ProcessGroupGloo>>(
       rank, world, at::Device(at::kCPU), options, [&] {
         auto gloo_options = c10d::ProcessGroupGloo::Options::create(options.timeout);
@@ -407,7 +403,7 @@ std::unique_ptr<Collective> nccl_job(int rank, int world, const JobOptions& opti
                                 ? options.device
                                 : at::Device(at::kCUDA, c10::cuda::current_device());
   c10::cuda::set_device(device.index());
-  auto store = rendezvous_store(rank, world, options);
+  auto store = job_store(rank, world, options.timeout, /*may_serve=*/true);
   return std::make_unique<BackendCollective<c10d::ProcessGroupNCCL>>(
       rank, world, device, options, [&] {
         auto nccl_options = c10d::ProcessGroupNCCL::Options::create();

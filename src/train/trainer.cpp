@@ -241,26 +241,23 @@ at::Tensor step_bookkeeping(const std::vector<at::Tensor>& parameters, double lo
   return bookkeeping;
 }
 
-// The ranks' mean gradients, `flat` (their sum, in parameter order, each
-// parameter's support or whole), written into the parameters' gradients;
-// `summed` is step_bookkeeping summed over the ranks. A gradient no rank
-// produced stays undefined, as in one process; entries outside a support
-// become 0, as the method's on_backward() makes them anyway.
+// The ranks' mean gradients written into the parameters' gradients: `sums`
+// holds each parameter's sum over the ranks (a view of the all-reduced
+// buffer: its support's entries or all of them), `summed` step_bookkeeping
+// summed over the ranks. A gradient no rank produced stays undefined, as in
+// one process; entries outside a support become 0, as the method's
+// on_backward() makes them anyway.
 StepTotals apply_means(Collective& job, const std::vector<at::Tensor>& parameters,
-                       const std::vector<at::Tensor>& supports, const std::vector<int64_t>& sizes,
-                       at::Tensor flat, const at::Tensor& summed, int own_signal) {
+                       const std::vector<at::Tensor>& supports, const std::vector<at::Tensor>& sums,
+                       const at::Tensor& summed, int own_signal) {
   const auto n = static_cast<int64_t>(parameters.size());
   const float* tail = summed.data_ptr<float>();
-  flat.mul_(1.0 / job.world_size());  // Gloo has no AVG
   at::NoGradGuard no_grad;
-  int64_t offset = 0;
   for (int64_t i = 0; i < n; ++i) {
+    if (tail[i] == 0) continue;
     at::Tensor p = parameters[static_cast<size_t>(i)];
     const at::Tensor& support = supports[static_cast<size_t>(i)];
-    const int64_t size = sizes[static_cast<size_t>(i)];
-    at::Tensor mean = flat.narrow(0, offset, size);
-    offset += size;
-    if (tail[i] == 0) continue;
+    at::Tensor mean = sums[static_cast<size_t>(i)].mul_(1.0 / job.world_size());  // Gloo has no AVG
     if (!p.grad().defined()) p.mutable_grad() = at::zeros_like(p);
     if (support.defined())
       p.mutable_grad().zero_().masked_scatter_(support, mean.to(p.device()));
@@ -288,12 +285,14 @@ StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& par
   // On the job's device (the GPU under NCCL): the gradients, then the step's
   // bookkeeping, written on the host and copied in.
   at::Tensor flat = at::empty({values + n + 3}, at::TensorOptions(job.device()).dtype(at::kFloat));
+  std::vector<at::Tensor> sums;  // each parameter's slot, summed in place
   int64_t offset = 0;
   for (int64_t i = 0; i < n; ++i) {
     const at::Tensor& p = parameters[static_cast<size_t>(i)];
     const at::Tensor& support = supports[static_cast<size_t>(i)];
     const int64_t size = sizes[static_cast<size_t>(i)];
     at::Tensor slot = flat.narrow(0, offset, size);
+    sums.push_back(slot);
     if (!p.grad().defined())
       slot.zero_();
     else if (support.defined())
@@ -306,8 +305,7 @@ StepTotals average_gradients(Collective& job, const std::vector<at::Tensor>& par
   flat.narrow(0, values, n + 3).copy_(step_bookkeeping(parameters, loss, tokens, own_signal));
   job.all_reduce_sum(flat);
   const at::Tensor summed = flat.narrow(0, values, n + 3).to(at::kCPU).contiguous();
-  return apply_means(job, parameters, supports, sizes, flat.narrow(0, 0, values), summed,
-                     own_signal);
+  return apply_means(job, parameters, supports, sums, summed, own_signal);
 }
 
 // The step's gradient all-reduce overlapped with backward, as DDP's buckets
@@ -401,15 +399,12 @@ class OverlappedAverage {
     float* tail = summed.data_ptr<float>();
     for (size_t i = 0; i < s.parameters.size(); ++i) tail[i] = s.produced[i] ? 1.0f : 0.0f;
     s.job->all_reduce_sum(summed);
-    // The means in parameter order, as apply_means reads them.
-    std::vector<at::Tensor> supports(s.parameters.size());
-    std::vector<int64_t> sizes;
-    std::vector<at::Tensor> slots;
-    for (size_t i = 0; i < s.parameters.size(); ++i) {
-      sizes.push_back(s.parameters[i].numel());
-      slots.push_back(s.flat.narrow(0, s.offset[i], sizes.back()));
-    }
-    return apply_means(*s.job, s.parameters, supports, sizes, at::cat(slots), summed, own_signal);
+    // Each parameter's sum where its bucket put it: views, no copy.
+    std::vector<at::Tensor> sums;
+    for (size_t i = 0; i < s.parameters.size(); ++i)
+      sums.push_back(s.flat.narrow(0, s.offset[i], s.parameters[i].numel()));
+    return apply_means(*s.job, s.parameters, std::vector<at::Tensor>(s.parameters.size()), sums,
+                       summed, own_signal);
   }
 
  private:
