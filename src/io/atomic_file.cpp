@@ -44,8 +44,8 @@ std::string partial_marker(const fs::path& dir) {
   return "." + dir.filename().string() + ".partial-";
 }
 
-// Removes what a killed writer left of a directory it was building: the
-// partial siblings of `dir` whose writing process no longer runs.
+}  // namespace
+
 void remove_abandoned_partials(const fs::path& dir) {
   const std::string marker = partial_marker(dir);
   std::error_code ec;
@@ -58,8 +58,6 @@ void remove_abandoned_partials(const fs::path& dir) {
     fs::remove_all(entry.path(), ignored);
   }
 }
-
-}  // namespace
 
 void write_file_atomically(const fs::path& path, const std::function<void(std::ostream&)>& writer) {
   const fs::path temporary = temporary_sibling(path);
@@ -109,6 +107,7 @@ void write_directory_atomically(const fs::path& dir,
       throw Error("cannot write " + target.string() + ": " + std::strerror(errno));
     }
     fsync_path(parent, target);
+    crash_point("swapped:" + target.filename().string());
   } catch (const Error& e) {
     std::error_code ignored;
     fs::remove_all(staging, ignored);

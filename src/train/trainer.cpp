@@ -1250,6 +1250,11 @@ MethodRun run_method(
   const bool writer = config.collective == nullptr || config.collective->rank() == 0;
   if (!config.run_dir.empty() && writer) {
     claim_run_directory(config.run_dir, run_plan(config, method, train, dev), resume, overwrite);
+    // A process killed inside a directory write leaves its staging directory
+    // (or, killed just after the exchange, the old one); a stage that already
+    // ended never writes its checkpoint again to remove it.
+    for (const fs::path& dir : directories) io::remove_abandoned_partials(dir / "checkpoint");
+    io::remove_abandoned_partials(config.run_dir / "delta");
     // A fresh run owns every stage's log and checkpoint: a later stage must
     // not resume from a checkpoint an earlier run left.
     if (!resume)

@@ -209,6 +209,20 @@ TEST_P(StopAndResume, SigtermAndSigintCheckpointExitWith143And130AndResumeToTheS
   expect_same_delta(reference, resumed);
 }
 
+// Killed right after a checkpoint replaced the old one, before the old one
+// was removed: for FAR, the priming stage's last checkpoint (write 2 of 8
+// steps at --priming 0.25), which no later step rewrites.
+TEST_P(StopAndResume, KilledBetweenACheckpointSwapAndItsCleanupLeavesNothingBehind) {
+  const fs::path reference = tmp_.path() / "reference", resumed = tmp_.path() / "resumed";
+  ASSERT_EQ(train(reference).status, 0);
+  test::CliRun first = train(resumed, "swapped:checkpoint:2");
+  ASSERT_TRUE(killed(first)) << "not killed: " << first.output;
+  ASSERT_FALSE(leftovers(resumed).empty()) << "the kill left no old checkpoint to clean up";
+  test::CliRun last = train(resumed, {}, true);
+  ASSERT_EQ(last.status, 0) << last.output;
+  expect_same_delta(reference, resumed);
+}
+
 TEST_P(StopAndResume, SigkillAtRandomMomentsEndsWithTheSameDelta) {
   const fs::path reference = tmp_.path() / "reference", resumed = tmp_.path() / "resumed";
   const auto start = std::chrono::steady_clock::now();

@@ -22,9 +22,15 @@ void write_file_atomically(const std::filesystem::path& path,
 // (an atomic exchange when `dir` exists). Readers of `dir` see the old
 // directory or the new one, never a mix; a writer that throws or is killed
 // leaves `dir` as it was (a killed one leaves a hidden ".<name>.partial-<pid>-*"
-// sibling, removed by the next write of `dir`).
+// sibling, removed by the next write of `dir` or by remove_abandoned_partials).
 void write_directory_atomically(const std::filesystem::path& dir,
                                 const std::function<void(const std::filesystem::path&)>& writer);
+
+// Removes the ".<name>.partial-<pid>-*" siblings of `dir` whose writing
+// process no longer runs: what a writer killed while building `dir` left,
+// including the old directory a writer killed just after the exchange had
+// not yet removed. For directories that may never be written again.
+void remove_abandoned_partials(const std::filesystem::path& dir);
 
 void write_text_atomically(const std::filesystem::path& path, std::string_view text);
 

@@ -4,7 +4,8 @@
 // the first time. The points: "step" (right after an optimizer step, before
 // any checkpoint of it) and "write:<name>" (a directory named <name> fully
 // staged, right before it replaces the old one: "write:checkpoint",
-// "write:delta").
+// "write:delta") and "swapped:<name>" (right after the replacement, before
+// the old directory is removed).
 // DELTATUNE_CRASH_ACTION says what happens there: "kill" (the default: the
 // process SIGKILLs itself), "stop" (it SIGSTOPs itself: a hung rank) or
 // "diverge" (crash_point returns true and the caller makes this process's
