@@ -209,13 +209,15 @@ TEST_P(StopAndResume, SigtermAndSigintCheckpointExitWith143And130AndResumeToTheS
   expect_same_delta(reference, resumed);
 }
 
-// Killed right after a checkpoint replaced the old one, before the old one
-// was removed: for FAR, the priming stage's last checkpoint (write 2 of 8
-// steps at --priming 0.25), which no later step rewrites.
+// Killed right after a stage's finished checkpoint replaced its last step's,
+// before that one was removed: a resume finds the stage finished and never
+// writes its checkpoint again. The finished checkpoint is write 3 for FAR's
+// priming (2 of 8 steps at --priming 0.25), write 9 for BitFit (8 steps).
 TEST_P(StopAndResume, KilledBetweenACheckpointSwapAndItsCleanupLeavesNothingBehind) {
   const fs::path reference = tmp_.path() / "reference", resumed = tmp_.path() / "resumed";
   ASSERT_EQ(train(reference).status, 0);
-  test::CliRun first = train(resumed, "swapped:checkpoint:2");
+  const std::string finished_write = GetParam() == std::string("far") ? "3" : "9";
+  test::CliRun first = train(resumed, "swapped:checkpoint:" + finished_write);
   ASSERT_TRUE(killed(first)) << "not killed: " << first.output;
   ASSERT_FALSE(leftovers(resumed).empty()) << "the kill left no old checkpoint to clean up";
   test::CliRun last = train(resumed, {}, true);
