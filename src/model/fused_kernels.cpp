@@ -22,20 +22,39 @@ std::atomic<bool>& fused_enabled() {
   return enabled;
 }
 
-// True when the call may skip autograd and run on oneDNN's fp32 kernels.
-bool fusable(std::initializer_list<const at::Tensor*> tensors) {
-  if (!fused_enabled().load(std::memory_order_relaxed) || !onednn::available() ||
-      compat::cpu_autocast_enabled())
-    return false;
+// Which fused kernels a call may take instead of autograd's composition:
+// none (autograd records it, fusion is off, a tensor is elsewhere), oneDNN's
+// fp32 kernels (autocast off), or its bf16 products under CPU autocast to
+// bf16 (what autocast computes, with fp32 accumulation inside each product
+// and one rounding of its result).
+enum class Fused { kNo, kFp32, kBf16 };
+
+Fused fused_path(std::initializer_list<const at::Tensor*> tensors) {
+  if (!fused_enabled().load(std::memory_order_relaxed) || !onednn::available()) return Fused::kNo;
+  const bool bf16 = compat::cpu_autocast_enabled();
+  if (bf16 && compat::autocast_dtype(c10::DeviceType::CPU) != at::kBFloat16) return Fused::kNo;
   const bool grad_mode = c10::GradMode::is_enabled();
   for (const at::Tensor* t : tensors) {
     if (!t->defined()) continue;
-    if (grad_mode && t->requires_grad()) return false;
-    if (!t->device().is_cpu() || t->scalar_type() != at::kFloat || t->layout() != at::kStrided ||
-        t->is_mkldnn())
-      return false;
+    if (grad_mode && t->requires_grad()) return Fused::kNo;
+    const bool type_fits =
+        t->scalar_type() == at::kFloat || (bf16 && t->scalar_type() == at::kBFloat16);
+    if (!t->device().is_cpu() || !type_fits || t->layout() != at::kStrided || t->is_mkldnn())
+      return Fused::kNo;
   }
-  return true;
+  return bf16 ? Fused::kBf16 : Fused::kFp32;
+}
+
+// True when the call may skip autograd and run on oneDNN's fp32 kernels.
+bool fusable(std::initializer_list<const at::Tensor*> tensors) {
+  return fused_path(tensors) == Fused::kFp32;
+}
+
+// A product `path` may fuse with this weight: under bf16 autocast the weight
+// is its bf16 operand (weight_operand's cast), as autocast would multiply.
+bool fusable_product(std::initializer_list<const at::Tensor*> tensors, const at::Tensor& weight) {
+  const Fused path = fused_path(tensors);
+  return path == Fused::kFp32 || (path == Fused::kBf16 && weight.scalar_type() == at::kBFloat16);
 }
 
 // The epilogue computing config.hidden_act `name`; config.cpp admits only
@@ -133,10 +152,12 @@ at::Tensor attention_probabilities(const at::Tensor& queries, const at::Tensor& 
   const int64_t key_length = keys.size(1), head_dim = queries.size(2) / heads;
   auto keys_transposed = view_of(keys, {batch, heads, head_dim, key_length},
                                  {keys.stride(0), head_dim, 1, keys.stride(1)});
-  at::Tensor mask = additive_mask.contiguous();
+  at::Tensor mask = additive_mask.to(at::kFloat).contiguous();
   auto mask_view =
       view_of(mask, {mask.size(0), 1, 1, key_length}, {key_length, key_length, key_length, 1});
-  at::Tensor scores = at::empty({batch, heads, length, key_length}, queries.options());
+  // fp32 scores (and softmax) also from bf16 queries and keys.
+  at::Tensor scores =
+      at::empty({batch, heads, length, key_length}, queries.options().dtype(at::kFloat));
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   if (!onednn::matmul(heads_of(queries, heads), keys_transposed, nullptr, view_of(scores),
                       {onednn::Epilogue::kScaleAdd, scale, &mask_view}))
@@ -156,6 +177,41 @@ at::Tensor attention_context(const at::Tensor& probs, const at::Tensor& values) 
           view_of(context, {batch, heads, length, head_dim}, {length * width, head_dim, width, 1})))
     return {};
   return context;
+}
+
+// Inference attention on bf16 Q, K and V under bf16 autocast: fp32 scores
+// (scale and mask in the product's epilogue) and softmax, bf16 probabilities
+// times bf16 V. The heads are first copied head-major ([B, heads, n, d]):
+// on the head-split strides oneDNN 2.6 takes its generic bf16 kernel
+// (gemm:jit) instead of AMX's brgemm, 2.4x slower for the context product of
+// MiniLM at batch 32, length 64, and the copies cost less than that.
+at::Tensor bf16_attention(const at::Tensor& queries, const at::Tensor& keys,
+                          const at::Tensor& values, const at::Tensor& additive_mask,
+                          int64_t heads) {
+  using onednn::view_of;
+  const int64_t batch = queries.size(0), length = queries.size(1), width = queries.size(2);
+  const int64_t key_length = keys.size(1), head_dim = width / heads;
+  auto head_major = [&](const at::Tensor& x) {
+    return x.view({batch, x.size(1), heads, head_dim}).transpose(1, 2).contiguous();
+  };
+  const at::Tensor q = head_major(queries), k = head_major(keys), v = head_major(values);
+  const at::Tensor mask = additive_mask.to(at::kFloat).contiguous();
+  const auto mask_view =
+      view_of(mask, {mask.size(0), 1, 1, key_length}, {key_length, key_length, key_length, 1});
+  at::Tensor scores =
+      at::empty({batch, heads, length, key_length}, queries.options().dtype(at::kFloat));
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  // K^T read through strides: [B, heads, d, K].
+  const auto keys_transposed =
+      view_of(k, {batch, heads, head_dim, key_length},
+              {heads * key_length * head_dim, key_length * head_dim, 1, head_dim});
+  if (!onednn::matmul(view_of(q), keys_transposed, nullptr, view_of(scores),
+                      {onednn::Epilogue::kScaleAdd, scale, &mask_view}))
+    return {};
+  const at::Tensor probs = at::_softmax(scores, -1, false).to(at::kBFloat16);
+  at::Tensor context = at::empty({batch, heads, length, head_dim}, v.options());
+  if (!onednn::matmul(view_of(probs), view_of(v), nullptr, view_of(context))) return {};
+  return context.transpose(1, 2).reshape({batch, length, width});
 }
 
 // PyTorch's CPU dropout noise for `like` (at::dropout: bernoulli(1 - p) /
@@ -289,8 +345,8 @@ at::Tensor per_row(const at::Tensor& table, int64_t dims) {
 
 at::Tensor linear_row_bias(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                            const at::Tensor& row_bias) {
-  if (row_bias.defined() && fusable({&x, &weight, &bias, &row_bias}) && x.dim() >= 2 &&
-      row_bias_fits(x, row_bias))
+  if (row_bias.defined() && fusable_product({&x, &weight, &bias, &row_bias}, weight) &&
+      x.dim() >= 2 && row_bias_fits(x, row_bias))
     if (at::Tensor out = onednn::linear_frozen(x, weight, bias, {}, {}, row_bias); out.defined())
       return out;
   return plain_linear(x, weight, bias, row_bias);
@@ -298,7 +354,8 @@ at::Tensor linear_row_bias(const at::Tensor& x, const at::Tensor& weight, const 
 
 at::Tensor linear_activation(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                              const std::string& name, const at::Tensor& row_bias) {
-  if (fusable({&x, &weight, &bias, &row_bias}) && x.dim() >= 2 && row_bias_fits(x, row_bias))
+  if (fusable_product({&x, &weight, &bias, &row_bias}, weight) && x.dim() >= 2 &&
+      row_bias_fits(x, row_bias))
     if (at::Tensor out = onednn::linear_frozen(x, weight, bias, {epilogue_for(name)}, {}, row_bias);
         out.defined())
       return out;
@@ -309,7 +366,7 @@ at::Tensor linear_residual(const at::Tensor& x, const at::Tensor& weight, const 
                            const at::Tensor& residual, const at::Tensor& row_bias) {
   auto sizes = x.sizes().vec();
   sizes.back() = weight.size(0);
-  if (fusable({&x, &weight, &bias, &residual, &row_bias}) && x.dim() >= 2 &&
+  if (fusable_product({&x, &weight, &bias, &residual, &row_bias}, weight) && x.dim() >= 2 &&
       row_bias_fits(x, row_bias) && residual.sizes() == at::IntArrayRef(sizes))
     if (at::Tensor out = onednn::linear_frozen(x, weight, bias, {onednn::Epilogue::kAccumulate},
                                                residual, row_bias);
@@ -376,7 +433,16 @@ at::Tensor attention(const at::Tensor& queries, const at::Tensor& keys, const at
                      const at::Tensor& additive_mask, int64_t heads, double dropout_p) {
   if (!attention_shapes_fit(queries, keys, values, additive_mask))
     return plain_attention(queries, keys, values, additive_mask, heads, dropout_p);
-  if (dropout_p == 0 && fusable({&queries, &keys, &values, &additive_mask})) {
+  const Fused path =
+      dropout_p == 0 ? fused_path({&queries, &keys, &values, &additive_mask}) : Fused::kNo;
+  const bool bf16_operands = queries.scalar_type() == at::kBFloat16 &&
+                             keys.scalar_type() == at::kBFloat16 &&
+                             values.scalar_type() == at::kBFloat16;
+  if (path == Fused::kBf16 && bf16_operands)
+    if (at::Tensor context = bf16_attention(queries, keys, values, additive_mask, heads);
+        context.defined())
+      return context;
+  if (path == Fused::kFp32) {
     at::Tensor probs = attention_probabilities(queries, keys, additive_mask, heads);
     if (probs.defined())
       if (at::Tensor context = attention_context(probs, values); context.defined()) return context;

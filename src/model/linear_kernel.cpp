@@ -100,13 +100,31 @@ bool takes_onednn_path(const at::Tensor& x, const at::Tensor& weight, const at::
          weight.dim() == 2 && !x.is_mkldnn() && x.layout() == at::kStrided;
 }
 
+// Under CPU autocast to bf16, a product autograd does not record whose
+// weight is already its bf16 operand (weight_operand's cast): what autocast
+// computes, on the packed bf16 weight.
+bool takes_bf16_inference_path(const at::Tensor& x, const at::Tensor& weight,
+                               const at::Tensor& bias, bool records_graph) {
+  auto fits = [](const at::Tensor& t) {
+    return t.device().is_cpu() && t.layout() == at::kStrided && !t.is_mkldnn() &&
+           (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
+  };
+  return !records_graph && onednn::available() &&
+         onednn_enabled().load(std::memory_order_relaxed) && compat::cpu_autocast_enabled() &&
+         compat::autocast_dtype(c10::DeviceType::CPU) == at::kBFloat16 &&
+         weight.scalar_type() == at::kBFloat16 && weight.dim() == 2 && fits(weight) &&
+         x.dim() >= 2 && fits(x) && (!bias.defined() || fits(bias));
+}
+
 }  // namespace
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (!takes_onednn_path(x, weight, bias)) return at::linear(x, weight, bias);
   const bool records_graph =
       c10::GradMode::is_enabled() &&
       (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
+  if (takes_bf16_inference_path(x, weight, bias, records_graph))
+    if (at::Tensor out = onednn::linear_frozen(x, weight, bias); out.defined()) return out;
+  if (!takes_onednn_path(x, weight, bias)) return at::linear(x, weight, bias);
   if (!records_graph)  // inference: the weight read from its packed copy
     if (at::Tensor out = onednn::linear_frozen(x, weight, bias); out.defined()) return out;
   // LibTorch 1.13's custom functions reject undefined inputs: "no bias" travels as an empty tensor.

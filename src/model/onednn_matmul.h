@@ -11,16 +11,17 @@
 
 namespace deltatune::model::onednn {
 
-// A plain fp32 tensor as oneDNN describes one: dims and strides in elements.
-// Up to 4 dims; leading dims are batch dims, broadcast where 1.
+// A plain fp32 or bf16 tensor as oneDNN describes one: dims and strides in
+// elements. Up to 4 dims; leading dims are batch dims, broadcast where 1.
 struct View {
-  float* data = nullptr;
+  void* data = nullptr;
   std::vector<int64_t> dims;
   std::vector<int64_t> strides;
+  bool bf16 = false;
 };
 
-// The view of an fp32 CPU tensor, with `dims`/`strides` taken as given when
-// not empty (a transposed or head-split reading of the same buffer).
+// The view of an fp32 or bf16 CPU tensor, with `dims`/`strides` taken as
+// given when not empty (a transposed or head-split reading of the same buffer).
 View view_of(const at::Tensor& tensor, std::vector<int64_t> dims = {},
              std::vector<int64_t> strides = {});
 
@@ -50,7 +51,9 @@ bool available();
 bool switched_on(const char* variable);
 
 // c = epilogue(a b + bias), a [.., M, K], b [.., K, N], c [.., M, N], bias
-// [N] or null. Primitives are cached by shape, strides and epilogue. False,
+// [N] (fp32) or null. a and b are both fp32 or both bf16; c is either (a bf16
+// product accumulates in fp32 and rounds once, when c is bf16). Primitives
+// are cached by shape, strides, data types and epilogue. False,
 // with c untouched, where oneDNN has no implementation for these layouts
 // (the caller then takes its plain path) or was not built in.
 bool matmul(const View& a, const View& b, const float* bias, const View& c,
@@ -65,8 +68,11 @@ bool matmul(const View& a, const View& b, const float* bias, const View& c,
 // the result; not modified). `row_bias` [B, N] for x [B, L, K] adds each
 // batch row's own bias before the activation: the output is filled with the
 // rows' biases (plus the residual) and one 2-D product accumulates onto it,
-// so W is streamed once for the whole batch. Undefined where oneDNN has no
-// implementation.
+// so W is streamed once for the whole batch.
+// A bf16 W makes it a bf16 product (x cast to bf16 first, as autocast does):
+// the result is bf16, or fp32 with an fp32 residual or row bias (bf16 + fp32
+// promotes).
+// Undefined where oneDNN has no implementation.
 at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                          EpilogueSpec epilogue = {}, const at::Tensor& residual = {},
                          const at::Tensor& row_bias = {});

@@ -5,8 +5,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "deltatune/model/device.h"
 #include "deltatune/model/encoder.h"
 #include "deltatune/model/linear_kernel.h"
+#include "deltatune/torch_compat.h"
 
 namespace deltatune::model {
 namespace {
@@ -245,6 +247,105 @@ TEST_F(FusedKernels, EncoderInEvalModeEqualsThePlainPath) {
   in.attention_mask[2].slice(0, 4).zero_();
   auto [plain, fused] = plain_and_fused([&] { return model->forward(in).last_hidden_state; });
   EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << max_diff(fused, plain);
+}
+
+// Under CPU autocast to bf16 (inference at --bf16 / --precision bf16) the
+// fused kernels multiply bf16 operands with fp32 accumulation and round each
+// product's result once. References: the fp32 composition on the operands
+// rounded to bf16 (what a bf16 product computes exactly).
+class FusedKernelsBf16 : public FusedKernels {
+ protected:
+  static at::Tensor rounded(const at::Tensor& t) { return t.to(at::kBFloat16).to(at::kFloat); }
+  // The fp32 references are computed with autocast paused.
+  struct AutocastPaused {
+    AutocastPaused() { compat::set_autocast_enabled(c10::DeviceType::CPU, false); }
+    ~AutocastPaused() { compat::set_autocast_enabled(c10::DeviceType::CPU, true); }
+  };
+  AutocastScope bf16_{at::Device(at::kCPU), Precision::kBFloat16};
+};
+
+TEST_F(FusedKernelsBf16, ProjectionOntoAnFp32ResidualRoundsNothingBeforeTheSum) {
+  at::manual_seed(11);
+  at::Tensor x = at::randn({3, 5, 64}), w = at::randn({32, 64}) * 0.2, b = at::randn({32});
+  at::Tensor residual = at::randn({3, 5, 32});
+  at::Tensor reference = [&] {
+    AutocastPaused paused;
+    return at::linear(rounded(x), rounded(w), b) + residual;
+  }();
+  at::Tensor w16 = weight_operand({w});
+  ASSERT_EQ(w16.scalar_type(), at::kBFloat16);
+  auto [plain, fused] = plain_and_fused([&] { return linear_residual(x, w16, b, residual); });
+  ASSERT_EQ(fused.scalar_type(), at::kFloat);  // bf16 + fp32 promotes, as under autocast
+  ASSERT_EQ(plain.scalar_type(), at::kFloat);
+  // Fused: the product's fp32 sum is added unrounded (only summation order
+  // differs); autocast's plain path rounds the product to bf16 first.
+  EXPECT_LT(max_diff(fused, reference), 1e-4);
+  EXPECT_GT(max_diff(plain, reference), 1e-3) << "the plain path no longer rounds: revisit";
+  EXPECT_TRUE(at::allclose(fused, plain, 2e-2, 5e-2)) << max_diff(fused, plain);
+}
+
+TEST_F(FusedKernelsBf16, ActivatedProjectionIsTheRoundedExactValue) {
+  at::manual_seed(12);
+  at::Tensor x = at::randn({4, 7, 48}), w = at::randn({20, 48}) * 0.3, b = at::randn({20});
+  at::Tensor w16 = weight_operand({w});
+  for (const char* name : {"gelu", "relu"}) {
+    at::Tensor reference = [&] {
+      AutocastPaused paused;
+      return activation(at::linear(rounded(x), rounded(w), b), name);
+    }();
+    auto [plain, fused] = plain_and_fused([&] { return linear_activation(x, w16, b, name); });
+    ASSERT_EQ(fused.scalar_type(), at::kBFloat16) << name;
+    // Within one bf16 rounding of the exact value (2^-8 relative).
+    EXPECT_TRUE(at::allclose(fused.to(at::kFloat), reference, 1.0 / 256, 1e-3))
+        << name << ": " << max_diff(fused.to(at::kFloat), reference);
+    EXPECT_TRUE(at::allclose(fused.to(at::kFloat), plain.to(at::kFloat), 3e-2, 3e-2)) << name;
+  }
+}
+
+TEST_F(FusedKernelsBf16, AttentionOnBf16HeadsKeepsFp32ScoresAndSoftmax) {
+  at::manual_seed(13);
+  const int64_t batch = 3, length = 9, heads = 4, width = 32;
+  at::Tensor qkv = at::randn({batch, length, 3 * width}).to(at::kBFloat16);
+  auto parts = qkv.chunk(3, -1);
+  at::Tensor mask = at::ones({batch, length}, at::kLong);
+  mask[1].slice(0, 6).zero_();
+  at::Tensor additive = additive_attention_mask(mask, at::kFloat);
+  at::Tensor reference = [&] {
+    AutocastPaused paused;
+    set_fused_kernels(false);
+    return attention(parts[0].to(at::kFloat), parts[1].to(at::kFloat), parts[2].to(at::kFloat),
+                     additive, heads);
+  }();
+  auto [plain, fused] =
+      plain_and_fused([&] { return attention(parts[0], parts[1], parts[2], additive, heads); });
+  ASSERT_EQ(fused.scalar_type(), at::kBFloat16);
+  // Two roundings: the probabilities to bf16 for the context product, and its result.
+  EXPECT_TRUE(at::allclose(fused.to(at::kFloat), reference, 2e-2, 1e-2))
+      << max_diff(fused.to(at::kFloat), reference);
+}
+
+TEST_F(FusedKernelsBf16, EncoderIsAtLeastAsCloseToFp32AsAutocastsComposition) {
+  nlohmann::json j = {
+      {"model_type", "bert"},         {"vocab_size", 120},        {"hidden_size", 64},
+      {"num_hidden_layers", 2},       {"num_attention_heads", 4}, {"intermediate_size", 128},
+      {"max_position_embeddings", 64}};
+  at::manual_seed(15);
+  EncoderModel model(EncoderConfig::from_json(j, "tiny"), true);
+  model->eval();
+  EncoderInput in;
+  in.input_ids = at::randint(1, 120, {3, 11}, at::kLong);
+  in.attention_mask = at::ones({3, 11}, at::kLong);
+  in.attention_mask[2].slice(0, 4).zero_();
+  at::Tensor exact = [&] {
+    AutocastPaused paused;
+    return model->forward(in).last_hidden_state;
+  }();
+  auto [plain, fused] = plain_and_fused([&] { return model->forward(in).last_hidden_state; });
+  const double fused_error = (fused.to(at::kFloat) - exact).abs().mean().item<double>();
+  const double plain_error = (plain.to(at::kFloat) - exact).abs().mean().item<double>();
+  EXPECT_LT(fused_error, 2e-2);
+  EXPECT_LE(fused_error, plain_error * 1.1) << fused_error << " against autocast's " << plain_error;
+  EXPECT_GT(max_diff(fused.to(at::kFloat), plain.to(at::kFloat)), 0) << "no fused path taken";
 }
 
 }  // namespace

@@ -3,10 +3,15 @@
 //
 // Each function computes exactly its plain LibTorch composition (stated
 // below) and takes that plain path itself whenever autograd has to record the
-// call, a tensor is not fp32 on the CPU, deltatune was built without oneDNN,
-// or fusion is off. Fused results equal the plain ones up to floating-point
-// summation order and oneDNN's erf/tanh/exp approximations (fp32 within
-// 1e-5: tests/model/fused_kernels_test.cpp).
+// call, a tensor is not on the CPU, deltatune was built without oneDNN, or
+// fusion is off. In fp32, fused results equal the plain ones up to
+// floating-point summation order and oneDNN's erf/tanh/exp approximations
+// (within 1e-5: tests/model/fused_kernels_test.cpp). Under CPU autocast to
+// bf16 (inference at bf16) the products take bf16 operands as autocast
+// would, but each accumulates in fp32 and rounds once: bias, activation and
+// residual are applied before rounding, scores and softmax stay fp32, and a
+// product onto an fp32 residual is never rounded (FusedKernelsBf16.* test
+// that each result is the exact value of its bf16 operands, so rounded).
 #pragma once
 
 #include <ATen/core/Tensor.h>
