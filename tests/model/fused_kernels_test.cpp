@@ -233,18 +233,28 @@ TEST(FusedKernelsAutograd, TrainingAttentionEqualsAutogradsCompositionDrawForDra
   }
 }
 
-TEST_F(FusedKernels, EncoderInEvalModeEqualsThePlainPath) {
-  nlohmann::json j = {
-      {"model_type", "bert"},         {"vocab_size", 120},        {"hidden_size", 48},
-      {"num_hidden_layers", 2},       {"num_attention_heads", 4}, {"intermediate_size", 96},
-      {"max_position_embeddings", 64}};
-  at::manual_seed(5);
-  EncoderModel model(EncoderConfig::from_json(j, "tiny"), true);
-  model->eval();
+// A tiny random BERT in eval mode and a padded batch of 3 rows of 11 tokens.
+struct TinyEncoder {
+  TinyEncoder(int64_t hidden, uint64_t seed) {
+    nlohmann::json j = {{"model_type", "bert"},         {"vocab_size", 120},
+                        {"hidden_size", hidden},        {"num_hidden_layers", 2},
+                        {"num_attention_heads", 4},     {"intermediate_size", 2 * hidden},
+                        {"max_position_embeddings", 64}};
+    at::manual_seed(seed);
+    model = EncoderModel(EncoderConfig::from_json(j, "tiny"), true);
+    model->eval();
+    in.input_ids = at::randint(1, 120, {3, 11}, at::kLong);
+    in.attention_mask = at::ones({3, 11}, at::kLong);
+    in.attention_mask[2].slice(0, 4).zero_();
+  }
+  EncoderModel model{nullptr};
   EncoderInput in;
-  in.input_ids = at::randint(1, 120, {3, 11}, at::kLong);
-  in.attention_mask = at::ones({3, 11}, at::kLong);
-  in.attention_mask[2].slice(0, 4).zero_();
+};
+
+TEST_F(FusedKernels, EncoderInEvalModeEqualsThePlainPath) {
+  TinyEncoder tiny(48, 5);
+  EncoderModel& model = tiny.model;
+  const EncoderInput& in = tiny.in;
   auto [plain, fused] = plain_and_fused([&] { return model->forward(in).last_hidden_state; });
   EXPECT_TRUE(at::allclose(fused, plain, 1e-5, 1e-5)) << max_diff(fused, plain);
 }
@@ -325,17 +335,9 @@ TEST_F(FusedKernelsBf16, AttentionOnBf16HeadsKeepsFp32ScoresAndSoftmax) {
 }
 
 TEST_F(FusedKernelsBf16, EncoderIsAtLeastAsCloseToFp32AsAutocastsComposition) {
-  nlohmann::json j = {
-      {"model_type", "bert"},         {"vocab_size", 120},        {"hidden_size", 64},
-      {"num_hidden_layers", 2},       {"num_attention_heads", 4}, {"intermediate_size", 128},
-      {"max_position_embeddings", 64}};
-  at::manual_seed(15);
-  EncoderModel model(EncoderConfig::from_json(j, "tiny"), true);
-  model->eval();
-  EncoderInput in;
-  in.input_ids = at::randint(1, 120, {3, 11}, at::kLong);
-  in.attention_mask = at::ones({3, 11}, at::kLong);
-  in.attention_mask[2].slice(0, 4).zero_();
+  TinyEncoder tiny(64, 15);
+  EncoderModel& model = tiny.model;
+  const EncoderInput& in = tiny.in;
   at::Tensor exact = [&] {
     AutocastPaused paused;
     return model->forward(in).last_hidden_state;
