@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "deltatune/error.h"
@@ -31,6 +32,17 @@ void AdamW::set_mask(const std::string& name, const at::Tensor& mask) {
   throw Error("the optimizer has no parameter '" + name + "'");
 }
 
+namespace {
+
+// The update runs over slices of at most this many values of a parameter:
+// its temporaries (the denominator; a masked update's candidates) are then
+// bounded by a slice, not by the largest parameter (BERT-base's word
+// embeddings: 94 MB each, seven of them for a masked update). Each value's
+// update is elementwise, so slicing changes no result.
+constexpr int64_t kUpdateSlice = int64_t{1} << 20;
+
+}  // namespace
+
 void AdamW::step(double lr_scale) {
   ++step_;
   at::NoGradGuard no_grad;
@@ -38,29 +50,49 @@ void AdamW::step(double lr_scale) {
   const double correction1 = 1.0 - std::pow(b1, static_cast<double>(step_));
   const double correction2_sqrt = std::sqrt(1.0 - std::pow(b2, static_cast<double>(step_)));
   for (auto& slot : slots_) {
-    at::Tensor& p = slot.parameter;
-    if (!p.grad().defined()) continue;
+    at::Tensor& parameter = slot.parameter;
+    if (!parameter.grad().defined()) continue;
     const auto& group = groups_[slot.group];
     const double lr = group.learning_rate * lr_scale;
-    at::Tensor grad = p.grad();
-    if (slot.mask.defined()) {
-      // Masked-out entries: no decay, no moment update, no step.
-      at::Tensor keep = slot.mask;
-      at::Tensor new_avg = slot.exp_avg * b1 + grad * (1 - b1);
-      at::Tensor new_sq = slot.exp_avg_sq * b2 + grad * grad * (1 - b2);
-      slot.exp_avg.copy_(at::where(keep, new_avg, slot.exp_avg));
-      slot.exp_avg_sq.copy_(at::where(keep, new_sq, slot.exp_avg_sq));
-      at::Tensor updated = p * (1 - lr * group.weight_decay);
-      at::Tensor denom = slot.exp_avg_sq.sqrt() / correction2_sqrt + options_.eps;
-      updated = updated - (lr / correction1) * slot.exp_avg / denom;
-      p.copy_(at::where(keep, updated, p));
+    const at::Tensor& gradient = parameter.grad();
+    // Loshchilov & Hutter's AdamW as torch.optim.AdamW computes it:
+    // p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
+    // p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+    auto update = [&](at::Tensor p, const at::Tensor& grad, at::Tensor exp_avg,
+                      at::Tensor exp_avg_sq, const at::Tensor& keep) {
+      if (keep.defined()) {
+        // Masked-out entries: no decay, no moment update, no step.
+        at::Tensor new_avg = exp_avg * b1 + grad * (1 - b1);
+        at::Tensor new_sq = exp_avg_sq * b2 + grad * grad * (1 - b2);
+        exp_avg.copy_(at::where(keep, new_avg, exp_avg));
+        exp_avg_sq.copy_(at::where(keep, new_sq, exp_avg_sq));
+        at::Tensor updated = p * (1 - lr * group.weight_decay);
+        at::Tensor denom = exp_avg_sq.sqrt() / correction2_sqrt + options_.eps;
+        updated = updated - (lr / correction1) * exp_avg / denom;
+        p.copy_(at::where(keep, updated, p));
+        return;
+      }
+      if (group.weight_decay != 0) p.mul_(1 - lr * group.weight_decay);
+      exp_avg.mul_(b1).add_(grad, 1 - b1);
+      exp_avg_sq.mul_(b2).addcmul_(grad, grad, 1 - b2);
+      at::Tensor denom = (exp_avg_sq.sqrt() / correction2_sqrt).add_(options_.eps);
+      p.addcdiv_(exp_avg, denom, -lr / correction1);
+    };
+    const int64_t n = parameter.numel();
+    const bool sliceable = n > kUpdateSlice && parameter.is_contiguous() &&
+                           gradient.is_contiguous() &&
+                           (!slot.mask.defined() || slot.mask.is_contiguous());
+    if (!sliceable) {
+      update(parameter, gradient, slot.exp_avg, slot.exp_avg_sq, slot.mask);
       continue;
     }
-    if (group.weight_decay != 0) p.mul_(1 - lr * group.weight_decay);
-    slot.exp_avg.mul_(b1).add_(grad, 1 - b1);
-    slot.exp_avg_sq.mul_(b2).addcmul_(grad, grad, 1 - b2);
-    at::Tensor denom = (slot.exp_avg_sq.sqrt() / correction2_sqrt).add_(options_.eps);
-    p.addcdiv_(slot.exp_avg, denom, -lr / correction1);
+    auto flat = [](const at::Tensor& t) { return t.view({-1}); };
+    for (int64_t begin = 0; begin < n; begin += kUpdateSlice) {
+      const int64_t end = std::min(n, begin + kUpdateSlice);
+      auto slice = [&](const at::Tensor& t) { return flat(t).slice(0, begin, end); };
+      update(slice(parameter), slice(gradient), slice(slot.exp_avg), slice(slot.exp_avg_sq),
+             slot.mask.defined() ? slice(slot.mask) : at::Tensor());
+    }
   }
 }
 

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "deltatune/error.h"
 #include "deltatune/io/safetensors.h"
 #include "test_paths.h"
@@ -49,6 +51,41 @@ TEST(AdamW, MaskedEntriesStayBitIdentical) {
     if (name.find("exp_avg") == std::string::npos) continue;
     EXPECT_TRUE(tensor.index({at::indexing::Slice(2, at::indexing::None)}).eq(0).all().item<bool>())
         << name;
+  }
+}
+
+// A parameter above the update's slice size (2^20 values, so three slices
+// and a partial fourth), masked and not: every value ends as one whole-tensor
+// AdamW computes it.
+TEST(AdamW, LargeParametersUpdateSliceBySliceAsOneWholeTensor) {
+  const int64_t n = 3 * (int64_t{1} << 20) + 37;
+  const double lr = 1e-2, decay = 0.1, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  for (const bool masked : {false, true}) {
+    at::manual_seed(7);
+    at::Tensor w = at::randn({n}).requires_grad_(true);
+    const at::Tensor keep = at::rand({n}) < 0.3;
+    AdamW optimizer({{"decay", {"w"}, {w}, lr, decay}});
+    if (masked) optimizer.set_mask("w", keep);
+    at::Tensor p = w.detach().clone(), m = at::zeros({n}), v = at::zeros({n});
+    for (int t = 1; t <= 3; ++t) {
+      const at::Tensor g = at::randn({n});
+      w.mutable_grad() = g.clone();
+      optimizer.step();
+      const double c1 = 1 - std::pow(b1, t), c2 = std::sqrt(1 - std::pow(b2, t));
+      at::Tensor new_m = m * b1 + g * (1 - b1), new_v = v * b2 + g * g * (1 - b2);
+      at::Tensor new_p = p * (1 - lr * decay) - (lr / c1) * new_m / (new_v.sqrt() / c2 + eps);
+      if (masked) {
+        new_m = at::where(keep, new_m, m), new_v = at::where(keep, new_v, v);
+        new_p = at::where(keep, new_p, p);
+      }
+      m = new_m, v = new_v, p = new_p;
+    }
+    EXPECT_TRUE(at::allclose(w.detach(), p, 1e-6, 1e-7))
+        << (masked ? "masked" : "unmasked") << ": " << (w.detach() - p).abs().max().item<double>();
+    if (masked) {
+      EXPECT_TRUE(at::equal(w.detach().masked_select(~keep), p.masked_select(~keep)))
+          << "a masked-out value moved";
+    }
   }
 }
 
