@@ -103,6 +103,10 @@ void AdamW::zero_grad() {
   }
 }
 
+void AdamW::release_gradients() {
+  for (auto& slot : slots_) slot.parameter.mutable_grad() = at::Tensor();
+}
+
 io::NamedTensors AdamW::state() const {
   io::NamedTensors out;
   out.emplace_back("optimizer.step", at::tensor({step_}, at::kLong));

@@ -922,6 +922,10 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   model::reset_peak_memory(device);
   auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
     const auto eval_start = std::chrono::steady_clock::now();
+    // Evaluations fall between steps: the zeroed gradients (as large as the
+    // trained parameters: 440 MB for BERT-base fully fine-tuned) are freed
+    // rather than held through the evaluation's own allocations.
+    optimizer.release_gradients();
     method_.before_forward(model, false);
     // A job evaluates in shards, gathered: every rank then holds the same
     // metrics and takes the same keep-best and early-stopping decisions.

@@ -34,6 +34,10 @@ class AdamW {
   // Parameters without a gradient are skipped, as torch does.
   void step(double lr_scale = 1.0);
   void zero_grad();
+  // Frees the gradients' memory between steps (where zero_grad left them
+  // zero): the next backward pass allocates them again, as in a run resumed
+  // from a checkpoint. For evaluations, which need none.
+  void release_gradients();
 
   // Restricts updates of parameter `name` to entries where `mask` is nonzero
   // (same shape, any dtype). An empty tensor removes the mask.
