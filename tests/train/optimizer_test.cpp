@@ -89,6 +89,33 @@ TEST(AdamW, LargeParametersUpdateSliceBySliceAsOneWholeTensor) {
   }
 }
 
+// Gradients freed between steps (as evaluations do) train exactly as zeroed ones.
+TEST(AdamW, ReleasedGradientsTrainAsZeroedOnes) {
+  at::manual_seed(9);
+  const at::Tensor start = at::randn({5, 3});
+  std::vector<at::Tensor> grads;
+  for (int t = 0; t < 3; ++t) grads.push_back(at::randn({5, 3}));
+  at::Tensor ends[2];
+  for (const bool release : {false, true}) {
+    at::Tensor w = start.clone().requires_grad_(true);
+    AdamW optimizer({{"decay", {"w"}, {w}, 1e-2, 0.1}});
+    for (const at::Tensor& g : grads) {
+      if (w.grad().defined())
+        w.mutable_grad().add_(g);  // backward accumulates into the zeroed gradient
+      else
+        w.mutable_grad() = g.clone();  // or allocates it afresh
+      optimizer.step();
+      optimizer.zero_grad();
+      if (release) {
+        optimizer.release_gradients();
+        EXPECT_FALSE(w.grad().defined());
+      }
+    }
+    ends[release] = w.detach();
+  }
+  EXPECT_TRUE(at::equal(ends[0], ends[1]));
+}
+
 TEST(AdamW, StateRoundTripsForResume) {
   at::manual_seed(2);
   at::Tensor a = at::randn({3}).requires_grad_(true), b = a.detach().clone().requires_grad_(true);
