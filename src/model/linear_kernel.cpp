@@ -213,4 +213,22 @@ at::Tensor weight_operand(const std::vector<at::Tensor>& parts) {
   return value;
 }
 
+void release_stale_weight_copies() {
+  {
+    std::lock_guard<std::mutex> lock(prepared_mutex());
+    auto& cache = prepared_weights();
+    for (auto it = cache.begin(); it != cache.end();) {
+      bool stale = it->second.expired();
+      for (size_t i = 0; !stale && i < it->second.sources.size(); ++i) {
+        auto source = it->second.sources[i].lock();
+        stale = !source || source->requires_grad() ||
+                source->version_counter().current_version() != it->second.versions[i];
+      }
+      it = stale ? cache.erase(it) : ++it;
+    }
+  }
+  // After the prepared copies: a dropped one's packed layout is then gone too.
+  onednn::drop_packed_copies_of_changing_weights();
+}
+
 }  // namespace deltatune::model

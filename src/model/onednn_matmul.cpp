@@ -280,6 +280,23 @@ at::Tensor packed_for(const at::Tensor& weight, const View& plain, const memory:
 
 }  // namespace
 
+void drop_packed_copies_of_changing_weights() {
+  std::lock_guard<std::mutex> lock(packed_mutex());
+  auto& cache = packed_weights();
+  for (auto it = cache.begin(); it != cache.end();) {
+    auto& list = it->second;
+    list.erase(std::remove_if(list.begin(), list.end(),
+                              [](const PackedWeight& p) {
+                                auto source = p.source.lock();
+                                return !source ||
+                                       source->version_counter().current_version() != p.version ||
+                                       source->requires_grad();
+                              }),
+               list.end());
+    it = list.empty() ? cache.erase(it) : ++it;
+  }
+}
+
 bool available() { return true; }
 
 bool matmul(const View& a, const View& b, const float* bias, const View& c,
@@ -347,6 +364,8 @@ at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at
 #else  // no oneDNN in this build
 
 bool available() { return false; }
+
+void drop_packed_copies_of_changing_weights() {}
 
 bool matmul(const View&, const View&, const float*, const View&, const EpilogueSpec&) {
   return false;

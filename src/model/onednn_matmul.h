@@ -73,6 +73,11 @@ bool matmul(const View& a, const View& b, const float* bias, const View& c,
 // the result is bf16, or fp32 with an fp32 residual or row bias (bf16 + fp32
 // promotes).
 // Undefined where oneDNN has no implementation.
+// Drops the packed copies whose weight is gone, has changed since, or is
+// trained (requires grad): a trained weight's copy is stale after the next
+// step and would otherwise be held until the next lookup.
+void drop_packed_copies_of_changing_weights();
+
 at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                          EpilogueSpec epilogue = {}, const at::Tensor& residual = {},
                          const at::Tensor& row_bias = {});

@@ -20,6 +20,7 @@
 #include "deltatune/io/crash_point.h"
 #include "deltatune/io/progress.h"
 #include "deltatune/io/safetensors.h"
+#include "deltatune/model/linear_kernel.h"
 #include "deltatune/train/grad_scaler.h"
 #include "deltatune/train/interrupt.h"
 #include "deltatune/train/optimizer.h"
@@ -944,6 +945,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       for (const auto& [metric, value] : extra.metrics.values)
         eval.metrics.values[name + "_" + metric] = value;
     }
+    model::release_stale_weight_copies();
     json record = eval.to_json();
     record["split"] = "dev";
     record["step"] = optimizer.steps();

@@ -117,6 +117,26 @@ TEST(WeightOperand, FrozenPartsArePreparedOnceAndRedoneWhenAPartChanges) {
   EXPECT_TRUE(at::equal(after, at::cat({q, k, v})));
 }
 
+// After an evaluation in training: copies of trained or changed weights are
+// freed, a frozen weight's copy is kept for the next evaluation.
+TEST(WeightOperand, StaleCopiesAreReleasedAndFrozenOnesKept) {
+  at::manual_seed(6);
+  at::Tensor frozen = at::randn({4, 3});
+  at::Tensor trained = at::randn({4, 3}).requires_grad_(true);
+  Bf16Autocast autocast;
+  at::NoGradGuard no_grad;  // an evaluation: the trained weight is prepared too
+  const at::Tensor frozen_copy = weight_operand({frozen});
+  const at::Tensor trained_copy = weight_operand({trained});
+  const void* frozen_data = frozen_copy.data_ptr();
+  const void* trained_data = trained_copy.data_ptr();
+  EXPECT_EQ(weight_operand({trained}).data_ptr(), trained_data);  // cached until released
+  release_stale_weight_copies();
+  EXPECT_EQ(weight_operand({frozen}).data_ptr(), frozen_data);
+  at::Tensor again = weight_operand({trained});
+  EXPECT_NE(again.data_ptr(), trained_data) << "the trained weight's copy was kept";
+  EXPECT_TRUE(at::equal(again, trained.to(at::kBFloat16)));
+}
+
 TEST(WeightOperand, TrainablePartsStayDifferentiableAndUncached) {
   at::Tensor q = at::randn({4, 3}).requires_grad_(true), k = at::randn({4, 3});
   at::Tensor fused = weight_operand({q, k});

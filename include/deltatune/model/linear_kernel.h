@@ -29,6 +29,14 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 // DELTATUNE_PREPARED_WEIGHTS=0 in the environment turns the reuse off.
 at::Tensor weight_operand(const std::vector<at::Tensor>& parts);
 
+// Frees the inference copies (weight_operand's prepared casts and
+// concatenations, linear_frozen's packed layouts) of trained parameters and
+// of weights that changed or are gone: a training run calls it after each
+// evaluation, since the next optimizer step makes them stale anyway (for
+// BERT-base fully fine-tuned in bf16, 440 MB otherwise held until the next
+// evaluation). Copies of frozen weights are kept for the next one.
+void release_stale_weight_copies();
+
 // Whether fp32 CPU products take the oneDNN path (built with it and enabled).
 bool onednn_linear_active();
 
