@@ -142,27 +142,34 @@ onednn::View heads_of(const at::Tensor& x, int64_t heads) {
                          {x.stride(0), head_dim, x.stride(1), 1});
 }
 
-// softmax(Q K^T / sqrt(d) + mask) as [B, heads, L, K], the scale and the mask
-// in the product's epilogue (no expanded mask); undefined where oneDNN has
-// no implementation for these strides.
-at::Tensor attention_probabilities(const at::Tensor& queries, const at::Tensor& keys,
-                                   const at::Tensor& additive_mask, int64_t heads) {
+// softmax(Q K^T / sqrt(d) + mask) in fp32 as [B, heads, L, K] from readings
+// of Q [B, heads, L, d] and K^T [B, heads, d, K] (fp32 or bf16), the scale
+// and the mask [B or 1, 1, 1, K] in the product's epilogue (no expanded
+// mask); undefined where oneDNN has no implementation for these strides.
+at::Tensor scores_softmax(const onednn::View& queries, const onednn::View& keys_transposed,
+                          const at::Tensor& additive_mask, const at::TensorOptions& options) {
   using onednn::view_of;
-  const int64_t batch = queries.size(0), length = queries.size(1);
-  const int64_t key_length = keys.size(1), head_dim = queries.size(2) / heads;
-  auto keys_transposed = view_of(keys, {batch, heads, head_dim, key_length},
-                                 {keys.stride(0), head_dim, 1, keys.stride(1)});
+  const int64_t head_dim = queries.dims[3], key_length = keys_transposed.dims[3];
   at::Tensor mask = additive_mask.to(at::kFloat).contiguous();
   auto mask_view =
       view_of(mask, {mask.size(0), 1, 1, key_length}, {key_length, key_length, key_length, 1});
-  // fp32 scores (and softmax) also from bf16 queries and keys.
-  at::Tensor scores =
-      at::empty({batch, heads, length, key_length}, queries.options().dtype(at::kFloat));
+  at::Tensor scores = at::empty({queries.dims[0], queries.dims[1], queries.dims[2], key_length},
+                                options.dtype(at::kFloat));
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
-  if (!onednn::matmul(heads_of(queries, heads), keys_transposed, nullptr, view_of(scores),
+  if (!onednn::matmul(queries, keys_transposed, nullptr, view_of(scores),
                       {onednn::Epilogue::kScaleAdd, scale, &mask_view}))
     return {};
   return at::_softmax(scores, -1, false);
+}
+
+// The probabilities for Q and K read in place from [B, n, heads * d].
+at::Tensor attention_probabilities(const at::Tensor& queries, const at::Tensor& keys,
+                                   const at::Tensor& additive_mask, int64_t heads) {
+  const int64_t key_length = keys.size(1), head_dim = queries.size(2) / heads;
+  return scores_softmax(heads_of(queries, heads),
+                        onednn::view_of(keys, {keys.size(0), heads, head_dim, key_length},
+                                        {keys.stride(0), head_dim, 1, keys.stride(1)}),
+                        additive_mask, queries.options());
 }
 
 // probs [B, heads, L, K] times values [B, K, heads * d], written as
@@ -195,20 +202,14 @@ at::Tensor bf16_attention(const at::Tensor& queries, const at::Tensor& keys,
     return x.view({batch, x.size(1), heads, head_dim}).transpose(1, 2).contiguous();
   };
   const at::Tensor q = head_major(queries), k = head_major(keys), v = head_major(values);
-  const at::Tensor mask = additive_mask.to(at::kFloat).contiguous();
-  const auto mask_view =
-      view_of(mask, {mask.size(0), 1, 1, key_length}, {key_length, key_length, key_length, 1});
-  at::Tensor scores =
-      at::empty({batch, heads, length, key_length}, queries.options().dtype(at::kFloat));
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   // K^T read through strides: [B, heads, d, K].
-  const auto keys_transposed =
-      view_of(k, {batch, heads, head_dim, key_length},
-              {heads * key_length * head_dim, key_length * head_dim, 1, head_dim});
-  if (!onednn::matmul(view_of(q), keys_transposed, nullptr, view_of(scores),
-                      {onednn::Epilogue::kScaleAdd, scale, &mask_view}))
-    return {};
-  const at::Tensor probs = at::_softmax(scores, -1, false).to(at::kBFloat16);
+  at::Tensor probs =
+      scores_softmax(view_of(q),
+                     view_of(k, {batch, heads, head_dim, key_length},
+                             {heads * key_length * head_dim, key_length * head_dim, 1, head_dim}),
+                     additive_mask, q.options());
+  if (!probs.defined()) return {};
+  probs = probs.to(at::kBFloat16);
   at::Tensor context = at::empty({batch, heads, length, head_dim}, v.options());
   if (!onednn::matmul(view_of(probs), view_of(v), nullptr, view_of(context))) return {};
   return context.transpose(1, 2).reshape({batch, length, width});

@@ -155,6 +155,17 @@ struct PreparedWeight {
       if (s.expired()) return true;
     return false;
   }
+  // Of no use to a later evaluation: a part is gone, has changed, or trains
+  // (the next optimizer step changes it).
+  bool stale() const {
+    for (size_t i = 0; i < sources.size(); ++i) {
+      auto source = sources[i].lock();
+      if (!source || source->requires_grad() ||
+          source->version_counter().current_version() != versions[i])
+        return true;
+    }
+    return false;
+  }
 };
 
 using PreparedKey = std::pair<std::vector<const void*>, int>;
@@ -217,15 +228,8 @@ void release_stale_weight_copies() {
   {
     std::lock_guard<std::mutex> lock(prepared_mutex());
     auto& cache = prepared_weights();
-    for (auto it = cache.begin(); it != cache.end();) {
-      bool stale = it->second.expired();
-      for (size_t i = 0; !stale && i < it->second.sources.size(); ++i) {
-        auto source = it->second.sources[i].lock();
-        stale = !source || source->requires_grad() ||
-                source->version_counter().current_version() != it->second.versions[i];
-      }
-      it = stale ? cache.erase(it) : ++it;
-    }
+    for (auto it = cache.begin(); it != cache.end();)
+      it = it->second.stale() ? cache.erase(it) : ++it;
   }
   // After the prepared copies: a dropped one's packed layout is then gone too.
   onednn::drop_packed_copies_of_changing_weights();

@@ -124,7 +124,8 @@ Key key_of(const View& a, const View& b, bool bias, const View& c, const Epilogu
   Key key{static_cast<int64_t>(e.kind), static_cast<int64_t>(accumulates(e)),
           static_cast<int64_t>(bias), static_cast<int64_t>(packed)};
   auto add = [&](const View& v) {
-    key.push_back(static_cast<int64_t>(v.dims.size()) + (v.bf16 ? 100 : 0));
+    key.push_back(static_cast<int64_t>(v.bf16));
+    key.push_back(static_cast<int64_t>(v.dims.size()));
     key.insert(key.end(), v.dims.begin(), v.dims.end());
     key.insert(key.end(), v.strides.begin(), v.strides.end());
   };
