@@ -57,11 +57,4 @@ inline void set_autocast_dtype(c10::DeviceType device, c10::ScalarType dtype) {
 // True when autocast is on for the CPU (the fused oneDNN kernels then step aside).
 inline bool cpu_autocast_enabled() { return autocast_enabled(c10::DeviceType::CPU); }
 
-// torch::optim's zero_grad() sets gradients to None by default from 2.0 on
-// and zeroes them in 1.13. deltatune's own AdamW always zeroes in place
-// (train::AdamW::zero_grad): a gradient that exists keeps its storage, on
-// every version, so the data-parallel flat buffers and the gradient masks
-// see the same tensors step after step.
-inline constexpr bool kZeroGradKeepsStorage = true;
-
 }  // namespace deltatune::compat

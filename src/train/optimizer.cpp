@@ -96,13 +96,6 @@ void AdamW::step(double lr_scale) {
   }
 }
 
-void AdamW::zero_grad() {
-  for (auto& slot : slots_) {
-    at::Tensor grad = slot.parameter.mutable_grad();
-    if (grad.defined()) grad.zero_();
-  }
-}
-
 void AdamW::release_gradients() {
   for (auto& slot : slots_) slot.parameter.mutable_grad() = at::Tensor();
 }

@@ -923,9 +923,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   model::reset_peak_memory(device);
   auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
     const auto eval_start = std::chrono::steady_clock::now();
-    // Evaluations fall between steps: the zeroed gradients (as large as the
-    // trained parameters: 440 MB for BERT-base fully fine-tuned) are freed
-    // rather than held through the evaluation's own allocations.
+    // No gradient is held through an evaluation (as large as the trained
+    // parameters: 440 MB for BERT-base fully fine-tuned), whatever ran before.
     optimizer.release_gradients();
     method_.before_forward(model, false);
     // A job evaluates in shards, gathered: every rank then holds the same
@@ -1013,7 +1012,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   };
 
   model.train();
-  optimizer.zero_grad();
+  optimizer.release_gradients();
   if (!finished && !job) stop_if_requested(start_epoch, start_batch);
   for (int64_t epoch = start_epoch; epoch < epochs && !stop; ++epoch) {
     const data::EpochPlan plan = batcher.plan(static_cast<size_t>(epoch));
@@ -1081,7 +1080,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       // torch.cuda.amp.GradScaler does. Every rank sees the same reduced
       // gradients, so every rank skips the same steps.
       if (!scaler.unscale(parameters)) {
-        optimizer.zero_grad();
+        optimizer.release_gradients();
         scaler.update();
         ++skipped_steps;
         continue;
@@ -1094,7 +1093,10 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
       }
       optimizer.step(lr_multiplier(schedule, config_.prior_steps + optimizer.steps(), warmup_steps,
                                    run_steps));
-      optimizer.zero_grad();
+      // Freed, not zeroed: the next backward pass allocates them as it goes,
+      // so the next forward pass's activations never sit beside a full set
+      // of stale gradients (BERT-base fully fine-tuned: 440 MB at the peak).
+      optimizer.release_gradients();
       if (io::crash_point("step") && !parameters.empty()) {
         // A fault test's rank whose trained state drifts from the others'.
         at::NoGradGuard no_grad;

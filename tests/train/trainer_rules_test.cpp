@@ -233,5 +233,48 @@ TEST(TrainerRules, MaxLengthAndAMethodsAddedPositionsMustFitThePositionTable) {
   EXPECT_NE(message.find("needs 532 positions"), std::string::npos) << message;
 }
 
+// Trains the classifier head alone and records, before each training
+// forward pass, how many trainable parameters still hold a gradient.
+class HeadOnlyWatchingGradients : public methods::Method {
+ public:
+  std::vector<int64_t> held_at_forward;
+  std::string name() const override { return "head-only-watching-gradients"; }
+  nlohmann::json config() const override { return json::object(); }
+  std::string describe() const override { return name(); }
+  void attach(model::SequenceClassifierImpl& model) override {
+    for (auto& item : model.named_parameters(true))
+      item.value().set_requires_grad(item.key().rfind("classifier.", 0) == 0);
+  }
+  void before_forward(model::SequenceClassifierImpl& model, bool training) override {
+    if (!training) return;
+    int64_t held = 0;
+    for (auto& item : model.named_parameters(true)) held += item.value().grad().defined();
+    held_at_forward.push_back(held);
+  }
+};
+
+// A step frees its gradients (torch's zero_grad(set_to_none=True)): the next
+// forward pass's activations never sit beside a full set of stale ones.
+TEST(TrainerRules, NoGradientOutlivesItsStep) {
+  const test::GlueSample& d = test::sst2_sample(32, 40);
+  BaseModel base = load_base(test::minilm_dir());
+  model::SequenceClassifier model = make_task_model(base, 2, 2);
+  HeadOnlyWatchingGradients method;
+  method.attach(*model);
+  TrainConfig config = quiet(8);
+  config.epochs = 2;
+  config.gradient_accumulation = 2;
+  const TrainResult result =
+      Trainer(model, method, data::find_glue_task("SST-2"), config).fit(d.train, d.dev);
+  EXPECT_EQ(result.steps, 4);
+  int64_t trained = 0;
+  for (auto& item : model->named_parameters(true)) trained += item.value().requires_grad();
+  ASSERT_GT(trained, 0);
+  // 8 batches: the second of each accumulation window sees the first's.
+  ASSERT_EQ(method.held_at_forward.size(), 8u);
+  for (size_t b = 0; b < 8; ++b)
+    EXPECT_EQ(method.held_at_forward[b], b % 2 == 0 ? 0 : trained) << "batch " << b;
+}
+
 }  // namespace
 }  // namespace deltatune::train

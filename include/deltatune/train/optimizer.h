@@ -33,10 +33,11 @@ class AdamW {
   // One update with every group's lr scaled by `lr_scale` (the schedule).
   // Parameters without a gradient are skipped, as torch does.
   void step(double lr_scale = 1.0);
-  void zero_grad();
-  // Frees the gradients' memory between steps (where zero_grad left them
-  // zero): the next backward pass allocates them again, as in a run resumed
-  // from a checkpoint. For evaluations, which need none.
+  // Sets every gradient to None between steps (torch's zero_grad with
+  // set_to_none, its default from 2.0 on): the next backward pass allocates
+  // them as it goes, as in a run resumed from a checkpoint. A parameter the
+  // next backward pass gives no gradient is then skipped by step(), as torch
+  // skips it.
   void release_gradients();
 
   // Restricts updates of parameter `name` to entries where `mask` is nonzero
