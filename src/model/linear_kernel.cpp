@@ -69,23 +69,17 @@ class OneDnnLinear : public torch::autograd::Function<OneDnnLinear> {
     const int64_t n = grads[0].size(-1);
     at::Tensor grad = grads[0].reshape({m, n}).contiguous();
     at::Tensor grad_x, grad_w, grad_b;
+    // Both products on at::mm, as autograd's own addmm backward computes
+    // them: oneDNN 2.6's brgemm runs some of these shapes at half its forward
+    // rate (BERT-base's FFN-output dX at 134 GFLOP/s against ~300), where
+    // the BLAS does not; BERT-base training steps 18-20% faster in fp32,
+    // MiniLM's unchanged (docs/BENCHMARKS.md).
     if (ctx->needs_input_grad(0) && w.defined()) {  // dX = dY W
-      const int64_t k = w.size(1);
-      grad_x = at::empty({m, k}, grad.options());
-      if (m > 0 && !onednn::matmul(view_of(grad), view_of(w), nullptr, view_of(grad_x)))
-        grad_x = at::mm(grad, w);
       auto sizes = grads[0].sizes().vec();
-      sizes.back() = k;
-      grad_x = grad_x.view(sizes);
+      sizes.back() = w.size(1);
+      grad_x = at::mm(grad, w).view(sizes);
     }
-    if (ctx->needs_input_grad(1) && x2d.defined()) {  // dW = dY^T X
-      const int64_t k = x2d.size(1);
-      // The product overwrites every entry; only an empty batch needs zeros.
-      grad_w = m > 0 ? at::empty({n, k}, grad.options()) : at::zeros({n, k}, grad.options());
-      if (m > 0 &&
-          !onednn::matmul(view_of(grad, {n, m}, {1, n}), view_of(x2d), nullptr, view_of(grad_w)))
-        grad_w = at::mm(grad.t(), x2d);
-    }
+    if (ctx->needs_input_grad(1) && x2d.defined()) grad_w = at::mm(grad.t(), x2d);  // dW = dY^T X
     if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) grad_b = grad.sum(0);
     return {grad_x, grad_w, grad_b};
   }
