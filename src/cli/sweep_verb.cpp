@@ -311,8 +311,11 @@ int run_cell(const Cell& cell, const SweepOptions& o) {
   // with --checkpoint-every); otherwise it starts again from scratch.
   const bool resume = train::has_checkpoint(cell.directory);
   words.push_back(resume ? "--resume" : "--overwrite");
-  const std::string self = fs::read_symlink("/proc/self/exe").string();
-  words.insert(words.begin(), self);
+  // The cell runs this very binary: spawned through /proc/self/exe, which
+  // stays this process's executable even once its file is replaced or
+  // removed (an upgrade during a days-long sweep); its path, with the
+  // kernel's " (deleted)" mark, is only the cell's argv[0].
+  words.insert(words.begin(), fs::read_symlink("/proc/self/exe").string());
   std::vector<char*> argv;
   for (auto& w : words) argv.push_back(w.data());
   argv.push_back(nullptr);
@@ -323,7 +326,7 @@ int run_cell(const Cell& cell, const SweepOptions& o) {
                                    O_WRONLY | O_CREAT | (resume ? O_APPEND : O_TRUNC), 0644);
   posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
   pid_t pid = 0;
-  const int spawned = posix_spawn(&pid, self.c_str(), &actions, nullptr, argv.data(), environ);
+  const int spawned = posix_spawn(&pid, "/proc/self/exe", &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   if (spawned != 0) throw Error(std::string("cannot start a cell: ") + std::strerror(spawned));
   running_child.store(pid);

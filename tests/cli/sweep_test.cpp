@@ -192,6 +192,42 @@ TEST(Sweep, AnInterruptedSweepRunsOnlyItsMissingCellsAgain) {
   EXPECT_EQ(std::regex_search(results, std::regex("\"delta_bytes\"")), true);
 }
 
+// A sweep goes on when its binary's file is replaced or removed while it
+// runs (an upgrade during a days-long sweep): its cells run the binary the
+// sweep started as.
+TEST(Sweep, CellsStillStartOnceTheBinarysFileIsGone) {
+  ScratchDir dir;
+  const fs::path binary = dir.path() / "deltatune-copy";
+  fs::copy_file(DELTATUNE_CLI, binary);
+  const fs::path config = dir.path() / "two.json", out = dir.path() / "two";
+  write(config, R"({"methods": ["bitfit", "frozen"], "tasks": ["SST-2"], "seeds": [1],
+                    "train_sizes": [16],
+                    "flags": {"--max-steps": 1, "--max-length": 16, "--batch-size": 8}})");
+  const std::string model = minilm_dir().string();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl(binary.c_str(), binary.c_str(), "sweep", config.c_str(), "--model", model.c_str(),
+            "--threads", "1", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ASSERT_GT(pid, 0);
+  // Gone once the sweep process runs it, before its first cell starts.
+  const fs::path exe = fs::path("/proc") / std::to_string(pid) / "exe";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  std::error_code ec;
+  while (fs::read_symlink(exe, ec) != binary && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_EQ(fs::read_symlink(exe, ec), binary);
+  ASSERT_FALSE(fs::exists(out / "SST-2")) << "a cell started before the binary was removed";
+  fs::remove(binary);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_TRUE(fs::exists(out / "SST-2/bitfit/n16/seed1/summary.json"));
+  EXPECT_TRUE(fs::exists(out / "SST-2/frozen/n16/seed1/summary.json"));
+}
+
 // A cell stopped after a checkpoint continues from it when the sweep runs
 // again, instead of training from the start.
 TEST(Sweep, ACellStoppedAfterACheckpointResumesFromIt) {
