@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "deltatune/error.h"
+#include "deltatune/model/dropout.h"
 #include "deltatune/model/linear_kernel.h"
 #include "layer_checkpoint.h"
 
@@ -43,6 +44,12 @@ at::Tensor layer_norm(torch::nn::LayerNorm& norm, const at::Tensor& x) {
 // The probability a dropout module applies now: 0 in eval mode.
 double active_dropout(const torch::nn::Dropout& dropout) {
   return dropout->is_training() ? dropout->options.p() : 0.0;
+}
+
+// What the module's forward computes (at::dropout), through model::dropout:
+// the same values and random stream, drawn faster, bytes kept for backward.
+at::Tensor apply_dropout(const torch::nn::Dropout& dropout, const at::Tensor& x) {
+  return model::dropout(x, active_dropout(dropout), /*train=*/true);
 }
 
 double classifier_dropout(const EncoderConfig& config) {
@@ -159,7 +166,7 @@ at::Tensor EmbeddingsImpl::combine(const at::Tensor& word_vectors, const at::Ten
                 std::to_string(capacity) + " positions");
   at::Tensor embedded = word_vectors + token_type_embeddings->forward(token_type_ids) +
                         position_embeddings->forward(positions);
-  return dropout->forward(layer_norm(LayerNorm, embedded));
+  return apply_dropout(dropout, layer_norm(LayerNorm, embedded));
 }
 
 // --- Attention -----------------------------------------------------------------
@@ -216,7 +223,7 @@ at::Tensor SublayerOutputImpl::forward(const at::Tensor& hidden, const at::Tenso
 }
 
 at::Tensor SublayerOutputImpl::finish(const at::Tensor& projected, const at::Tensor& residual) {
-  at::Tensor h = dropout->forward(projected);
+  at::Tensor h = apply_dropout(dropout, projected);
   if (adapter_) h = adapter_->forward(h);
   return layer_norm(LayerNorm, h + residual);
 }
@@ -388,9 +395,9 @@ ClassificationHeadImpl::ClassificationHeadImpl(const EncoderConfig& config, int6
 }
 
 at::Tensor ClassificationHeadImpl::forward(const at::Tensor& first_token) {
-  at::Tensor x = dense->forward(dropout_->forward(first_token));
+  at::Tensor x = dense->forward(apply_dropout(dropout_, first_token));
   x = gelu_ ? at::gelu(x) : at::tanh(x);
-  return out_proj->forward(dropout_->forward(x));
+  return out_proj->forward(apply_dropout(dropout_, x));
 }
 
 SequenceClassifierImpl::SequenceClassifierImpl(const EncoderConfig& config, int64_t num_labels)
@@ -409,7 +416,7 @@ SequenceClassifierImpl::SequenceClassifierImpl(const EncoderConfig& config, int6
 
 at::Tensor SequenceClassifierImpl::head(const EncoderOutput& encoded) {
   if (!bert_classifier_.is_empty())
-    return bert_classifier_->forward(dropout_->forward(encoded.pooler_output));
+    return bert_classifier_->forward(apply_dropout(dropout_, encoded.pooler_output));
   return two_layer_head_->forward(encoded.last_hidden_state.select(1, 0));
 }
 

@@ -9,6 +9,7 @@
 #include <initializer_list>
 #include <stdexcept>
 
+#include "deltatune/model/dropout.h"
 #include "deltatune/model/linear_kernel.h"
 #include "deltatune/torch_compat.h"
 #include "onednn_matmul.h"
@@ -87,7 +88,7 @@ at::Tensor plain_attention(const at::Tensor& queries, const at::Tensor& keys,
   at::Tensor scores = at::baddbmm(mask, q, k.transpose(1, 2), /*beta=*/1.0,
                                   /*alpha=*/1.0 / std::sqrt(static_cast<double>(head_dim)));
   at::Tensor probs = at::softmax(scores, -1);
-  if (dropout_p > 0) probs = at::dropout(probs, dropout_p, /*train=*/true);
+  if (dropout_p > 0) probs = model::dropout(probs, dropout_p, /*train=*/true);
   at::Tensor context = at::bmm(probs, v).view({batch, heads, length, head_dim});
   return context.transpose(1, 2).reshape({batch, length, heads * head_dim});
 }
@@ -215,18 +216,6 @@ at::Tensor bf16_attention(const at::Tensor& queries, const at::Tensor& keys,
   return context.transpose(1, 2).reshape({batch, length, width});
 }
 
-// PyTorch's CPU dropout noise for `like` (at::dropout: bernoulli(1 - p) /
-// (1 - p) from the default generator), as the kept entries (bool) from
-// which dropout_scale rebuilds it bit for bit.
-at::Tensor dropout_keep(const at::Tensor& like, double p) {
-  at::Tensor noise = at::empty_like(like, at::MemoryFormat::Contiguous);
-  noise.bernoulli_(1 - p);
-  return noise.ne(0);
-}
-at::Tensor dropout_scale(const at::Tensor& keep, double p) {
-  return keep.to(at::kFloat).div_(1 - p);
-}
-
 // c = a b through oneDNN on strided views, else through ATen (which copies
 // non-contiguous operands); a, b, c are [B, heads, rows, cols] readings.
 void product_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
@@ -252,8 +241,8 @@ class TrainingAttention : public torch::autograd::Function<TrainingAttention> {
     if (!probs.defined()) probs = plain_probabilities(queries, keys, additive_mask, heads);
     at::Tensor keep, dropped = probs;
     if (dropout_p > 0) {
-      keep = dropout_keep(probs, dropout_p);
-      dropped = probs * dropout_scale(keep, dropout_p);
+      keep = dropout_keep_mask(probs.sizes(), 1 - dropout_p);
+      dropped = probs * dropout_noise(keep, dropout_p);
     }
     at::Tensor context = attention_context(dropped, values);
     if (!context.defined()) {
@@ -281,7 +270,7 @@ class TrainingAttention : public torch::autograd::Function<TrainingAttention> {
     const double dropout_p = ctx->saved_data["dropout_p"].toDouble();
     const int64_t head_dim = queries.size(2) / heads;
     const at::Tensor grad_context = split_heads(grad_outputs[0].contiguous(), heads);
-    const at::Tensor noise = keep.defined() ? dropout_scale(keep, dropout_p) : at::Tensor();
+    const at::Tensor noise = keep.defined() ? dropout_noise(keep, dropout_p) : at::Tensor();
     at::Tensor grad_queries, grad_keys, grad_values;
     if (ctx->needs_input_grad(2)) {
       const at::Tensor dropped = noise.defined() ? probs * noise : probs;

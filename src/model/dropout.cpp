@@ -1,0 +1,114 @@
+#include "deltatune/model/dropout.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/MT19937RNGEngine.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <cstdint>
+#include <mutex>
+
+namespace deltatune::model {
+
+namespace {
+
+at::CPUGeneratorImpl* default_generator() {
+  return at::get_generator_or_default<at::CPUGeneratorImpl>(c10::nullopt,
+                                                            at::detail::getDefaultCPUGenerator());
+}
+
+// ATen's bernoulli_(p) on a CPU tensor, entry by entry: random64() (two
+// 32-bit mt19937 draws, the first the high word) through
+// uniform_real_distribution<double> (its low 53 bits / 2^53), kept when < p.
+void draw_keep(at::CPUGeneratorImpl* generator, double keep_probability, bool* out, int64_t n) {
+  constexpr uint64_t kMask = (uint64_t{1} << 53) - 1;
+  constexpr double kDivisor = 1.0 / static_cast<double>(uint64_t{1} << 53);
+  std::lock_guard<std::mutex> lock(generator->mutex_);
+  at::mt19937 engine = generator->engine();
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t high = engine();
+    const uint64_t low = engine();
+    out[i] = static_cast<double>(((high << 32) | low) & kMask) * kDivisor < keep_probability;
+  }
+  generator->set_engine(engine);
+}
+
+at::mt19937 engine_of(at::CPUGeneratorImpl* generator) {
+  std::lock_guard<std::mutex> lock(generator->mutex_);
+  return generator->engine();
+}
+
+void set_engine_of(at::CPUGeneratorImpl* generator, const at::mt19937& engine) {
+  std::lock_guard<std::mutex> lock(generator->mutex_);
+  generator->set_engine(engine);
+}
+
+bool same_engine(const at::mt19937& a, const at::mt19937& b) {
+  const auto x = a.data(), y = b.data();
+  return x.seed_ == y.seed_ && x.left_ == y.left_ && x.seeded_ == y.seeded_ && x.next_ == y.next_ &&
+         x.state_ == y.state_;
+}
+
+// Whether draw_keep gives this LibTorch's bernoulli_ draws and leaves the
+// generator where it does: both drawn from the same state, which is then
+// restored, so the check consumes nothing of the run's stream.
+bool replica_matches_aten() {
+  at::CPUGeneratorImpl* generator = default_generator();
+  const at::mt19937 start = engine_of(generator);
+  constexpr int64_t kEntries = 4099;  // crosses a 624-word twist several times
+  const at::Tensor reference = at::empty({kEntries}, at::kFloat).bernoulli_(0.9).ne(0);
+  const at::mt19937 after_reference = engine_of(generator);
+  set_engine_of(generator, start);
+  at::Tensor mine = at::empty({kEntries}, at::kBool);
+  draw_keep(generator, 0.9, mine.data_ptr<bool>(), kEntries);
+  const at::mt19937 after_mine = engine_of(generator);
+  set_engine_of(generator, start);
+  return at::equal(reference, mine) && same_engine(after_reference, after_mine);
+}
+
+bool replica_usable() {
+  static const bool usable = replica_matches_aten();
+  return usable;
+}
+
+class Dropout : public torch::autograd::Function<Dropout> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, double p) {
+    const at::Tensor keep = dropout_keep_mask(x.sizes(), 1 - p);
+    ctx->saved_data["keep"] = keep;
+    ctx->saved_data["p"] = p;
+    return x * dropout_noise(keep, p, x.scalar_type());
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const at::Tensor keep = ctx->saved_data["keep"].toTensor();
+    const at::Tensor& grad = grads[0];
+    return {grad * dropout_noise(keep, ctx->saved_data["p"].toDouble(), grad.scalar_type()),
+            at::Tensor()};
+  }
+};
+
+}  // namespace
+
+bool dropout_draws_replicated() { return replica_usable(); }
+
+at::Tensor dropout_keep_mask(c10::IntArrayRef sizes, double keep_probability) {
+  if (!replica_usable()) return at::empty(sizes, at::kFloat).bernoulli_(keep_probability).ne(0);
+  at::Tensor keep = at::empty(sizes, at::kBool);
+  draw_keep(default_generator(), keep_probability, keep.data_ptr<bool>(), keep.numel());
+  return keep;
+}
+
+at::Tensor dropout_noise(const at::Tensor& keep, double p, at::ScalarType type) {
+  return keep.to(type).div_(1 - p);
+}
+
+at::Tensor dropout(const at::Tensor& x, double p, bool train) {
+  if (!train || p == 0) return x;
+  if (p >= 1 || !x.device().is_cpu() || !at::isFloatingType(x.scalar_type()) || x.numel() == 0)
+    return at::dropout(x, p, train);
+  return Dropout::apply(x, p);
+}
+
+}  // namespace deltatune::model
