@@ -5,6 +5,8 @@
 #include <ATen/core/MT19937RNGEngine.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdint>
 #include <mutex>
 
@@ -17,19 +19,66 @@ at::CPUGeneratorImpl* default_generator() {
                                                             at::detail::getDefaultCPUGenerator());
 }
 
+// at::mt19937's state update (MT19937's twist of all 624 words), as its
+// next_state() computes it.
+void twist(std::array<uint32_t, at::MERSENNE_STATE_N>& state) {
+  constexpr int n = at::MERSENNE_STATE_N, m = at::MERSENNE_STATE_M;
+  auto mixed = [](uint32_t u, uint32_t v) {
+    return ((((u & at::UMASK) | (v & at::LMASK)) >> 1) ^ ((v & 1) ? at::MATRIX_A : 0));
+  };
+  for (int i = 0; i < n - m; ++i) state[i] = state[i + m] ^ mixed(state[i], state[i + 1]);
+  for (int i = n - m; i < n - 1; ++i) state[i] = state[i + m - n] ^ mixed(state[i], state[i + 1]);
+  state[n - 1] = state[m - 1] ^ mixed(state[n - 1], state[0]);
+}
+
+// The next `count` outputs of `engine` (its operator() `count` times), into
+// `out`: whole runs of the state tempered at once rather than word by word.
+void next_words(at::mt19937_data_pod& engine, uint32_t* out, int64_t count) {
+  while (count > 0) {
+    // operator() twists when its decremented `left_` reaches 0, then reads
+    // state_[0]; until then it reads state_[next_++].
+    if (engine.left_ == 1) {
+      twist(engine.state_);
+      engine.left_ = at::MERSENNE_STATE_N + 1;
+      engine.next_ = 0;
+    }
+    const int64_t take = std::min<int64_t>(count, engine.left_ - 1);
+    const uint32_t* state = engine.state_.data() + engine.next_;
+    for (int64_t i = 0; i < take; ++i) {
+      uint32_t y = state[i];
+      y ^= (y >> 11);
+      y ^= (y << 7) & 0x9d2c5680;
+      y ^= (y << 15) & 0xefc60000;
+      y ^= (y >> 18);
+      out[i] = y;
+    }
+    engine.next_ += static_cast<uint32_t>(take);
+    engine.left_ -= static_cast<int>(take);
+    out += take;
+    count -= take;
+  }
+}
+
 // ATen's bernoulli_(p) on a CPU tensor, entry by entry: random64() (two
 // 32-bit mt19937 draws, the first the high word) through
 // uniform_real_distribution<double> (its low 53 bits / 2^53), kept when < p.
 void draw_keep(at::CPUGeneratorImpl* generator, double keep_probability, bool* out, int64_t n) {
   constexpr uint64_t kMask = (uint64_t{1} << 53) - 1;
   constexpr double kDivisor = 1.0 / static_cast<double>(uint64_t{1} << 53);
+  constexpr int64_t kBlock = 2048;  // entries per run of words
+  std::array<uint32_t, 2 * kBlock> words;
   std::lock_guard<std::mutex> lock(generator->mutex_);
   at::mt19937 engine = generator->engine();
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t high = engine();
-    const uint64_t low = engine();
-    out[i] = static_cast<double>(((high << 32) | low) & kMask) * kDivisor < keep_probability;
+  at::mt19937_data_pod state = engine.data();
+  for (int64_t begin = 0; begin < n; begin += kBlock) {
+    const int64_t entries = std::min(kBlock, n - begin);
+    next_words(state, words.data(), 2 * entries);
+    for (int64_t i = 0; i < entries; ++i) {
+      const uint64_t value = (static_cast<uint64_t>(words[2 * i]) << 32) | words[2 * i + 1];
+      out[begin + i] = static_cast<double>(value & kMask) * kDivisor < keep_probability;
+    }
   }
+  engine.set_data(state);
   generator->set_engine(engine);
 }
 
