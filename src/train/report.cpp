@@ -5,6 +5,7 @@
 #include <torch/version.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -101,6 +102,33 @@ ReportRun read_run(const fs::path& dir) {
   return run;
 }
 
+// Names in natural order: runs of digits compare as numbers, so a sweep's
+// n100, n300, n1000 list in that order.
+bool natural_less(const std::string& a, const std::string& b) {
+  size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    if (std::isdigit(static_cast<unsigned char>(a[i])) &&
+        std::isdigit(static_cast<unsigned char>(b[j]))) {
+      size_t i_end = i, j_end = j;
+      while (i_end < a.size() && std::isdigit(static_cast<unsigned char>(a[i_end]))) ++i_end;
+      while (j_end < b.size() && std::isdigit(static_cast<unsigned char>(b[j_end]))) ++j_end;
+      const std::string x = a.substr(i, i_end - i), y = b.substr(j, j_end - j);
+      const size_t x_zeros = x.find_first_not_of('0'), y_zeros = y.find_first_not_of('0');
+      const std::string xs = x_zeros == std::string::npos ? "" : x.substr(x_zeros);
+      const std::string ys = y_zeros == std::string::npos ? "" : y.substr(y_zeros);
+      if (xs.size() != ys.size()) return xs.size() < ys.size();
+      if (xs != ys) return xs < ys;
+      i = i_end;
+      j = j_end;
+    } else {
+      if (a[i] != b[j]) return a[i] < b[j];
+      ++i;
+      ++j;
+    }
+  }
+  return a.size() - i < b.size() - j;
+}
+
 // Finished runs under `dir` (not inside a run: its stages are part of it);
 // unfinished ones counted.
 void find_runs(const fs::path& dir, std::vector<fs::path>& finished, int& unfinished) {
@@ -115,7 +143,9 @@ void find_runs(const fs::path& dir, std::vector<fs::path>& finished, int& unfini
   std::vector<fs::path> children;
   for (const auto& entry : fs::directory_iterator(dir))
     if (entry.is_directory()) children.push_back(entry.path());
-  std::sort(children.begin(), children.end());
+  std::sort(children.begin(), children.end(), [](const fs::path& a, const fs::path& b) {
+    return natural_less(a.filename().string(), b.filename().string());
+  });
   for (const fs::path& child : children) find_runs(child, finished, unfinished);
 }
 

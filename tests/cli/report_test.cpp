@@ -180,7 +180,7 @@ class Report : public ::testing::Test {
     dir_ = new ScratchDir();
     const fs::path config = dir_->path() / "small.json";
     std::ofstream(config) << R"({"methods": ["bitfit", "lora"], "tasks": ["RTE"], "seeds": [1],
-      "train_sizes": [16, 32],
+      "train_sizes": [8, 16],
       "flags": {"--max-steps": 4, "--max-length": 32, "--batch-size": 8, "--log-every": 1,
                 "--eval-every": 2}})";
     sweep_ = new CliRun(
@@ -218,6 +218,9 @@ TEST_F(Report, ChromiumShowsEveryChartDrawnAndEveryTableFilledAtDesktopAndPhoneW
   EXPECT_EQ(html.find("http://"), html.find("http://www.w3.org"));
   EXPECT_EQ(html.find("https://"), std::string::npos);
   EXPECT_EQ(html.find(" src="), std::string::npos);
+  // Runs listed in natural order (the configuration section, last on the
+  // page, names each run): 8 examples before 16, although "n16" < "n8".
+  EXPECT_LT(html.rfind("bitfit/n8/seed1"), html.rfind("bitfit/n16/seed1"));
 
   json desktop;
   for (const int width : {1280, 390}) {
