@@ -131,10 +131,10 @@ class Dropout : public torch::autograd::Function<Dropout> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const at::Tensor keep = ctx->saved_data["keep"].toTensor();
     const at::Tensor& grad = grads[0];
-    return {grad * dropout_noise(keep, ctx->saved_data["p"].toDouble(), grad.scalar_type()),
-            at::Tensor()};
+    const at::Tensor noise = dropout_noise(ctx->saved_data["keep"].toTensor(),
+                                           ctx->saved_data["p"].toDouble(), grad.scalar_type());
+    return {grad * noise, at::Tensor()};  // d(x noise)/dx; p takes no gradient
   }
 };
 

@@ -923,9 +923,6 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   model::reset_peak_memory(device);
   auto run_evaluation = [&](int64_t epoch, int64_t next_batch) {
     const auto eval_start = std::chrono::steady_clock::now();
-    // No gradient is held through an evaluation (as large as the trained
-    // parameters: 440 MB for BERT-base fully fine-tuned), whatever ran before.
-    optimizer.release_gradients();
     method_.before_forward(model, false);
     // A job evaluates in shards, gathered: every rank then holds the same
     // metrics and takes the same keep-best and early-stopping decisions.
@@ -1095,7 +1092,8 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
                                    run_steps));
       // Freed, not zeroed: the next backward pass allocates them as it goes,
       // so the next forward pass's activations never sit beside a full set
-      // of stale gradients (BERT-base fully fine-tuned: 440 MB at the peak).
+      // of stale gradients (BERT-base fully fine-tuned: 440 MB at the peak),
+      // and no evaluation (one follows a step) holds any.
       optimizer.release_gradients();
       if (io::crash_point("step") && !parameters.empty()) {
         // A fault test's rank whose trained state drifts from the others'.
