@@ -223,6 +223,12 @@ at::Tensor SublayerOutputImpl::forward(const at::Tensor& hidden, const at::Tenso
 }
 
 at::Tensor SublayerOutputImpl::finish(const at::Tensor& projected, const at::Tensor& residual) {
+  if (!adapter_)
+    if (at::Tensor fused = model::dropout_residual_layer_norm(
+            projected, residual, active_dropout(dropout), LayerNorm->weight, LayerNorm->bias,
+            LayerNorm->options.eps());
+        fused.defined())
+      return fused;
   at::Tensor h = apply_dropout(dropout, projected);
   if (adapter_) h = adapter_->forward(h);
   return layer_norm(LayerNorm, h + residual);

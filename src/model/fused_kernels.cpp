@@ -1,13 +1,16 @@
 #include "deltatune/model/fused_kernels.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <initializer_list>
 #include <stdexcept>
+#include <vector>
 
 #include "deltatune/model/dropout.h"
 #include "deltatune/model/linear_kernel.h"
@@ -311,6 +314,225 @@ class TrainingAttention : public torch::autograd::Function<TrainingAttention> {
     return at::_softmax(scores, -1, false);
   }
 };
+// --- Dropout, residual and LayerNorm in one pass (training) -------------------
+
+// The gain and shift gradients are summed over rows in this many fixed
+// chunks, then the chunks in order: the same sums whatever the thread count.
+constexpr int64_t kNormGradientChunks = 16;
+
+template <typename T>
+float rounded_to(float v) {
+  return static_cast<float>(static_cast<T>(v));
+}
+
+// y = LayerNorm(dropout(P) + R) over the last dimension, the tail of BERT's
+// SelfOutput and Output (Ba et al.: x̂ = (h - mean) / sqrt(var + eps),
+// y = x̂ gain + shift), one pass per token each way where autograd's
+// composition makes three forward (dropout, sum, LayerNorm) and two backward
+// with a tensor between each. P's type is `Projected`, R's, h's and y's
+// `Hidden` (float and float, bf16 and float, or bf16 and bf16: the
+// composition's type promotion). Each value of h is the composition's to the
+// bit (P N rounded to P's type, then the sum to h's; N model::dropout's noise
+// from the same draw); the statistics are summed in another order (two
+// passes, as at::layer_norm). With dx̂ = dy gain, backward is
+//   dh = rstd (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂)),  dR = dh,  dP = dh N,
+//   dgain = sum over rows of dy x̂,  dshift = sum of dy,
+// with dh rounded to R's type and dP to P's as the autograd engine casts them.
+template <typename Projected, typename Hidden>
+struct ResidualNormKernel {
+  using ProjectedType = Projected;
+  using HiddenType = Hidden;
+  int64_t rows, n;
+  float noise;  // N where dropout keeps an entry (0 where it drops it)
+  float eps;
+
+  void forward(const Projected* projected, const Hidden* residual, const bool* keep,
+               const float* gain, const float* shift, Hidden* h, float* mean, float* rstd,
+               Hidden* y) const {
+    at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+      std::vector<float> buffer(static_cast<size_t>(n));
+      float* __restrict row = buffer.data();
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t at = r * n;
+        const Projected* __restrict p = projected + at;
+        const Hidden* __restrict base = residual + at;
+        if (keep != nullptr) {
+          const bool* __restrict kept = keep + at;
+          for (int64_t i = 0; i < n; ++i)
+            row[i] = rounded_to<Projected>(static_cast<float>(p[i]) *
+                                           (noise * static_cast<float>(kept[i])));
+        } else {
+          for (int64_t i = 0; i < n; ++i)
+            row[i] = rounded_to<Projected>(static_cast<float>(p[i]) * noise);
+        }
+        Hidden* __restrict sum = h + at;
+        for (int64_t i = 0; i < n; ++i) {
+          sum[i] = static_cast<Hidden>(row[i] + static_cast<float>(base[i]));
+          row[i] = static_cast<float>(sum[i]);
+        }
+        const float m = lane_sum(row, n, [](float v) { return v; }) / static_cast<float>(n);
+        const float variance =
+            lane_sum(row, n, [m](float v) { return (v - m) * (v - m); }) / static_cast<float>(n);
+        const float s = 1.0f / std::sqrt(variance + eps);
+        mean[r] = m, rstd[r] = s;
+        Hidden* __restrict out = y + at;
+        for (int64_t i = 0; i < n; ++i)
+          out[i] = static_cast<Hidden>((row[i] - m) * s * gain[i] + shift[i]);
+      }
+    });
+  }
+
+  // grad_gain / grad_shift: kNormGradientChunks x n partial sums, or null
+  // where that gradient is not wanted; grad_projected null where P needs none.
+  void backward(const Hidden* grad_y, const Hidden* h, const float* mean, const float* rstd,
+                const float* gain, const bool* keep, Hidden* grad_residual,
+                Projected* grad_projected, float* grad_gain, float* grad_shift) const {
+    const int64_t per_chunk = (rows + kNormGradientChunks - 1) / kNormGradientChunks;
+    at::parallel_for(0, kNormGradientChunks, 1, [&](int64_t first, int64_t last) {
+      std::vector<float> buffers(static_cast<size_t>(3 * n));
+      float* __restrict dy = buffers.data();
+      float* __restrict xhat = dy + n;
+      float* __restrict scaled = xhat + n;
+      for (int64_t chunk = first; chunk < last; ++chunk) {
+        const int64_t end = std::min(rows, (chunk + 1) * per_chunk);
+        for (int64_t r = chunk * per_chunk; r < end; ++r) {
+          const int64_t at = r * n;
+          const float m = mean[r], s = rstd[r];
+          const Hidden* __restrict g = grad_y + at;
+          const Hidden* __restrict sum = h + at;
+          for (int64_t i = 0; i < n; ++i) {
+            dy[i] = static_cast<float>(g[i]);
+            xhat[i] = (static_cast<float>(sum[i]) - m) * s;
+            scaled[i] = dy[i] * gain[i];
+          }
+          if (grad_gain != nullptr) {
+            float* __restrict partial = grad_gain + chunk * n;
+            for (int64_t i = 0; i < n; ++i) partial[i] += dy[i] * xhat[i];
+          }
+          if (grad_shift != nullptr) {
+            float* __restrict partial = grad_shift + chunk * n;
+            for (int64_t i = 0; i < n; ++i) partial[i] += dy[i];
+          }
+          const float inverse_n = 1.0f / static_cast<float>(n);
+          const float mean_scaled = lane_sum(scaled, n, [](float v) { return v; }) * inverse_n;
+          for (int64_t i = 0; i < n; ++i) dy[i] = scaled[i] * xhat[i];
+          const float mean_product = lane_sum(dy, n, [](float v) { return v; }) * inverse_n;
+          Hidden* __restrict dh = grad_residual + at;
+          for (int64_t i = 0; i < n; ++i)
+            dh[i] = static_cast<Hidden>(s * (scaled[i] - mean_scaled - xhat[i] * mean_product));
+          if (grad_projected == nullptr) continue;
+          Projected* __restrict dp = grad_projected + at;
+          if (keep != nullptr) {
+            const bool* __restrict kept = keep + at;
+            for (int64_t i = 0; i < n; ++i)
+              dp[i] = static_cast<Projected>(rounded_to<Projected>(static_cast<float>(dh[i])) *
+                                             (noise * static_cast<float>(kept[i])));
+          } else {
+            for (int64_t i = 0; i < n; ++i)
+              dp[i] =
+                  static_cast<Projected>(rounded_to<Projected>(static_cast<float>(dh[i])) * noise);
+          }
+        }
+      }
+    });
+  }
+};
+
+// Calls `f` with a ResidualNormKernel for the tensors' types (P, R): float
+// and float, bf16 and float, or bf16 and bf16.
+template <typename F>
+void with_residual_norm_kernel(at::ScalarType projected, at::ScalarType hidden, int64_t rows,
+                               int64_t n, float noise, float eps, F f) {
+  using Bf16 = c10::BFloat16;
+  if (projected == at::kFloat)
+    f(ResidualNormKernel<float, float>{rows, n, noise, eps});
+  else if (hidden == at::kFloat)
+    f(ResidualNormKernel<Bf16, float>{rows, n, noise, eps});
+  else
+    f(ResidualNormKernel<Bf16, Bf16>{rows, n, noise, eps});
+}
+
+class ResidualLayerNorm : public torch::autograd::Function<ResidualLayerNorm> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& projected,
+                            const at::Tensor& residual, const at::Tensor& gain,
+                            const at::Tensor& shift, double p, double eps) {
+    const at::Tensor input = projected.contiguous(), base = residual.contiguous();
+    const int64_t n = input.size(-1), rows = input.numel() / n;
+    const at::Tensor keep = p > 0 ? dropout_keep_mask(input.sizes(), 1 - p) : at::Tensor();
+    const float noise = kept_noise(p, input.scalar_type());
+    at::Tensor h = at::empty_like(base), y = at::empty_like(base);
+    at::Tensor mean = at::empty({rows}, at::kFloat), rstd = at::empty({rows}, at::kFloat);
+    with_residual_norm_kernel(input.scalar_type(), base.scalar_type(), rows, n, noise,
+                              static_cast<float>(eps), [&](auto kernel) {
+                                using P = typename decltype(kernel)::ProjectedType;
+                                using H = typename decltype(kernel)::HiddenType;
+                                kernel.forward(input.data_ptr<P>(), base.data_ptr<H>(),
+                                               keep.defined() ? keep.data_ptr<bool>() : nullptr,
+                                               gain.data_ptr<float>(), shift.data_ptr<float>(),
+                                               h.data_ptr<H>(), mean.data_ptr<float>(),
+                                               rstd.data_ptr<float>(), y.data_ptr<H>());
+                              });
+    ctx->save_for_backward({gain});
+    ctx->saved_data["h"] = h;
+    ctx->saved_data["mean"] = mean;
+    ctx->saved_data["rstd"] = rstd;
+    if (keep.defined()) ctx->saved_data["keep"] = keep;
+    ctx->saved_data["noise"] = static_cast<double>(noise);
+    ctx->saved_data["projected_type"] = static_cast<int64_t>(input.scalar_type());
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const at::Tensor gain = ctx->get_saved_variables()[0];
+    const at::Tensor h = ctx->saved_data["h"].toTensor();
+    const at::Tensor mean = ctx->saved_data["mean"].toTensor();
+    const at::Tensor rstd = ctx->saved_data["rstd"].toTensor();
+    const auto kept = ctx->saved_data.find("keep");
+    const at::Tensor keep = kept != ctx->saved_data.end() ? kept->second.toTensor() : at::Tensor();
+    const float noise = static_cast<float>(ctx->saved_data["noise"].toDouble());
+    const auto projected_type =
+        static_cast<at::ScalarType>(ctx->saved_data["projected_type"].toInt());
+    const at::Tensor grad_y = grad_outputs[0].to(h.scalar_type()).contiguous();
+    const int64_t n = h.size(-1), rows = h.numel() / n;
+    at::Tensor grad_residual = at::empty_like(h);
+    at::Tensor grad_projected;
+    if (ctx->needs_input_grad(0))
+      grad_projected = at::empty(h.sizes(), h.options().dtype(projected_type));
+    const bool want_gain = ctx->needs_input_grad(2), want_shift = ctx->needs_input_grad(3);
+    at::Tensor gain_partials =
+        want_gain ? at::zeros({kNormGradientChunks, n}, at::kFloat) : at::Tensor();
+    at::Tensor shift_partials =
+        want_shift ? at::zeros({kNormGradientChunks, n}, at::kFloat) : at::Tensor();
+    with_residual_norm_kernel(
+        projected_type, h.scalar_type(), rows, n, noise, 0.0f, [&](auto kernel) {
+          using P = typename decltype(kernel)::ProjectedType;
+          using H = typename decltype(kernel)::HiddenType;
+          kernel.backward(grad_y.data_ptr<H>(), h.data_ptr<H>(), mean.data_ptr<float>(),
+                          rstd.data_ptr<float>(), gain.contiguous().data_ptr<float>(),
+                          keep.defined() ? keep.data_ptr<bool>() : nullptr,
+                          grad_residual.data_ptr<H>(),
+                          grad_projected.defined() ? grad_projected.data_ptr<P>() : nullptr,
+                          want_gain ? gain_partials.data_ptr<float>() : nullptr,
+                          want_shift ? shift_partials.data_ptr<float>() : nullptr);
+        });
+    return {grad_projected,
+            ctx->needs_input_grad(1) ? grad_residual : at::Tensor(),
+            want_gain ? gain_partials.sum(0) : at::Tensor(),
+            want_shift ? shift_partials.sum(0) : at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};
+  }
+
+ private:
+  // The noise model::dropout multiplies a kept entry by, in `type`.
+  static float kept_noise(double p, at::ScalarType type) {
+    if (p == 0) return 1.0f;
+    return dropout_noise(at::ones({1}, at::kBool), p, type).to(at::kFloat).item<float>();
+  }
+};
+
 }  // namespace
 
 at::Tensor activation(const at::Tensor& x, const std::string& name) {
@@ -417,6 +639,28 @@ at::Tensor layer_norm_rows(const at::Tensor& x, const at::Tensor& gain, const at
     }
   });
   return out;
+}
+
+at::Tensor dropout_residual_layer_norm(const at::Tensor& projected, const at::Tensor& residual,
+                                       double p, const at::Tensor& gain, const at::Tensor& shift,
+                                       double eps) {
+  if (!fused_enabled().load(std::memory_order_relaxed) || !(p >= 0 && p < 1)) return {};
+  if (!projected.defined() || !residual.defined() || !gain.defined() || !shift.defined()) return {};
+  for (const at::Tensor* t : {&projected, &residual, &gain, &shift})
+    if (!t->device().is_cpu() || t->layout() != at::kStrided || t->is_mkldnn()) return {};
+  const bool types_fit =
+      (projected.scalar_type() == at::kFloat && residual.scalar_type() == at::kFloat) ||
+      (projected.scalar_type() == at::kBFloat16 &&
+       (residual.scalar_type() == at::kFloat || residual.scalar_type() == at::kBFloat16));
+  if (!types_fit || projected.dim() < 1 || projected.sizes() != residual.sizes() ||
+      projected.numel() == 0)
+    return {};
+  const int64_t n = projected.size(-1);
+  auto vector_of_n = [n](const at::Tensor& t) {
+    return t.scalar_type() == at::kFloat && t.dim() == 1 && t.size(0) == n;
+  };
+  if (!vector_of_n(gain) || !vector_of_n(shift)) return {};
+  return ResidualLayerNorm::apply(projected, residual, gain, shift, p, eps);
 }
 
 at::Tensor attention(const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& values,

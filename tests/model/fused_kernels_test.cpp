@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "deltatune/model/device.h"
+#include "deltatune/model/dropout.h"
 #include "deltatune/model/encoder.h"
 #include "deltatune/model/linear_kernel.h"
 #include "deltatune/torch_compat.h"
@@ -231,6 +233,130 @@ TEST(FusedKernelsAutograd, TrainingAttentionEqualsAutogradsCompositionDrawForDra
       }
     }
   }
+}
+
+// The training sub-layer tail LayerNorm(dropout(P) + R) and its composition
+// from the same draw: model::dropout, the sum, at::layer_norm (with the
+// casts autocast's bf16 training makes), run on copies of the same operands.
+struct SublayerTail {
+  at::Tensor y, grad_projected, grad_residual, grad_gain, grad_shift, next_draw;
+
+  static SublayerTail run(bool fused, const at::Tensor& projected_init,
+                          const at::Tensor& residual_init, const at::Tensor& gain_init,
+                          const at::Tensor& shift_init, const at::Tensor& upstream, double p) {
+    at::Tensor projected = projected_init.clone().requires_grad_(true);
+    at::Tensor residual = residual_init.clone().requires_grad_(true);
+    at::Tensor gain = gain_init.clone().requires_grad_(true);
+    at::Tensor shift = shift_init.clone().requires_grad_(true);
+    at::manual_seed(21);
+    at::Tensor y;
+    if (fused) {
+      y = dropout_residual_layer_norm(projected, residual, p, gain, shift, 1e-12);
+      EXPECT_TRUE(y.defined()) << "the fused tail declined";
+    } else {
+      at::Tensor h = model::dropout(projected, p, /*train=*/true) + residual;
+      y = at::layer_norm(h.to(at::kFloat), {h.size(-1)}, gain, shift, 1e-12).to(h.scalar_type());
+    }
+    SublayerTail out;
+    out.next_draw = at::rand({4});
+    (y.to(at::kFloat) * upstream).sum().backward();
+    out.y = y.detach();
+    out.grad_projected = projected.grad();
+    out.grad_residual = residual.grad();
+    out.grad_gain = gain.grad();
+    out.grad_shift = shift.grad();
+    return out;
+  }
+};
+
+// fp32: values and all four gradients within 1e-5 of autograd's composition,
+// the same dropout decisions (zero gradient exactly where an entry was
+// dropped) and the random stream left where the composition leaves it; a
+// width that is no multiple of the 8 lanes; with and without dropout.
+TEST(FusedKernelsAutograd, SublayerTailEqualsAutogradsCompositionDrawForDraw) {
+  at::manual_seed(6);
+  const at::Tensor projected = at::randn({3, 7, 389}), residual = at::randn({3, 7, 389});
+  const at::Tensor gain = 1 + 0.1 * at::randn({389}), shift = 0.1 * at::randn({389});
+  const at::Tensor upstream = at::randn({3, 7, 389});
+  for (const double p : {0.0, 0.1}) {
+    const auto plain = SublayerTail::run(false, projected, residual, gain, shift, upstream, p);
+    const auto fused = SublayerTail::run(true, projected, residual, gain, shift, upstream, p);
+    const std::string where = "dropout " + std::to_string(p);
+    EXPECT_TRUE(at::allclose(fused.y, plain.y, 1e-5, 1e-5))
+        << where << ": " << max_diff(fused.y, plain.y);
+    for (auto [name, a, b] : {std::tuple{"projected", fused.grad_projected, plain.grad_projected},
+                              std::tuple{"residual", fused.grad_residual, plain.grad_residual},
+                              std::tuple{"gain", fused.grad_gain, plain.grad_gain},
+                              std::tuple{"shift", fused.grad_shift, plain.grad_shift}}) {
+      ASSERT_TRUE(a.defined() && b.defined()) << where << ": no gradient for " << name;
+      EXPECT_TRUE(at::allclose(a, b, 1e-5, 1e-5))
+          << where << ", " << name << ": " << max_diff(a, b);
+    }
+    EXPECT_TRUE(at::equal(fused.grad_projected.eq(0), plain.grad_projected.eq(0))) << where;
+    if (p > 0) {
+      EXPECT_GT(fused.grad_projected.eq(0).sum().item<int64_t>(), 0) << where;
+    }
+    EXPECT_TRUE(at::equal(fused.next_draw, plain.next_draw)) << where << ": the stream moved apart";
+  }
+}
+
+// A bf16 projection onto an fp32 residual (autocast's training) and onto a
+// bf16 one: the same types out, the same dropout decisions, values and
+// gradients within bf16's rounding of the composition's.
+TEST(FusedKernelsAutograd, SublayerTailOnBf16ProjectionsKeepsTheCompositionsTypes) {
+  at::manual_seed(7);
+  const at::Tensor projected = at::randn({2, 5, 64}).to(at::kBFloat16);
+  const at::Tensor gain = 1 + 0.1 * at::randn({64}), shift = 0.1 * at::randn({64});
+  const at::Tensor upstream = at::randn({2, 5, 64});
+  for (const auto residual_type : {at::kFloat, at::kBFloat16}) {
+    const at::Tensor residual = at::randn({2, 5, 64}).to(residual_type);
+    const auto plain = SublayerTail::run(false, projected, residual, gain, shift, upstream, 0.1);
+    const auto fused = SublayerTail::run(true, projected, residual, gain, shift, upstream, 0.1);
+    const std::string where = residual_type == at::kFloat ? "fp32 residual" : "bf16 residual";
+    EXPECT_EQ(fused.y.scalar_type(), residual_type) << where;
+    EXPECT_EQ(fused.grad_projected.scalar_type(), at::kBFloat16) << where;
+    EXPECT_EQ(fused.grad_residual.scalar_type(), residual_type) << where;
+    EXPECT_TRUE(at::allclose(fused.y.to(at::kFloat), plain.y.to(at::kFloat), 2e-2, 2e-2)) << where;
+    EXPECT_TRUE(at::allclose(fused.grad_projected.to(at::kFloat),
+                             plain.grad_projected.to(at::kFloat), 2e-2, 2e-2))
+        << where << ": "
+        << max_diff(fused.grad_projected.to(at::kFloat), plain.grad_projected.to(at::kFloat));
+    EXPECT_TRUE(at::allclose(fused.grad_gain, plain.grad_gain, 2e-2, 2e-2)) << where;
+    EXPECT_TRUE(at::allclose(fused.grad_shift, plain.grad_shift, 1e-4, 1e-4)) << where;
+    EXPECT_TRUE(at::equal(fused.grad_projected.eq(0), plain.grad_projected.eq(0))) << where;
+    EXPECT_TRUE(at::equal(fused.next_draw, plain.next_draw)) << where;
+  }
+}
+
+// The gain and shift gradients are sums over rows in fixed chunks: the same
+// bits on one thread and on several. And the tail declines what it does not
+// compute (another shape or type, fusion off), for the caller to compose.
+TEST(FusedKernelsAutograd, SublayerTailSumsTheSameOnAnyThreadCountAndDeclinesTheRest) {
+  at::manual_seed(8);
+  const at::Tensor projected = at::randn({4, 33, 96}), residual = at::randn({4, 33, 96});
+  const at::Tensor gain = at::randn({96}), shift = at::randn({96}),
+                   upstream = at::randn({4, 33, 96});
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  const auto one = SublayerTail::run(true, projected, residual, gain, shift, upstream, 0.1);
+  at::set_num_threads(std::max(2, threads));
+  const auto several = SublayerTail::run(true, projected, residual, gain, shift, upstream, 0.1);
+  at::set_num_threads(threads);
+  EXPECT_TRUE(at::equal(one.grad_gain, several.grad_gain));
+  EXPECT_TRUE(at::equal(one.grad_shift, several.grad_shift));
+  EXPECT_TRUE(at::equal(one.grad_projected, several.grad_projected));
+
+  EXPECT_FALSE(dropout_residual_layer_norm(projected, residual.slice(1, 1), 0.1, gain, shift, 1e-12)
+                   .defined());
+  EXPECT_FALSE(dropout_residual_layer_norm(projected.to(at::kHalf), residual.to(at::kHalf), 0.1,
+                                           gain, shift, 1e-12)
+                   .defined());
+  EXPECT_FALSE(dropout_residual_layer_norm(projected, residual, 0.1, gain.slice(0, 1), shift, 1e-12)
+                   .defined());
+  set_fused_kernels(false);
+  EXPECT_FALSE(dropout_residual_layer_norm(projected, residual, 0.1, gain, shift, 1e-12).defined());
+  set_fused_kernels(true);
+  EXPECT_TRUE(dropout_residual_layer_norm(projected, residual, 0.1, gain, shift, 1e-12).defined());
 }
 
 // A tiny random BERT in eval mode and a padded batch of 3 rows of 11 tokens.

@@ -1,5 +1,6 @@
 // The encoder's elementwise chains fused into the products around them, for
-// passes that autograd does not record (eval, predict, the server).
+// passes that autograd does not record (eval, predict, the server); and two
+// differentiable fusions for training (attention, the sub-layer tail).
 //
 // Each function computes exactly its plain LibTorch composition (stated
 // below) and takes that plain path itself whenever autograd has to record the
@@ -52,6 +53,20 @@ at::Tensor linear_residual(const at::Tensor& x, const at::Tensor& weight, const 
 // pass per token; plain, at::layer_norm and one broadcast addcmul.
 at::Tensor layer_norm_rows(const at::Tensor& x, const at::Tensor& gain, const at::Tensor& shift,
                            double eps);
+
+// LayerNorm(dropout(projected, p) + residual) over the last dimension with
+// gain and shift [n] (fp32): a sub-layer's tail, in one pass per token
+// forward and one backward, differentiable (training's path; autograd's
+// composition makes three forward and two backward). Dropout draws exactly
+// as model::dropout, and each sum is the composition's value to the bit; the
+// statistics differ in summation order only (fp32 within 1e-5). Types: fp32
+// and fp32, or a bf16 projection onto a bf16 or fp32 residual (the result
+// has the residual's type, as the composition promotes). Returns an
+// undefined tensor where it does not apply (another device or type, shapes,
+// fusion off): the caller composes it then.
+at::Tensor dropout_residual_layer_norm(const at::Tensor& projected, const at::Tensor& residual,
+                                       double p, const at::Tensor& gain, const at::Tensor& shift,
+                                       double eps);
 
 // Multi-head scaled dot-product attention (Vaswani et al., eq. 1):
 // softmax(Q K^T / sqrt(d) + mask) V for each of `heads` heads of width d.
