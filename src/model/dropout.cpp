@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <mutex>
 
@@ -31,6 +32,19 @@ void twist(std::array<uint32_t, at::MERSENNE_STATE_N>& state) {
   state[n - 1] = state[m - 1] ^ mixed(state[n - 1], state[0]);
 }
 
+// MT19937's tempering of `count` state words (AVX2 where the CPU has it).
+__attribute__((target_clones("avx2", "default"))) void temper(const uint32_t* state, int64_t count,
+                                                              uint32_t* out) {
+  for (int64_t i = 0; i < count; ++i) {
+    uint32_t y = state[i];
+    y ^= (y >> 11);
+    y ^= (y << 7) & 0x9d2c5680;
+    y ^= (y << 15) & 0xefc60000;
+    y ^= (y >> 18);
+    out[i] = y;
+  }
+}
+
 // The next `count` outputs of `engine` (its operator() `count` times), into
 // `out`: whole runs of the state tempered at once rather than word by word.
 void next_words(at::mt19937_data_pod& engine, uint32_t* out, int64_t count) {
@@ -43,15 +57,7 @@ void next_words(at::mt19937_data_pod& engine, uint32_t* out, int64_t count) {
       engine.next_ = 0;
     }
     const int64_t take = std::min<int64_t>(count, engine.left_ - 1);
-    const uint32_t* state = engine.state_.data() + engine.next_;
-    for (int64_t i = 0; i < take; ++i) {
-      uint32_t y = state[i];
-      y ^= (y >> 11);
-      y ^= (y << 7) & 0x9d2c5680;
-      y ^= (y << 15) & 0xefc60000;
-      y ^= (y >> 18);
-      out[i] = y;
-    }
+    temper(engine.state_.data() + engine.next_, take, out);
     engine.next_ += static_cast<uint32_t>(take);
     engine.left_ -= static_cast<int>(take);
     out += take;
@@ -59,12 +65,28 @@ void next_words(at::mt19937_data_pod& engine, uint32_t* out, int64_t count) {
   }
 }
 
+// Which of `entries` draws (two words each, the first the high one) fall
+// below `threshold` in their low 53 bits. AVX2's 64-bit compares where the
+// CPU has them (the default build targets SSE2, which has none).
+__attribute__((target_clones("avx2", "default"))) void keep_below(const uint32_t* words,
+                                                                  int64_t entries,
+                                                                  uint64_t threshold, bool* out) {
+  for (int64_t i = 0; i < entries; ++i) {
+    const uint64_t low53 =
+        (static_cast<uint64_t>(words[2 * i] & 0x1fffffu) << 32) | words[2 * i + 1];
+    out[i] = low53 < threshold;
+  }
+}
+
 // ATen's bernoulli_(p) on a CPU tensor, entry by entry: random64() (two
 // 32-bit mt19937 draws, the first the high word) through
-// uniform_real_distribution<double> (its low 53 bits / 2^53), kept when < p.
+// uniform_real_distribution<double> (its low 53 bits x / 2^53), kept when
+// x / 2^53 < p. Both sides are exact doubles (x < 2^53; the division by a
+// power of two only moves the exponent), so that is x < p 2^53 as real
+// numbers, and for an integer x, x < ceil(p 2^53): one integer compare.
 void draw_keep(at::CPUGeneratorImpl* generator, double keep_probability, bool* out, int64_t n) {
-  constexpr uint64_t kMask = (uint64_t{1} << 53) - 1;
-  constexpr double kDivisor = 1.0 / static_cast<double>(uint64_t{1} << 53);
+  const uint64_t threshold =
+      static_cast<uint64_t>(std::ceil(std::ldexp(std::clamp(keep_probability, 0.0, 1.0), 53)));
   constexpr int64_t kBlock = 2048;  // entries per run of words
   std::array<uint32_t, 2 * kBlock> words;
   std::lock_guard<std::mutex> lock(generator->mutex_);
@@ -73,10 +95,7 @@ void draw_keep(at::CPUGeneratorImpl* generator, double keep_probability, bool* o
   for (int64_t begin = 0; begin < n; begin += kBlock) {
     const int64_t entries = std::min(kBlock, n - begin);
     next_words(state, words.data(), 2 * entries);
-    for (int64_t i = 0; i < entries; ++i) {
-      const uint64_t value = (static_cast<uint64_t>(words[2 * i]) << 32) | words[2 * i + 1];
-      out[begin + i] = static_cast<double>(value & kMask) * kDivisor < keep_probability;
-    }
+    keep_below(words.data(), entries, threshold, out + begin);
   }
   engine.set_data(state);
   generator->set_engine(engine);
