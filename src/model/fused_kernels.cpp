@@ -314,6 +314,7 @@ class TrainingAttention : public torch::autograd::Function<TrainingAttention> {
     return at::_softmax(scores, -1, false);
   }
 };
+
 // --- Dropout, residual and LayerNorm in one pass (training) -------------------
 
 // The gain and shift gradients are summed over rows in this many fixed
@@ -458,6 +459,7 @@ class ResidualLayerNorm : public torch::autograd::Function<ResidualLayerNorm> {
                             const at::Tensor& residual, const at::Tensor& gain,
                             const at::Tensor& shift, double p, double eps) {
     const at::Tensor input = projected.contiguous(), base = residual.contiguous();
+    const at::Tensor gains = gain.contiguous(), shifts = shift.contiguous();
     const int64_t n = input.size(-1), rows = input.numel() / n;
     const at::Tensor keep = p > 0 ? dropout_keep_mask(input.sizes(), 1 - p) : at::Tensor();
     const float noise = kept_noise(p, input.scalar_type());
@@ -469,7 +471,7 @@ class ResidualLayerNorm : public torch::autograd::Function<ResidualLayerNorm> {
                                 using H = typename decltype(kernel)::HiddenType;
                                 kernel.forward(input.data_ptr<P>(), base.data_ptr<H>(),
                                                keep.defined() ? keep.data_ptr<bool>() : nullptr,
-                                               gain.data_ptr<float>(), shift.data_ptr<float>(),
+                                               gains.data_ptr<float>(), shifts.data_ptr<float>(),
                                                h.data_ptr<H>(), mean.data_ptr<float>(),
                                                rstd.data_ptr<float>(), y.data_ptr<H>());
                               });

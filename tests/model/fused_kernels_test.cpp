@@ -346,6 +346,17 @@ TEST(FusedKernelsAutograd, SublayerTailSumsTheSameOnAnyThreadCountAndDeclinesThe
   EXPECT_TRUE(at::equal(one.grad_shift, several.grad_shift));
   EXPECT_TRUE(at::equal(one.grad_projected, several.grad_projected));
 
+  // A gain and shift read through strides (every other entry of a longer vector).
+  const at::Tensor strided_gain =
+      at::stack({gain, at::zeros({96})}, 1).view({-1}).slice(0, 0, 192, 2);
+  const at::Tensor strided_shift =
+      at::stack({shift, at::ones({96})}, 1).view({-1}).slice(0, 0, 192, 2);
+  ASSERT_FALSE(strided_gain.is_contiguous());
+  at::NoGradGuard no_grad;
+  EXPECT_TRUE(at::equal(
+      dropout_residual_layer_norm(projected, residual, 0.0, strided_gain, strided_shift, 1e-12),
+      dropout_residual_layer_norm(projected, residual, 0.0, gain, shift, 1e-12)));
+
   EXPECT_FALSE(dropout_residual_layer_norm(projected, residual.slice(1, 1), 0.1, gain, shift, 1e-12)
                    .defined());
   EXPECT_FALSE(dropout_residual_layer_norm(projected.to(at::kHalf), residual.to(at::kHalf), 0.1,
