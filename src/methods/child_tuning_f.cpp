@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 
 #include "deltatune/error.h"
+#include "deltatune/model/dropout.h"
 
 namespace deltatune::methods {
 
@@ -23,9 +24,14 @@ void ChildTuningF::before_step(model::SequenceClassifierImpl& model, int64_t /*s
     if (!grad.defined()) continue;
     // M / p_F with M ~ Bernoulli(p_F), from the default CPU generator (seeded,
     // checkpointed) whatever the device: the same masks on a GPU as on the
-    // CPU, and in every rank of a job (train::Trainer's shared draws).
-    at::Tensor mask =
-        at::empty(grad.sizes(), grad.options().device(at::kCPU)).bernoulli_(reserve_p_);
+    // CPU, and in every rank of a job (train::Trainer's shared draws). For
+    // fp32 gradients the draw is model::dropout_keep_mask's: bernoulli_'s
+    // values and stream bit for bit, without ATen's serial one-call-per-entry
+    // kernel (a whole model's entries every step).
+    const auto cpu = grad.options().device(at::kCPU);
+    at::Tensor mask = grad.scalar_type() == at::kFloat
+                          ? model::dropout_keep_mask(grad.sizes(), reserve_p_).to(cpu)
+                          : at::empty(grad.sizes(), cpu).bernoulli_(reserve_p_);
     grad.mul_(mask.to(grad.device()).div_(reserve_p_));
   }
 }

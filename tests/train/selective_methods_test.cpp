@@ -182,6 +182,17 @@ TEST(SelectiveMethods, ChildTuningFKeepsAShareReserveOfGradientEntriesScaledUp) 
   }
   ASSERT_GT(nonzero, 1000000);
   EXPECT_NEAR(static_cast<double>(kept) / nonzero, 0.25, 0.002);
+  const at::Tensor next_draw = at::rand({4});
+
+  // Exactly ATen's bernoulli_ draws from the same seed, in the same order,
+  // and the generator left where they leave it.
+  at::manual_seed(7);
+  for (const auto& item : task_model->named_parameters(true)) {
+    const at::Tensor& g0 = before.at(item.key());
+    const at::Tensor mask = at::empty(g0.sizes(), g0.options()).bernoulli_(0.25);
+    EXPECT_TRUE(at::equal(item.value().grad(), g0 * mask.div_(0.25))) << item.key();
+  }
+  EXPECT_TRUE(at::equal(at::rand({4}), next_draw));
 }
 
 // A MiniLM task model with Diff Pruning (density 0.1%) attached, and stage
