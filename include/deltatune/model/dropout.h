@@ -4,7 +4,7 @@
 // x * noise) draws its noise through a serial kernel that calls the
 // generator once per entry: a quarter of a MiniLM training step on 2 cores.
 // The same draws (one random64 of the default CPU generator per entry, in
-// memory order, kept where its top 53 bits / 2^53 < 1 - p) come from a copy
+// memory order, kept where its low 53 bits / 2^53 < 1 - p) come from a copy
 // of the generator's mt19937 engine in a tight loop, and the generator ends
 // where ATen's kernel leaves it: masks, values and every later draw are
 // PyTorch's, so the shared-draw trajectory tests keep passing.
