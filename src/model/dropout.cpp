@@ -162,6 +162,9 @@ class Dropout : public torch::autograd::Function<Dropout> {
 bool dropout_draws_replicated() { return replica_usable(); }
 
 at::Tensor dropout_keep_mask(c10::IntArrayRef sizes, double keep_probability) {
+  // bernoulli_'s own check, made before either draw (NaN fails it too).
+  TORCH_CHECK(keep_probability >= 0 && keep_probability <= 1,
+              "bernoulli_ expects p to be in [0, 1], but got p=", keep_probability);
   if (!replica_usable()) return at::empty(sizes, at::kFloat).bernoulli_(keep_probability).ne(0);
   at::Tensor keep = at::empty(sizes, at::kBool);
   draw_keep(default_generator(), keep_probability, keep.data_ptr<bool>(), keep.numel());

@@ -6,6 +6,7 @@
 #include <ATen/Context.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <vector>
 
 namespace deltatune::model {
@@ -35,6 +36,15 @@ TEST(Dropout, KeepMaskIsAtensDrawAndLeavesTheGeneratorWhereAtenDoes) {
       EXPECT_TRUE(at::equal(next, expected_next)) << "the stream after the draw differs";
     }
   }
+}
+
+TEST(Dropout, KeepProbabilitiesOutsideZeroToOneAreRefusedAsBernoulliRefusesThem) {
+  for (const double keep : {-0.1, 1.5, std::nan("")}) {
+    EXPECT_THROW(at::empty({3}, at::kFloat).bernoulli_(keep), c10::Error) << keep;
+    EXPECT_THROW(dropout_keep_mask({3}, keep), c10::Error) << keep;
+  }
+  EXPECT_TRUE(dropout_keep_mask({3}, 1.0).all().item<bool>());
+  EXPECT_FALSE(dropout_keep_mask({3}, 0.0).any().item<bool>());
 }
 
 TEST(Dropout, ValuesAndGradientsAreAtDropoutsBitForBit) {
