@@ -151,8 +151,9 @@ class Dropout : public torch::autograd::Function<Dropout> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const at::Tensor& grad = grads[0];
-    const at::Tensor noise = dropout_noise(ctx->saved_data["keep"].toTensor(),
-                                           ctx->saved_data["p"].toDouble(), grad.scalar_type());
+    const at::Tensor keep = ctx->saved_data["keep"].toTensor();
+    const double p = ctx->saved_data["p"].toDouble();
+    const at::Tensor noise = dropout_noise(keep, p, grad.scalar_type());
     return {grad * noise, at::Tensor()};  // d(x noise)/dx; p takes no gradient
   }
 };

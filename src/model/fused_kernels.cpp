@@ -227,6 +227,13 @@ void product_into(const at::Tensor& a, const at::Tensor& b, const at::Tensor& c)
   if (!onednn::matmul(view(a), view(b), nullptr, view(c))) c.copy_(at::matmul(a, b));
 }
 
+// A tensor a custom function's forward may or may not have saved (dropout's
+// keep mask, absent without dropout): undefined where it is absent.
+at::Tensor saved_if_any(torch::autograd::AutogradContext* ctx, const std::string& name) {
+  const auto saved = ctx->saved_data.find(name);
+  return saved != ctx->saved_data.end() ? saved->second.toTensor() : at::Tensor();
+}
+
 // Attention for training (Vaswani et al., eq. 1, with dropout on the
 // probabilities as BERT applies it): plain_attention's values and random
 // stream (the dropout noise is the same draw from the default generator),
@@ -267,8 +274,7 @@ class TrainingAttention : public torch::autograd::Function<TrainingAttention> {
     const at::Tensor& keys = saved[1];
     const at::Tensor& values = saved[2];
     const at::Tensor probs = ctx->saved_data["probs"].toTensor();
-    const auto kept = ctx->saved_data.find("keep");
-    const at::Tensor keep = kept != ctx->saved_data.end() ? kept->second.toTensor() : at::Tensor();
+    const at::Tensor keep = saved_if_any(ctx, "keep");
     const int64_t heads = ctx->saved_data["heads"].toInt();
     const double dropout_p = ctx->saved_data["dropout_p"].toDouble();
     const int64_t head_dim = queries.size(2) / heads;
@@ -491,9 +497,8 @@ class ResidualLayerNorm : public torch::autograd::Function<ResidualLayerNorm> {
     const at::Tensor h = ctx->saved_data["h"].toTensor();
     const at::Tensor mean = ctx->saved_data["mean"].toTensor();
     const at::Tensor rstd = ctx->saved_data["rstd"].toTensor();
-    const auto kept = ctx->saved_data.find("keep");
-    const at::Tensor keep = kept != ctx->saved_data.end() ? kept->second.toTensor() : at::Tensor();
-    const float noise = static_cast<float>(ctx->saved_data["noise"].toDouble());
+    const at::Tensor keep = saved_if_any(ctx, "keep");
+    const double noise = ctx->saved_data["noise"].toDouble();
     const auto projected_type =
         static_cast<at::ScalarType>(ctx->saved_data["projected_type"].toInt());
     const at::Tensor grad_y = grad_outputs[0].to(h.scalar_type()).contiguous();
@@ -508,7 +513,8 @@ class ResidualLayerNorm : public torch::autograd::Function<ResidualLayerNorm> {
     at::Tensor shift_partials =
         want_shift ? at::zeros({kNormGradientChunks, n}, at::kFloat) : at::Tensor();
     with_residual_norm_kernel(
-        projected_type, h.scalar_type(), rows, n, noise, 0.0f, [&](auto kernel) {
+        projected_type, h.scalar_type(), rows, n, static_cast<float>(noise), 0.0f,
+        [&](auto kernel) {
           using P = typename decltype(kernel)::ProjectedType;
           using H = typename decltype(kernel)::HiddenType;
           kernel.backward(grad_y.data_ptr<H>(), h.data_ptr<H>(), mean.data_ptr<float>(),
