@@ -1,6 +1,7 @@
 #include "deltatune/train/optimizer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -43,6 +44,68 @@ constexpr int64_t kUpdateSlice = int64_t{1} << 20;
 
 }  // namespace
 
+namespace {
+
+// The constants of one update: AdamW's scalars as torch's kernels apply them
+// to fp32 tensors (each double scalar rounded to float once).
+struct UpdateConstants {
+  float decay_factor;  // 1 - lr wd
+  float beta1, one_minus_beta1, beta2, one_minus_beta2;
+  float correction2_sqrt;  // sqrt(1 - b2^t)
+  float eps;
+  float step_size;  // -lr / (1 - b1^t)
+};
+
+// One pass over p, g, m and v (and the mask) for the update the composition
+// in AdamW::step computes with seven ATen kernels and two temporaries:
+// p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g g;
+// p <- p + step_size m / (sqrt(v) / sqrt(1 - b2^t) + eps), in the
+// composition's order of operations. Where `keep` is given, entries with
+// keep[i] false keep p, m and v bit-identical (the values are computed and
+// not stored, so the loop has no branch and vectorizes).
+void fused_update(float* p, const float* g, float* m, float* v, const bool* keep, int64_t n,
+                  const UpdateConstants& c) {
+  at::parallel_for(0, n, int64_t{1} << 15, [&](int64_t begin, int64_t end) {
+    if (keep == nullptr) {
+      for (int64_t i = begin; i < end; ++i) {
+        const float gi = g[i];
+        const float mi = m[i] * c.beta1 + gi * c.one_minus_beta1;
+        const float vi = v[i] * c.beta2 + c.one_minus_beta2 * gi * gi;
+        const float denom = std::sqrt(vi) / c.correction2_sqrt + c.eps;
+        p[i] = p[i] * c.decay_factor + c.step_size * (mi / denom);
+        m[i] = mi;
+        v[i] = vi;
+      }
+      return;
+    }
+    for (int64_t i = begin; i < end; ++i) {
+      const float gi = g[i];
+      const float mi = m[i] * c.beta1 + gi * c.one_minus_beta1;
+      const float vi = v[i] * c.beta2 + c.one_minus_beta2 * gi * gi;
+      const float denom = std::sqrt(vi) / c.correction2_sqrt + c.eps;
+      const float pi = p[i] * c.decay_factor + c.step_size * (mi / denom);
+      const bool k = keep[i];
+      p[i] = k ? pi : p[i];
+      m[i] = k ? mi : m[i];
+      v[i] = k ? vi : v[i];
+    }
+  });
+}
+
+bool fusable(const at::Tensor& parameter, const at::Tensor& gradient, const at::Tensor& exp_avg,
+             const at::Tensor& exp_avg_sq, const at::Tensor& mask) {
+  auto dense_float = [&](const at::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+           t.layout() == at::kStrided && t.sizes() == parameter.sizes();
+  };
+  return dense_float(parameter) && dense_float(gradient) && dense_float(exp_avg) &&
+         dense_float(exp_avg_sq) &&
+         (!mask.defined() || (mask.device().is_cpu() && mask.scalar_type() == at::kBool &&
+                              mask.is_contiguous() && mask.sizes() == parameter.sizes()));
+}
+
+}  // namespace
+
 void AdamW::step(double lr_scale) {
   ++step_;
   at::NoGradGuard no_grad;
@@ -55,6 +118,21 @@ void AdamW::step(double lr_scale) {
     const auto& group = groups_[slot.group];
     const double lr = group.learning_rate * lr_scale;
     const at::Tensor& gradient = parameter.grad();
+    if (options_.fused && fusable(parameter, gradient, slot.exp_avg, slot.exp_avg_sq, slot.mask)) {
+      const UpdateConstants constants{static_cast<float>(1 - lr * group.weight_decay),
+                                      static_cast<float>(b1),
+                                      static_cast<float>(1 - b1),
+                                      static_cast<float>(b2),
+                                      static_cast<float>(1 - b2),
+                                      static_cast<float>(correction2_sqrt),
+                                      static_cast<float>(options_.eps),
+                                      static_cast<float>(-lr / correction1)};
+      fused_update(parameter.data_ptr<float>(), gradient.data_ptr<float>(),
+                   slot.exp_avg.data_ptr<float>(), slot.exp_avg_sq.data_ptr<float>(),
+                   slot.mask.defined() ? slot.mask.data_ptr<bool>() : nullptr, parameter.numel(),
+                   constants);
+      continue;
+    }
     // Loshchilov & Hutter's AdamW as torch.optim.AdamW computes it:
     // p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
     // p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).

@@ -24,6 +24,11 @@ struct AdamWOptions {
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
+  // One pass per parameter over p, g, m and v where all are dense fp32 on
+  // the CPU (and the mask dense bool); false, or any other tensor, takes
+  // ATen's composition (torch.optim.AdamW's kernels). Both compute the same
+  // expression in the same order; they differ by at most a rounding.
+  bool fused = true;
 };
 
 class AdamW {
