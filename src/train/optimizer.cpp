@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 
 #include <algorithm>
 #include <cmath>
@@ -56,39 +57,87 @@ struct UpdateConstants {
   float step_size;  // -lr / (1 - b1^t)
 };
 
-// One pass over p, g, m and v (and the mask) for the update the composition
-// in AdamW::step computes with seven ATen kernels and two temporaries:
-// p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g g;
-// p <- p + step_size m / (sqrt(v) / sqrt(1 - b2^t) + eps), in the
-// composition's order of operations. Where `keep` is given, entries with
-// keep[i] false keep p, m and v bit-identical (the values are computed and
-// not stored, so the loop has no branch and vectorizes).
-void fused_update(float* p, const float* g, float* m, float* v, const bool* keep, int64_t n,
-                  const UpdateConstants& c) {
-  at::parallel_for(0, n, int64_t{1} << 15, [&](int64_t begin, int64_t end) {
-    if (keep == nullptr) {
-      for (int64_t i = begin; i < end; ++i) {
-        const float gi = g[i];
-        const float mi = m[i] * c.beta1 + gi * c.one_minus_beta1;
-        const float vi = v[i] * c.beta2 + c.one_minus_beta2 * gi * gi;
-        const float denom = std::sqrt(vi) / c.correction2_sqrt + c.eps;
-        p[i] = p[i] * c.decay_factor + c.step_size * (mi / denom);
-        m[i] = mi;
-        v[i] = vi;
-      }
-      return;
+// One value's update, in the order of operations of torch.optim.AdamW's
+// seven ATen kernels: p <- p (1 - lr wd); m <- b1 m + (1 - b1) g;
+// v <- b2 v + (1 - b2) g g; p <- p + (step_size m) / (sqrt(v) /
+// sqrt(1 - b2^t) + eps). ATen's `add_(g, alpha)` is a fused multiply-add
+// where its kernels are built for AVX2 or AVX-512 (kFma), and so is its
+// `addcmul_` as the compiler contracted it there. Where `keep` is false the
+// values are computed and not stored: p, m and v stay bit-identical, and the
+// loop has no branch, so it vectorizes.
+template <bool kFma, bool kMasked>
+inline __attribute__((always_inline)) void update_range(float* p, const float* g, float* m,
+                                                        float* v, const bool* keep, int64_t begin,
+                                                        int64_t end, const UpdateConstants& c) {
+  auto multiply_add = [](float a, float b, float addend) {
+    if constexpr (kFma) {
+      return __builtin_fmaf(a, b, addend);
+    } else {
+      return a * b + addend;
     }
-    for (int64_t i = begin; i < end; ++i) {
-      const float gi = g[i];
-      const float mi = m[i] * c.beta1 + gi * c.one_minus_beta1;
-      const float vi = v[i] * c.beta2 + c.one_minus_beta2 * gi * gi;
-      const float denom = std::sqrt(vi) / c.correction2_sqrt + c.eps;
-      const float pi = p[i] * c.decay_factor + c.step_size * (mi / denom);
+  };
+  for (int64_t i = begin; i < end; ++i) {
+    const float gi = g[i];
+    const float mi = multiply_add(gi, c.one_minus_beta1, m[i] * c.beta1);
+    const float vi = multiply_add(c.one_minus_beta2 * gi, gi, v[i] * c.beta2);
+    const float denom = std::sqrt(vi) / c.correction2_sqrt + c.eps;
+    const float pi = p[i] * c.decay_factor + (c.step_size * mi) / denom;
+    if constexpr (kMasked) {
       const bool k = keep[i];
       p[i] = k ? pi : p[i];
       m[i] = k ? mi : m[i];
       v[i] = k ? vi : v[i];
+    } else {
+      p[i] = pi;
+      m[i] = mi;
+      v[i] = vi;
     }
+  }
+}
+
+__attribute__((target("avx2,fma"))) void update_range_fma(float* p, const float* g, float* m,
+                                                          float* v, const bool* keep, int64_t begin,
+                                                          int64_t end, const UpdateConstants& c) {
+  if (keep == nullptr)
+    update_range<true, false>(p, g, m, v, keep, begin, end, c);
+  else
+    update_range<true, true>(p, g, m, v, keep, begin, end, c);
+}
+
+void update_range_plain(float* p, const float* g, float* m, float* v, const bool* keep,
+                        int64_t begin, int64_t end, const UpdateConstants& c) {
+  if (keep == nullptr)
+    update_range<false, false>(p, g, m, v, keep, begin, end, c);
+  else
+    update_range<false, true>(p, g, m, v, keep, begin, end, c);
+}
+
+// Whether ATen's elementwise kernels in this process are its AVX2 or AVX-512
+// builds (both fuse multiply-adds) rather than its DEFAULT one: the
+// capability its dispatch chose for this CPU (or ATEN_CPU_CAPABILITY), as
+// show_config reports it ("AVX2", "AVX512", "NO AVX"); LibTorch exports no
+// other way to ask.
+bool aten_kernels_fuse_multiply_add() {
+  const std::string config = at::show_config();
+  const std::string key = "CPU capability usage: ";
+  const size_t at = config.find(key);
+  if (at == std::string::npos) return false;
+  const std::string capability =
+      config.substr(at + key.size(), config.find('\n', at) - at - key.size());
+  return capability.rfind("AVX", 0) == 0;
+}
+
+// One pass over p, g, m and v (and the mask) for the update the composition
+// in AdamW::step computes with seven ATen kernels and two temporaries, with
+// ATen's arithmetic for the kernels this CPU runs (its dispatch capability).
+void fused_update(float* p, const float* g, float* m, float* v, const bool* keep, int64_t n,
+                  const UpdateConstants& c) {
+  static const bool fma = aten_kernels_fuse_multiply_add();
+  at::parallel_for(0, n, int64_t{1} << 15, [&](int64_t begin, int64_t end) {
+    if (fma)
+      update_range_fma(p, g, m, v, keep, begin, end, c);
+    else
+      update_range_plain(p, g, m, v, keep, begin, end, c);
   });
 }
 
@@ -131,6 +180,12 @@ void AdamW::step(double lr_scale) {
                    slot.exp_avg.data_ptr<float>(), slot.exp_avg_sq.data_ptr<float>(),
                    slot.mask.defined() ? slot.mask.data_ptr<bool>() : nullptr, parameter.numel(),
                    constants);
+      // Written through raw pointers: count the in-place writes as ATen's
+      // in-place kernels would, or whatever is keyed on a tensor's version
+      // (the packed weights of the inference path) would keep reading the
+      // values from before the step.
+      for (at::Tensor* written : {&parameter, &slot.exp_avg, &slot.exp_avg_sq})
+        written->unsafeGetTensorImpl()->bump_version();
       continue;
     }
     // Loshchilov & Hutter's AdamW as torch.optim.AdamW computes it:
@@ -139,14 +194,16 @@ void AdamW::step(double lr_scale) {
     auto update = [&](at::Tensor p, const at::Tensor& grad, at::Tensor exp_avg,
                       at::Tensor exp_avg_sq, const at::Tensor& keep) {
       if (keep.defined()) {
-        // Masked-out entries: no decay, no moment update, no step.
-        at::Tensor new_avg = exp_avg * b1 + grad * (1 - b1);
-        at::Tensor new_sq = exp_avg_sq * b2 + grad * grad * (1 - b2);
+        // Masked-out entries: no decay, no moment update, no step. The
+        // kept ones are computed by the unmasked update's kernels.
+        at::Tensor new_avg = exp_avg.mul(b1).add_(grad, 1 - b1);
+        at::Tensor new_sq = exp_avg_sq.mul(b2).addcmul_(grad, grad, 1 - b2);
+        at::Tensor updated =
+            group.weight_decay != 0 ? p.mul(1 - lr * group.weight_decay) : p.clone();
+        at::Tensor denom = (new_sq.sqrt() / correction2_sqrt).add_(options_.eps);
+        updated.addcdiv_(new_avg, denom, -lr / correction1);
         exp_avg.copy_(at::where(keep, new_avg, exp_avg));
         exp_avg_sq.copy_(at::where(keep, new_sq, exp_avg_sq));
-        at::Tensor updated = p * (1 - lr * group.weight_decay);
-        at::Tensor denom = exp_avg_sq.sqrt() / correction2_sqrt + options_.eps;
-        updated = updated - (lr / correction1) * exp_avg / denom;
         p.copy_(at::where(keep, updated, p));
         return;
       }

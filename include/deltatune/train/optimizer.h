@@ -26,8 +26,9 @@ struct AdamWOptions {
   double eps = 1e-8;
   // One pass per parameter over p, g, m and v where all are dense fp32 on
   // the CPU (and the mask dense bool); false, or any other tensor, takes
-  // ATen's composition (torch.optim.AdamW's kernels). Both compute the same
-  // expression in the same order; they differ by at most a rounding.
+  // ATen's composition (torch.optim.AdamW's kernels). The one pass computes
+  // each value with those kernels' arithmetic (their multiply-adds fused
+  // where ATen's AVX2 and AVX-512 builds fuse them): the same bits.
   bool fused = true;
 };
 
