@@ -7,7 +7,9 @@
 #include "deltatune/io/safetensors.h"
 #include "deltatune/methods/method.h"
 #include "deltatune/text/tokenizer.h"
+#include "deltatune/train/optimizer.h"
 #include "deltatune/train/task_model.h"
+#include "deltatune/train/trainer.h"
 #include "test_paths.h"
 
 namespace deltatune::train {
@@ -82,6 +84,39 @@ TEST(Training, BitFitLearnsSst2ChangesOnlyBiasesAndHeadAndTheDeltaReproducesIt) 
   auto restored = model_from_delta(base, methods::Delta::load(tmp.path() / "delta"));
   Evaluation again = evaluate(*restored, d.task, d.dev, 64, false);
   EXPECT_EQ(again.metrics.main, result.best.metrics.main);
+}
+
+// The inference path keeps packed copies of the weights, keyed on each
+// tensor's version. An optimizer step between two evaluations must be seen by
+// the second (the trainer evaluates every eval_every steps): the evaluation
+// after the step equals one made after every tensor's version was advanced by
+// hand, which drops every packed copy. (AdamW's one-pass update once wrote
+// without advancing versions: Diff Pruning's recorded dev loss was then not
+// its delta's.)
+TEST(Training, AnEvaluationAfterAnOptimizerStepSeesTheStepsWeights) {
+  const Sst2& d = sst2();
+  data::EncodedDataset dev = d.dev;
+  dev.encodings.resize(96);
+  dev.labels.resize(96);
+  BaseModel base = load_base(test::minilm_dir());
+  auto task_model = make_task_model(base, 2, 3);
+  auto method = methods::make_method("full");
+  method->attach(*task_model);
+  const Evaluation before = evaluate(*task_model, d.task, dev, 32, false);
+  AdamW optimizer(method->parameter_groups(*task_model, 1e-3, 0.01));
+  at::manual_seed(5);
+  for (auto& p : task_model->parameters())
+    if (p.requires_grad()) p.mutable_grad() = at::randn(p.sizes()) * 0.01;
+  optimizer.step();
+  const Evaluation after = evaluate(*task_model, d.task, dev, 32, false);
+  {
+    at::NoGradGuard no_grad;
+    for (auto& p : task_model->parameters()) p.unsafeGetTensorImpl()->bump_version();
+  }
+  const Evaluation uncached = evaluate(*task_model, d.task, dev, 32, false);
+  EXPECT_NE(after.loss, before.loss) << "the step changed no prediction";
+  EXPECT_EQ(after.loss, uncached.loss)
+      << "the evaluation after the step read weights from before it";
 }
 
 TEST(Training, ResumingFromACheckpointEqualsAnUninterruptedRun) {
