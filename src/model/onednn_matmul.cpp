@@ -317,12 +317,17 @@ at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at
   const int64_t n = weight.size(0), k = weight.size(1);
   auto sizes = x.sizes().vec();
   sizes.back() = n;
-  // The product's type is the weight's; the result's is what adding the
-  // residual and the rows' biases to it promotes to, as in the plain sum.
+  // The product's type is the weight's; with a residual the result's is what
+  // adding the residual and the rows' biases to it promotes to, as in the
+  // plain sum. Without one it stays the product's, as a shared bias in the
+  // epilogue leaves it (bf16 under autocast: the next product's input type,
+  // with no fp32 copy to write and cast back), each row's bias rounded to it
+  // before the sum: one rounding more, of a bias-sized term.
   const at::ScalarType product = weight.scalar_type();
   at::ScalarType result =
       residual.defined() ? at::promote_types(product, residual.scalar_type()) : product;
-  if (row_bias.defined()) result = at::promote_types(result, row_bias.scalar_type());
+  if (row_bias.defined() && residual.defined())
+    result = at::promote_types(result, row_bias.scalar_type());
   at::Tensor out;
   if (row_bias.defined()) {  // [B, L, N] filled with each row's bias (+ the residual)
     std::vector<int64_t> shape(sizes.size(), 1);
@@ -330,7 +335,7 @@ at::Tensor linear_frozen(const at::Tensor& x, const at::Tensor& weight, const at
     shape.back() = n;
     at::Tensor rows = row_bias.reshape(shape);
     out = residual.defined() ? at::add(residual, rows).to(result)
-                             : rows.expand(sizes).to(result).clone(at::MemoryFormat::Contiguous);
+                             : rows.to(result).expand(sizes).clone(at::MemoryFormat::Contiguous);
     out = out.view({-1, n});
     epilogue.onto_output = true;
   } else {

@@ -25,12 +25,20 @@ at::Tensor pad_dim1(const at::Tensor& x, int64_t length, double value = 0) {
 }
 
 // Rows `rows` of `y` become `values` / gain `values`, collected over the tasks
-// of a batch and applied in one indexed copy and one indexed add.
+// of a batch and applied in one indexed copy and one indexed add. The result
+// has the type y and the values promote to (a bf16 product's rows replaced
+// or corrected by fp32 ones: fp32, as the plain sum would give).
 struct RowUpdates {
   std::vector<at::Tensor> copy_rows, copy_values, add_rows, add_values;
   at::Tensor apply(at::Tensor y) const {
-    if (!copy_rows.empty()) y = y.index_copy(0, at::cat(copy_rows), at::cat(copy_values));
-    if (!add_rows.empty()) y = y.index_add(0, at::cat(add_rows), at::cat(add_values));
+    auto onto = [&y](const std::vector<at::Tensor>& values) {
+      at::Tensor all = at::cat(values);
+      const at::ScalarType type = at::promote_types(y.scalar_type(), all.scalar_type());
+      if (y.scalar_type() != type) y = y.to(type);
+      return all.to(type);
+    };
+    if (!copy_rows.empty()) y = y.index_copy(0, at::cat(copy_rows), onto(copy_values));
+    if (!add_rows.empty()) y = y.index_add(0, at::cat(add_rows), onto(add_values));
     return y;
   }
 };

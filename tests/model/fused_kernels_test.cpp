@@ -90,6 +90,32 @@ TEST_F(FusedKernels, PerRowBiasesInTheEpilogueEqualThePlainBroadcast) {
   }
 }
 
+// Under bf16 (a mixed batch's pass under autocast: bf16 inputs and weights,
+// fp32 tables of each row's bias) a product with per-row biases and no
+// residual gives bf16, as the shared bias in the epilogue does, so the next
+// product reads it without a cast; with an fp32 residual it gives fp32. Both
+// within bf16 precision of the fp32 computation.
+TEST_F(FusedKernels, PerRowBiasesKeepABf16ProductsTypeUnlessAResidualPromotesIt) {
+  at::manual_seed(7);
+  const at::Tensor x = at::randn({3, 5, 32}), w = at::randn({16, 32}) * 0.3;
+  const at::Tensor rows = at::randn({3, 16}), residual = at::randn({3, 5, 16});
+  const at::Tensor xb = x.to(at::kBFloat16), wb = w.to(at::kBFloat16);
+  const at::Tensor exact = at::linear(xb.to(at::kFloat), wb.to(at::kFloat)) + rows.unsqueeze(1);
+  AutocastScope autocast(at::Device(at::kCPU), Precision::kBFloat16);
+  auto close = [](const at::Tensor& got, const at::Tensor& want) {
+    return at::allclose(got.to(at::kFloat), want, 2e-2, 2e-2);
+  };
+  const at::Tensor biased = linear_row_bias(xb, wb, at::Tensor(), rows);
+  EXPECT_EQ(biased.scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(close(biased, exact)) << max_diff(biased.to(at::kFloat), exact);
+  const at::Tensor activated = linear_activation(xb, wb, at::Tensor(), "gelu", rows);
+  EXPECT_EQ(activated.scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(close(activated, at::gelu(exact)));
+  const at::Tensor summed = linear_residual(xb, wb, at::Tensor(), residual, rows);
+  EXPECT_EQ(summed.scalar_type(), at::kFloat);
+  EXPECT_TRUE(close(summed, exact + residual));
+}
+
 TEST_F(FusedKernels, LayerNormWithEachRowsParametersEqualsThePlainBroadcast) {
   at::manual_seed(8);
   // Offset and scaled rows (a residual stream's statistics), 384 wide plus a tail.
