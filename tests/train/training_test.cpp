@@ -40,6 +40,15 @@ const Sst2& sst2() {
   return data;
 }
 
+// The first n examples of SST-2's dev split.
+data::EncodedDataset first_dev_examples(size_t n) {
+  data::EncodedDataset part = sst2().dev;
+  part.encodings.resize(n);
+  part.labels.resize(n);
+  part.lines.resize(n);
+  return part;
+}
+
 TrainConfig quick_config(int64_t steps) {
   TrainConfig c;
   c.learning_rate = 1e-3;
@@ -95,9 +104,7 @@ TEST(Training, BitFitLearnsSst2ChangesOnlyBiasesAndHeadAndTheDeltaReproducesIt) 
 // its delta's.)
 TEST(Training, AnEvaluationAfterAnOptimizerStepSeesTheStepsWeights) {
   const Sst2& d = sst2();
-  data::EncodedDataset dev = d.dev;
-  dev.encodings.resize(96);
-  dev.labels.resize(96);
+  const data::EncodedDataset dev = first_dev_examples(96);
   BaseModel base = load_base(test::minilm_dir());
   auto task_model = make_task_model(base, 2, 3);
   auto method = methods::make_method("full");
@@ -150,10 +157,7 @@ TEST(Training, ResumingFromACheckpointEqualsAnUninterruptedRun) {
 TEST(Training, AnOtherEvaluationSplitIsReportedBesideDevAsMnliMismatchedIs) {
   const Sst2& d = sst2();
   // A second split: the first 300 dev sentences, standing in for dev_mismatched.
-  data::EncodedDataset other = d.dev;
-  other.encodings.resize(300);
-  other.labels.resize(300);
-  other.lines.resize(300);
+  const data::EncodedDataset other = first_dev_examples(300);
   BaseModel base = load_base(test::minilm_dir());
   auto task_model = make_task_model(base, 2, 3);
   auto method = methods::make_method("bitfit");
