@@ -95,9 +95,15 @@ inline __attribute__((always_inline)) void update_range(float* p, const float* g
   }
 }
 
-__attribute__((target("avx2,fma"))) void update_range_fma(float* p, const float* g, float* m,
-                                                          float* v, const bool* keep, int64_t begin,
-                                                          int64_t end, const UpdateConstants& c) {
+#if defined(__x86_64__) || defined(__i386__)
+#define DELTATUNE_TARGET_FMA __attribute__((target("avx2,fma")))
+#else
+#define DELTATUNE_TARGET_FMA
+#endif
+
+DELTATUNE_TARGET_FMA void update_range_fma(float* p, const float* g, float* m, float* v,
+                                           const bool* keep, int64_t begin, int64_t end,
+                                           const UpdateConstants& c) {
   if (keep == nullptr)
     update_range<true, false>(p, g, m, v, keep, begin, end, c);
   else
@@ -120,10 +126,10 @@ void update_range_plain(float* p, const float* g, float* m, float* v, const bool
 bool aten_kernels_fuse_multiply_add() {
   const std::string config = at::show_config();
   const std::string key = "CPU capability usage: ";
-  const size_t at = config.find(key);
-  if (at == std::string::npos) return false;
+  const size_t found = config.find(key);
+  if (found == std::string::npos) return false;
   const std::string capability =
-      config.substr(at + key.size(), config.find('\n', at) - at - key.size());
+      config.substr(found + key.size(), config.find('\n', found) - found - key.size());
   return capability.rfind("AVX", 0) == 0;
 }
 
