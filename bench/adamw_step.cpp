@@ -52,6 +52,23 @@ void run(benchmark::State& state, bool fused, bool masked) {
                                                   benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// Gradient clipping over the same gradients (torch's clip_grad_norm_: the
+// norm, then a scale of every gradient), what a full fine-tuning step runs
+// before the update.
+void BM_ClipGradNorm(benchmark::State& state) {
+  at::set_num_threads(static_cast<int>(state.range(0)));
+  at::manual_seed(0);
+  std::vector<at::Tensor> parameters;
+  for (const auto& shape : minilm_shapes()) parameters.push_back(at::randn(shape));
+  for (auto _ : state) {
+    state.PauseTiming();
+    for (auto& p : parameters) p.mutable_grad() = at::randn(p.sizes());
+    state.ResumeTiming();
+    benchmark::DoNotOptimize(deltatune::train::clip_grad_norm(parameters, 1.0));
+  }
+}
+BENCHMARK(BM_ClipGradNorm)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 void BM_AdamWComposition(benchmark::State& state) { run(state, false, false); }
 void BM_AdamWOnePass(benchmark::State& state) { run(state, true, false); }
 void BM_AdamWMaskedComposition(benchmark::State& state) { run(state, false, true); }
