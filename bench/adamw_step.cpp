@@ -25,13 +25,27 @@ std::vector<std::vector<int64_t>> minilm_shapes() {
   return shapes;
 }
 
-void run(benchmark::State& state, bool fused, bool masked) {
+// MiniLM's parameters, random, on the benchmark's thread count.
+std::vector<at::Tensor> minilm_parameters(benchmark::State& state) {
   at::set_num_threads(static_cast<int>(state.range(0)));
   at::manual_seed(0);
   std::vector<at::Tensor> parameters;
+  for (const auto& shape : minilm_shapes()) parameters.push_back(at::randn(shape));
+  return parameters;
+}
+
+// Fresh gradients, outside the timed region.
+void fresh_gradients(benchmark::State& state, std::vector<at::Tensor>& parameters) {
+  state.PauseTiming();
+  for (auto& p : parameters) p.mutable_grad() = at::randn(p.sizes());
+  state.ResumeTiming();
+}
+
+void run(benchmark::State& state, bool fused, bool masked) {
+  std::vector<at::Tensor> parameters = minilm_parameters(state);
   std::vector<std::string> names;
-  for (const auto& shape : minilm_shapes()) {
-    parameters.push_back(at::randn(shape).requires_grad_(true));
+  for (auto& p : parameters) {
+    p.requires_grad_(true);
     names.push_back("p" + std::to_string(names.size()));
   }
   AdamWOptions options;
@@ -43,9 +57,7 @@ void run(benchmark::State& state, bool fused, bool masked) {
     if (masked) optimizer.set_mask(names[i], at::rand(parameters[i].sizes()) < 0.005);
   }
   for (auto _ : state) {
-    state.PauseTiming();
-    for (auto& p : parameters) p.mutable_grad() = at::randn(p.sizes());
-    state.ResumeTiming();
+    fresh_gradients(state, parameters);
     optimizer.step();
   }
   state.counters["values/s"] = benchmark::Counter(static_cast<double>(values),
@@ -56,14 +68,9 @@ void run(benchmark::State& state, bool fused, bool masked) {
 // norm, then a scale of every gradient), what a full fine-tuning step runs
 // before the update.
 void BM_ClipGradNorm(benchmark::State& state) {
-  at::set_num_threads(static_cast<int>(state.range(0)));
-  at::manual_seed(0);
-  std::vector<at::Tensor> parameters;
-  for (const auto& shape : minilm_shapes()) parameters.push_back(at::randn(shape));
+  std::vector<at::Tensor> parameters = minilm_parameters(state);
   for (auto _ : state) {
-    state.PauseTiming();
-    for (auto& p : parameters) p.mutable_grad() = at::randn(p.sizes());
-    state.ResumeTiming();
+    fresh_gradients(state, parameters);
     benchmark::DoNotOptimize(deltatune::train::clip_grad_norm(parameters, 1.0));
   }
 }

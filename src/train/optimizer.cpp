@@ -43,10 +43,6 @@ namespace {
 // update is elementwise, so slicing changes no result.
 constexpr int64_t kUpdateSlice = int64_t{1} << 20;
 
-}  // namespace
-
-namespace {
-
 // The constants of one update: AdamW's scalars as torch's kernels apply them
 // to fp32 tensors (each double scalar rounded to float once).
 struct UpdateConstants {
@@ -199,25 +195,20 @@ void AdamW::step(double lr_scale) {
     // p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps).
     auto update = [&](at::Tensor p, const at::Tensor& grad, at::Tensor exp_avg,
                       at::Tensor exp_avg_sq, const at::Tensor& keep) {
+      // Masked, the same kernels run on copies, kept where `keep` is true:
+      // masked-out entries get no decay, no moment update, no step.
+      auto target = [&](const at::Tensor& t) { return keep.defined() ? t.clone() : t; };
+      at::Tensor q = target(p), m = target(exp_avg), v = target(exp_avg_sq);
+      if (group.weight_decay != 0) q.mul_(1 - lr * group.weight_decay);
+      m.mul_(b1).add_(grad, 1 - b1);
+      v.mul_(b2).addcmul_(grad, grad, 1 - b2);
+      at::Tensor denom = (v.sqrt() / correction2_sqrt).add_(options_.eps);
+      q.addcdiv_(m, denom, -lr / correction1);
       if (keep.defined()) {
-        // Masked-out entries: no decay, no moment update, no step. The
-        // kept ones are computed by the unmasked update's kernels.
-        at::Tensor new_avg = exp_avg.mul(b1).add_(grad, 1 - b1);
-        at::Tensor new_sq = exp_avg_sq.mul(b2).addcmul_(grad, grad, 1 - b2);
-        at::Tensor updated =
-            group.weight_decay != 0 ? p.mul(1 - lr * group.weight_decay) : p.clone();
-        at::Tensor denom = (new_sq.sqrt() / correction2_sqrt).add_(options_.eps);
-        updated.addcdiv_(new_avg, denom, -lr / correction1);
-        exp_avg.copy_(at::where(keep, new_avg, exp_avg));
-        exp_avg_sq.copy_(at::where(keep, new_sq, exp_avg_sq));
-        p.copy_(at::where(keep, updated, p));
-        return;
+        exp_avg.copy_(at::where(keep, m, exp_avg));
+        exp_avg_sq.copy_(at::where(keep, v, exp_avg_sq));
+        p.copy_(at::where(keep, q, p));
       }
-      if (group.weight_decay != 0) p.mul_(1 - lr * group.weight_decay);
-      exp_avg.mul_(b1).add_(grad, 1 - b1);
-      exp_avg_sq.mul_(b2).addcmul_(grad, grad, 1 - b2);
-      at::Tensor denom = (exp_avg_sq.sqrt() / correction2_sqrt).add_(options_.eps);
-      p.addcdiv_(exp_avg, denom, -lr / correction1);
     };
     const int64_t n = parameter.numel();
     const bool sliceable = n > kUpdateSlice && parameter.is_contiguous() &&
