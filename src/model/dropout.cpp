@@ -21,8 +21,10 @@ at::CPUGeneratorImpl* default_generator() {
 }
 
 // at::mt19937's state update (MT19937's twist of all 624 words), as its
-// next_state() computes it.
-void twist(std::array<uint32_t, at::MERSENNE_STATE_N>& state) {
+// next_state() computes it (AVX2 where the CPU has it: integer work, the
+// same words either way).
+__attribute__((target_clones("avx2", "default"))) void twist(
+    std::array<uint32_t, at::MERSENNE_STATE_N>& state) {
   constexpr int n = at::MERSENNE_STATE_N, m = at::MERSENNE_STATE_M;
   auto mixed = [](uint32_t u, uint32_t v) {
     return ((((u & at::UMASK) | (v & at::LMASK)) >> 1) ^ ((v & 1) ? at::MATRIX_A : 0));

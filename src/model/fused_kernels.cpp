@@ -10,10 +10,12 @@
 #include <cmath>
 #include <initializer_list>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "deltatune/model/dropout.h"
 #include "deltatune/model/linear_kernel.h"
+#include "deltatune/model/vector_clones.h"
 #include "deltatune/torch_compat.h"
 #include "onednn_matmul.h"
 
@@ -103,9 +105,10 @@ at::Tensor plain_linear(const at::Tensor& x, const at::Tensor& weight, const at:
   return row_bias.defined() ? y + per_row(row_bias, y.dim()) : y;
 }
 
-// sum_i f(row[i]) over n values in eight independent lanes.
+// sum_i f(row[i]) over n values in eight independent lanes. Always inlined,
+// so that it takes the instruction set of each vector clone calling it.
 template <typename F>
-float lane_sum(const float* row, int64_t n, F f) {
+__attribute__((always_inline)) inline float lane_sum(const float* row, int64_t n, F f) {
   float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -327,11 +330,6 @@ class TrainingAttention : public torch::autograd::Function<TrainingAttention> {
 // chunks, then the chunks in order: the same sums whatever the thread count.
 constexpr int64_t kNormGradientChunks = 16;
 
-template <typename T>
-float rounded_to(float v) {
-  return static_cast<float>(static_cast<T>(v));
-}
-
 // y = LayerNorm(dropout(P) + R) over the last dimension, the tail of BERT's
 // SelfOutput and Output (Ba et al.: x̂ = (h - mean) / sqrt(var + eps),
 // y = x̂ gain + shift), one pass per token each way where autograd's
@@ -345,6 +343,86 @@ float rounded_to(float v) {
 //   dh = rstd (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂)),  dR = dh,  dP = dh N,
 //   dgain = sum over rows of dy x̂,  dshift = sum of dy,
 // with dh rounded to R's type and dP to P's as the autograd engine casts them.
+// One token's row of the forward pass: row[] ends holding h as floats;
+// statistics[0] and [1] receive its mean and 1 / sqrt(var + eps). keep is
+// null without dropout.
+template <typename P, typename H>
+DELTATUNE_VECTOR_CLONES void residual_norm_row(
+    const P* __restrict projected, const H* __restrict residual, const uint8_t* __restrict keep,
+    const float* __restrict gain, const float* __restrict shift, int64_t n, float noise, float eps,
+    float* __restrict row, H* __restrict h, H* __restrict y, float* __restrict statistics) {
+  using vector::narrowed, vector::rounded_to, vector::widened;
+  if (keep != nullptr) {
+    for (int64_t i = 0; i < n; ++i)
+      row[i] = rounded_to<P>(widened(projected[i]) * (noise * static_cast<float>(keep[i])));
+  } else {
+    for (int64_t i = 0; i < n; ++i) row[i] = rounded_to<P>(widened(projected[i]) * noise);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const H sum = narrowed<H>(row[i] + widened(residual[i]));
+    h[i] = sum;
+    row[i] = widened(sum);
+  }
+  const float m = lane_sum(row, n, [](float v) { return v; }) / static_cast<float>(n);
+  const float variance =
+      lane_sum(row, n, [m](float v) { return (v - m) * (v - m); }) / static_cast<float>(n);
+  const float s = 1.0f / std::sqrt(variance + eps);
+  statistics[0] = m, statistics[1] = s;
+  for (int64_t i = 0; i < n; ++i) y[i] = narrowed<H>((row[i] - m) * s * gain[i] + shift[i]);
+}
+
+// One token's row of the backward pass; dy, xhat and scaled are n floats of
+// scratch each. grad_gain / grad_shift (this chunk's partial sums) and
+// grad_projected may be null where that gradient is not wanted.
+template <typename P, typename H>
+DELTATUNE_VECTOR_CLONES void residual_norm_row_backward(
+    const H* __restrict grad_y, const H* __restrict h, float m, float s,
+    const float* __restrict gain, const uint8_t* __restrict keep, float noise, int64_t n,
+    float* __restrict dy, float* __restrict xhat, float* __restrict scaled,
+    float* __restrict grad_gain, float* __restrict grad_shift, H* __restrict grad_residual,
+    P* __restrict grad_projected) {
+  using vector::narrowed, vector::rounded_to, vector::widened;
+  for (int64_t i = 0; i < n; ++i) {
+    dy[i] = widened(grad_y[i]);
+    xhat[i] = (widened(h[i]) - m) * s;
+    scaled[i] = dy[i] * gain[i];
+  }
+  if (grad_gain != nullptr)
+    for (int64_t i = 0; i < n; ++i) grad_gain[i] += dy[i] * xhat[i];
+  if (grad_shift != nullptr)
+    for (int64_t i = 0; i < n; ++i) grad_shift[i] += dy[i];
+  const float inverse_n = 1.0f / static_cast<float>(n);
+  const float mean_scaled = lane_sum(scaled, n, [](float v) { return v; }) * inverse_n;
+  for (int64_t i = 0; i < n; ++i) dy[i] = scaled[i] * xhat[i];
+  const float mean_product = lane_sum(dy, n, [](float v) { return v; }) * inverse_n;
+  for (int64_t i = 0; i < n; ++i)
+    grad_residual[i] = narrowed<H>(s * (scaled[i] - mean_scaled - xhat[i] * mean_product));
+  if (grad_projected == nullptr) return;
+  if (keep != nullptr) {
+    for (int64_t i = 0; i < n; ++i)
+      grad_projected[i] = narrowed<P>(rounded_to<P>(widened(grad_residual[i])) *
+                                      (noise * static_cast<float>(keep[i])));
+  } else {
+    for (int64_t i = 0; i < n; ++i)
+      grad_projected[i] = narrowed<P>(rounded_to<P>(widened(grad_residual[i])) * noise);
+  }
+}
+
+// Values of type T as the row kernels hold them (bf16 as its bits).
+template <typename T>
+using Held = std::conditional_t<std::is_same_v<T, c10::BFloat16>, vector::Bf16Bits, T>;
+
+template <typename T>
+auto held(T* p) {
+  return reinterpret_cast<Held<std::remove_const_t<T>>*>(p);
+}
+template <typename T>
+auto held(const T* p) {
+  return reinterpret_cast<const Held<T>*>(p);
+}
+
+inline const uint8_t* bytes_of(const bool* keep) { return reinterpret_cast<const uint8_t*>(keep); }
+
 template <typename Projected, typename Hidden>
 struct ResidualNormKernel {
   using ProjectedType = Projected;
@@ -357,34 +435,14 @@ struct ResidualNormKernel {
                const float* gain, const float* shift, Hidden* h, float* mean, float* rstd,
                Hidden* y) const {
     at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
-      std::vector<float> buffer(static_cast<size_t>(n));
-      float* __restrict row = buffer.data();
+      std::vector<float> row(static_cast<size_t>(n));
       for (int64_t r = begin; r < end; ++r) {
         const int64_t at = r * n;
-        const Projected* __restrict p = projected + at;
-        const Hidden* __restrict base = residual + at;
-        if (keep != nullptr) {
-          const bool* __restrict kept = keep + at;
-          for (int64_t i = 0; i < n; ++i)
-            row[i] = rounded_to<Projected>(static_cast<float>(p[i]) *
-                                           (noise * static_cast<float>(kept[i])));
-        } else {
-          for (int64_t i = 0; i < n; ++i)
-            row[i] = rounded_to<Projected>(static_cast<float>(p[i]) * noise);
-        }
-        Hidden* __restrict sum = h + at;
-        for (int64_t i = 0; i < n; ++i) {
-          sum[i] = static_cast<Hidden>(row[i] + static_cast<float>(base[i]));
-          row[i] = static_cast<float>(sum[i]);
-        }
-        const float m = lane_sum(row, n, [](float v) { return v; }) / static_cast<float>(n);
-        const float variance =
-            lane_sum(row, n, [m](float v) { return (v - m) * (v - m); }) / static_cast<float>(n);
-        const float s = 1.0f / std::sqrt(variance + eps);
-        mean[r] = m, rstd[r] = s;
-        Hidden* __restrict out = y + at;
-        for (int64_t i = 0; i < n; ++i)
-          out[i] = static_cast<Hidden>((row[i] - m) * s * gain[i] + shift[i]);
+        float statistics[2];
+        residual_norm_row(held(projected + at), held(residual + at),
+                          keep != nullptr ? bytes_of(keep + at) : nullptr, gain, shift, n, noise,
+                          eps, row.data(), held(h + at), held(y + at), statistics);
+        mean[r] = statistics[0], rstd[r] = statistics[1];
       }
     });
   }
@@ -397,48 +455,17 @@ struct ResidualNormKernel {
     const int64_t per_chunk = (rows + kNormGradientChunks - 1) / kNormGradientChunks;
     at::parallel_for(0, kNormGradientChunks, 1, [&](int64_t first, int64_t last) {
       std::vector<float> buffers(static_cast<size_t>(3 * n));
-      float* __restrict dy = buffers.data();
-      float* __restrict xhat = dy + n;
-      float* __restrict scaled = xhat + n;
       for (int64_t chunk = first; chunk < last; ++chunk) {
         const int64_t end = std::min(rows, (chunk + 1) * per_chunk);
         for (int64_t r = chunk * per_chunk; r < end; ++r) {
           const int64_t at = r * n;
-          const float m = mean[r], s = rstd[r];
-          const Hidden* __restrict g = grad_y + at;
-          const Hidden* __restrict sum = h + at;
-          for (int64_t i = 0; i < n; ++i) {
-            dy[i] = static_cast<float>(g[i]);
-            xhat[i] = (static_cast<float>(sum[i]) - m) * s;
-            scaled[i] = dy[i] * gain[i];
-          }
-          if (grad_gain != nullptr) {
-            float* __restrict partial = grad_gain + chunk * n;
-            for (int64_t i = 0; i < n; ++i) partial[i] += dy[i] * xhat[i];
-          }
-          if (grad_shift != nullptr) {
-            float* __restrict partial = grad_shift + chunk * n;
-            for (int64_t i = 0; i < n; ++i) partial[i] += dy[i];
-          }
-          const float inverse_n = 1.0f / static_cast<float>(n);
-          const float mean_scaled = lane_sum(scaled, n, [](float v) { return v; }) * inverse_n;
-          for (int64_t i = 0; i < n; ++i) dy[i] = scaled[i] * xhat[i];
-          const float mean_product = lane_sum(dy, n, [](float v) { return v; }) * inverse_n;
-          Hidden* __restrict dh = grad_residual + at;
-          for (int64_t i = 0; i < n; ++i)
-            dh[i] = static_cast<Hidden>(s * (scaled[i] - mean_scaled - xhat[i] * mean_product));
-          if (grad_projected == nullptr) continue;
-          Projected* __restrict dp = grad_projected + at;
-          if (keep != nullptr) {
-            const bool* __restrict kept = keep + at;
-            for (int64_t i = 0; i < n; ++i)
-              dp[i] = static_cast<Projected>(rounded_to<Projected>(static_cast<float>(dh[i])) *
-                                             (noise * static_cast<float>(kept[i])));
-          } else {
-            for (int64_t i = 0; i < n; ++i)
-              dp[i] =
-                  static_cast<Projected>(rounded_to<Projected>(static_cast<float>(dh[i])) * noise);
-          }
+          residual_norm_row_backward(
+              held(grad_y + at), held(h + at), mean[r], rstd[r], gain,
+              keep != nullptr ? bytes_of(keep + at) : nullptr, noise, n, buffers.data(),
+              buffers.data() + n, buffers.data() + 2 * n,
+              grad_gain != nullptr ? grad_gain + chunk * n : nullptr,
+              grad_shift != nullptr ? grad_shift + chunk * n : nullptr, held(grad_residual + at),
+              grad_projected != nullptr ? held(grad_projected + at) : nullptr);
         }
       }
     });
