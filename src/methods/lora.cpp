@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "deltatune/error.h"
+#include "deltatune/model/dropout.h"
 #include "deltatune/model/linear_kernel.h"
 
 namespace deltatune::methods {
@@ -39,7 +40,11 @@ class LoraBranch : public model::DenseDelta {
 
   at::Tensor forward(const at::Tensor& input) override {
     if (merged) return {};
-    at::Tensor x = dropout_ ? dropout_->forward(input) : input;
+    // torch::nn::Dropout's values and random stream, through model::dropout's
+    // faster draw.
+    at::Tensor x = dropout_ && dropout_->is_training()
+                       ? model::dropout(input, dropout_->options.p(), true)
+                       : input;
     return lora_B->forward(lora_A->forward(x)) * scaling_;
   }
 

@@ -10,6 +10,7 @@
 
 #include "deltatune/methods/peft_format.h"
 #include "deltatune/model/fused_kernels.h"
+#include "deltatune/model/hooks.h"
 #include "deltatune/train/task_model.h"
 #include "test_paths.h"
 
@@ -82,6 +83,57 @@ TEST(Lora, TargetsQueryAndValueAndAFreshBranchAddsExactlyNothing) {
   nothing.target_modules = {"no_such_layer"};
   auto other = train::make_task_model(base, 2, 0);
   EXPECT_THROW(Lora(nothing).attach(*other), Error);
+}
+
+// LoRA's dropout (PEFT's lora_dropout) is torch.nn.Dropout's, drawn through
+// model::dropout: in training the branch gives scaling B A at::dropout(x) from
+// the same draws, bit for bit, with the same input gradient, and leaves the
+// random stream where at::dropout leaves it; in evaluation it draws nothing.
+TEST(Lora, DropoutIsTorchsDropoutDrawForDraw) {
+  train::BaseModel base = train::load_base(test::minilm_dir());
+  auto model = train::make_task_model(base, 2, 0);
+  LoraOptions options;
+  options.dropout = 0.1;
+  options.alpha = 16;
+  Lora(options).attach(*model);
+  perturb(*model);
+  std::shared_ptr<model::DenseDelta> branch;
+  for (const auto& item : model->named_modules("", false))
+    if (!branch && item.key().size() > 26 &&
+        item.key().compare(item.key().size() - 26, 26, ".attention.self.query.lora") == 0)
+      branch = std::dynamic_pointer_cast<model::DenseDelta>(item.value());
+  ASSERT_TRUE(branch) << "no LoRA branch on a query";
+  // The factors' own Dense modules, so that both sides run the same products.
+  auto down = std::dynamic_pointer_cast<model::DenseImpl>(branch->named_children()["lora_A"]);
+  auto up = std::dynamic_pointer_cast<model::DenseImpl>(branch->named_children()["lora_B"]);
+  ASSERT_TRUE(down && up);
+  auto factors = [&](const at::Tensor& x) { return up->forward(down->forward(x)) * 2.0; };
+
+  at::manual_seed(11);
+  const at::Tensor input = at::randn({2, 7, 384});
+  const at::Tensor x = input.clone().requires_grad_(true),
+                   expected_x = input.clone().requires_grad_(true);
+  branch->train();
+  at::manual_seed(12);
+  const at::Tensor got = branch->forward(x);
+  const at::Tensor got_next = at::rand({4});
+  at::manual_seed(12);
+  const at::Tensor expected = factors(at::dropout(expected_x, 0.1, true));
+  const at::Tensor expected_next = at::rand({4});
+  EXPECT_TRUE(got.equal(expected)) << (got - expected).abs().max().item<double>();
+  EXPECT_TRUE(got_next.equal(expected_next)) << "the random stream moved apart";
+  got.sum().backward();
+  expected.sum().backward();
+  EXPECT_TRUE(x.grad().equal(expected_x.grad()));
+  EXPECT_GT(x.grad().eq(0).sum().item<int64_t>(), 0) << "no entry was dropped";
+
+  branch->eval();
+  at::manual_seed(13);
+  const at::Tensor evaluated = branch->forward(input);
+  const at::Tensor eval_next = at::rand({4});
+  at::manual_seed(13);
+  EXPECT_TRUE(eval_next.equal(at::rand({4}))) << "evaluation drew from the stream";
+  EXPECT_TRUE(evaluated.equal(factors(input)));
 }
 
 TEST(Lora, MergeAndUnmergeRoundTripTheWeightsWithin1e6) {
