@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <mutex>
 
+#include "deltatune/model/vector_clones.h"
+
 namespace deltatune::model {
 
 namespace {
@@ -23,8 +25,7 @@ at::CPUGeneratorImpl* default_generator() {
 // at::mt19937's state update (MT19937's twist of all 624 words), as its
 // next_state() computes it (AVX2 where the CPU has it: integer work, the
 // same words either way).
-__attribute__((target_clones("avx2", "default"))) void twist(
-    std::array<uint32_t, at::MERSENNE_STATE_N>& state) {
+DELTATUNE_INTEGER_CLONES void twist(std::array<uint32_t, at::MERSENNE_STATE_N>& state) {
   constexpr int n = at::MERSENNE_STATE_N, m = at::MERSENNE_STATE_M;
   auto mixed = [](uint32_t u, uint32_t v) {
     return ((((u & at::UMASK) | (v & at::LMASK)) >> 1) ^ ((v & 1) ? at::MATRIX_A : 0));
@@ -35,8 +36,7 @@ __attribute__((target_clones("avx2", "default"))) void twist(
 }
 
 // MT19937's tempering of `count` state words (AVX2 where the CPU has it).
-__attribute__((target_clones("avx2", "default"))) void temper(const uint32_t* state, int64_t count,
-                                                              uint32_t* out) {
+DELTATUNE_INTEGER_CLONES void temper(const uint32_t* state, int64_t count, uint32_t* out) {
   for (int64_t i = 0; i < count; ++i) {
     uint32_t y = state[i];
     y ^= (y >> 11);
@@ -70,9 +70,8 @@ void next_words(at::mt19937_data_pod& engine, uint32_t* out, int64_t count) {
 // Which of `entries` draws (two words each, the first the high one) fall
 // below `threshold` in their low 53 bits. AVX2's 64-bit compares where the
 // CPU has them (the default build targets SSE2, which has none).
-__attribute__((target_clones("avx2", "default"))) void keep_below(const uint32_t* words,
-                                                                  int64_t entries,
-                                                                  uint64_t threshold, bool* out) {
+DELTATUNE_INTEGER_CLONES void keep_below(const uint32_t* words, int64_t entries, uint64_t threshold,
+                                         bool* out) {
   for (int64_t i = 0; i < entries; ++i) {
     const uint64_t low53 =
         (static_cast<uint64_t>(words[2 * i] & 0x1fffffu) << 32) | words[2 * i + 1];

@@ -1,4 +1,4 @@
-// Element loops compiled for several x86 instruction sets beside the
+// Loops compiled for several x86 instruction sets beside the
 // default (x86-64, SSE2) build, the copy chosen by the CPU at load time.
 #pragma once
 
@@ -14,6 +14,14 @@
 #define DELTATUNE_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define DELTATUNE_VECTOR_CLONES
+#endif
+
+// Integer loops (no rounding to keep equal): an AVX2 copy beside the
+// default, with GCC or clang on x86-64; one copy elsewhere.
+#if defined(__GNUC__) && defined(__x86_64__)
+#define DELTATUNE_INTEGER_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DELTATUNE_INTEGER_CLONES
 #endif
 
 namespace deltatune::model::vector {
