@@ -1,13 +1,68 @@
 #include "deltatune/methods/diff_pruning.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <cmath>
+#include <initializer_list>
 
 #include "deltatune/error.h"
 
 namespace deltatune::methods {
+
+namespace {
+
+// Contiguous fp32 CPU tensors, which the one-pass loops below read directly;
+// anything else (a GPU, another dtype) takes the ATen composition.
+bool plain_cpu_float(std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors)
+    if (!t->defined() || !t->device().is_cpu() || t->scalar_type() != at::kFloat ||
+        !t->is_contiguous() || t->is_mkldnn())
+      return false;
+  return true;
+}
+
+constexpr int64_t kGrain = 1 << 15;  // ATen's own grain for elementwise kernels
+
+// The hard-concrete gate from s (Louizos et al., eq. 9-10): z = clamp(s (r - l)
+// + l, 0, 1), its derivative dz/dα = (r - l) s (1 - s) inside (0, 1) and 0
+// where clamped (dz null in evaluation), and the parameter θ = θ_0 + z w. One
+// pass with the composition's float operations in its order, so bit for bit
+// its values: s * span then + left (ATen casts the double scalars to float),
+// clamp, (s * (1 - s)) * span times the inside mask, and θ_0 + (z w).
+void gate_and_apply(const float* s, float span, float left, const float* base, const float* w,
+                    float* z, float* dz, float* parameter, int64_t n) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float stretched = s[i] * span + left;
+      const float gate =
+          std::isnan(stretched) ? stretched : std::min(std::max(stretched, 0.0f), 1.0f);
+      z[i] = gate;
+      if (dz != nullptr) {
+        const float inside = (stretched > 0.0f && stretched < 1.0f) ? 1.0f : 0.0f;
+        dz[i] = (s[i] * (1.0f - s[i]) * span) * inside;
+      }
+      parameter[i] = base[i] + gate * w[i];
+    }
+  });
+}
+
+// dL/dw = g z and dL/dα = (g w) dz/dα, added to (or, with `add` false,
+// written as) the gradients; the composition's products in its order.
+void fold_into(const float* g, const float* z, const float* w, const float* dz, float* grad_w,
+               float* grad_alpha, bool add, int64_t n) {
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float dw = g[i] * z[i], dalpha = g[i] * w[i] * dz[i];
+      grad_w[i] = add ? grad_w[i] + dw : dw;
+      grad_alpha[i] = add ? grad_alpha[i] + dalpha : dalpha;
+    }
+  });
+}
+
+}  // namespace
 
 DiffPruning::DiffPruning(DiffPruningOptions options) : options_(options) {
   if (!(options.density > 0 && options.density <= 1))
@@ -87,6 +142,19 @@ void DiffPruning::fold_gradient(Diff& d) const {
   at::Tensor g = d.parameter.grad();
   if (!g.defined() || !d.z.defined()) return;
   at::NoGradGuard no_grad;
+  const bool accumulated = d.w.grad().defined() && d.log_alpha.grad().defined();
+  if (plain_cpu_float({&g, &d.z, &d.w, &d.dz}) &&
+      (!accumulated || plain_cpu_float({&d.w.grad(), &d.log_alpha.grad()}))) {
+    if (!accumulated) {
+      d.w.mutable_grad() = at::empty_like(d.w);
+      d.log_alpha.mutable_grad() = at::empty_like(d.log_alpha);
+    }
+    fold_into(g.data_ptr<float>(), d.z.data_ptr<float>(), d.w.data_ptr<float>(),
+              d.dz.data_ptr<float>(), d.w.mutable_grad().data_ptr<float>(),
+              d.log_alpha.mutable_grad().data_ptr<float>(), accumulated, g.numel());
+    d.parameter.mutable_grad() = at::Tensor();
+    return;
+  }
   at::Tensor dw = g * d.z, dalpha = g * d.w * d.dz;
   if (d.w.grad().defined()) {
     d.w.mutable_grad().add_(dw);
@@ -115,6 +183,16 @@ void DiffPruning::before_forward(model::SequenceClassifierImpl& /*model*/, bool 
       s = at::sigmoid(u.log() - (-u).log1p() + d.log_alpha);
     } else {
       s = at::sigmoid(d.log_alpha);
+    }
+    if (plain_cpu_float({&s, &d.base, &d.w, &d.parameter})) {
+      d.z = at::empty_like(s);
+      d.dz = training ? at::empty_like(s) : at::Tensor();
+      gate_and_apply(
+          s.data_ptr<float>(), static_cast<float>(span), static_cast<float>(options_.left),
+          d.base.data_ptr<float>(), d.w.data_ptr<float>(), d.z.data_ptr<float>(),
+          training ? d.dz.data_ptr<float>() : nullptr, d.parameter.data_ptr<float>(), s.numel());
+      d.parameter.unsafeGetTensorImpl()->bump_version();  // written in place, as copy_ would
+      continue;
     }
     at::Tensor stretched = s * span + options_.left;
     d.z = stretched.clamp(0.0, 1.0);

@@ -250,6 +250,98 @@ TEST(SelectiveMethods, DiffPruningEndsWithExactlyTheTargetNumberOfChangedEntries
   EXPECT_EQ(evaluate(*restored, d.task, d.dev, 64, false).metrics.main, last.best.metrics.main);
 }
 
+// Stage 1's gates and gradient folds run as one pass each over the
+// parameters; their values are the ATen composition's bit for bit: the
+// sampled hard-concrete gate z, the parameter θ_0 + z w, and the gradients
+// of w and log-alpha (written, then accumulated over a second micro-batch),
+// with the L0 penalty's term added as before. Gates span both clamped ends.
+TEST(SelectiveMethods, DiffPruningGatesAndGradientFoldsAreTheCompositionBitForBit) {
+  DiffPruningSetUp set_up(1e-3);
+  model::SequenceClassifierImpl& model = *set_up.task_model;
+  methods::DiffPruning& method = set_up.method;
+  const methods::DiffPruningOptions options{0.001};
+  const double span = options.right - options.left;
+  std::vector<std::string> names;
+  std::vector<at::Tensor> diffs, alphas, bases, parameters;
+  for (const auto& group : method.parameter_groups(model, 1e-3, 0.0)) {
+    if (group.label != "diff" && group.label != "log_alpha") continue;
+    for (size_t i = 0; i < group.parameters.size(); ++i) {
+      if (group.label == "diff") {
+        names.push_back(group.names[i].substr(6));  // "diff::" + the parameter's name
+        diffs.push_back(group.parameters[i]);
+      } else {
+        alphas.push_back(group.parameters[i]);
+      }
+    }
+  }
+  ASSERT_EQ(diffs.size(), alphas.size());
+  ASSERT_GT(diffs.size(), 50u);
+  auto named = model.named_parameters(true);
+  at::manual_seed(20);
+  {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < names.size(); ++i) {
+      parameters.push_back(named[names[i]]);
+      bases.push_back(parameters[i].detach().clone());  // θ_0: no step taken yet
+      diffs[i].normal_(0.0, 0.01);
+      alphas[i].normal_(0.0, 2.0);
+    }
+  }
+  at::manual_seed(21);
+  method.before_forward(model, /*training=*/true);
+  const at::Tensor next_draw = at::rand({4});
+
+  at::manual_seed(21);
+  std::vector<at::Tensor> z(names.size()), dz(names.size());
+  int64_t clamped_low = 0, clamped_high = 0;
+  {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < names.size(); ++i) {
+      const at::Tensor u = at::empty(alphas[i].sizes()).uniform_(1e-6, 1.0 - 1e-6);
+      const at::Tensor s = at::sigmoid(u.log() - (-u).log1p() + alphas[i]);
+      const at::Tensor stretched = s * span + options.left;
+      z[i] = stretched.clamp(0.0, 1.0);
+      dz[i] = (s * (1 - s) * span) * stretched.gt(0).logical_and(stretched.lt(1));
+      clamped_low += z[i].eq(0).sum().item<int64_t>();
+      clamped_high += z[i].eq(1).sum().item<int64_t>();
+      ASSERT_TRUE(at::equal(parameters[i], bases[i] + z[i] * diffs[i])) << names[i];
+    }
+  }
+  EXPECT_TRUE(at::equal(at::rand({4}), next_draw)) << "the random stream moved apart";
+  EXPECT_GT(clamped_low, 1000);
+  EXPECT_GT(clamped_high, 1000);
+
+  const double shift = std::log(-options.left / options.right);
+  std::vector<at::Tensor> expected_w(names.size()), expected_alpha(names.size());
+  for (int micro_batch = 0; micro_batch < 2; ++micro_batch) {
+    at::manual_seed(30 + micro_batch);
+    std::vector<at::Tensor> g(names.size());
+    for (size_t i = 0; i < names.size(); ++i) {
+      g[i] = at::randn(parameters[i].sizes());
+      parameters[i].mutable_grad() = g[i].clone();
+    }
+    method.on_backward(model, micro_batch);
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < names.size(); ++i) {
+      const at::Tensor dw = g[i] * z[i], dalpha = g[i] * diffs[i] * dz[i];
+      if (micro_batch == 0) {
+        expected_w[i] = dw;
+        expected_alpha[i] = dalpha;
+      } else {
+        expected_w[i].add_(dw);
+        expected_alpha[i].add_(dalpha);
+      }
+      const at::Tensor p = at::sigmoid(alphas[i] - shift);
+      expected_alpha[i].add_(p * (1 - p), options.l0_penalty);
+      ASSERT_TRUE(at::equal(diffs[i].grad(), expected_w[i]))
+          << names[i] << ", micro-batch " << micro_batch;
+      ASSERT_TRUE(at::equal(alphas[i].grad(), expected_alpha[i]))
+          << names[i] << ", micro-batch " << micro_batch;
+      EXPECT_FALSE(parameters[i].grad().defined()) << names[i];
+    }
+  }
+}
+
 // Stage 1 keeps its best evaluation: the diff w and log-alpha come back with
 // the head of that evaluation, so the model that is projected is the one whose
 // dev metric was reported.
