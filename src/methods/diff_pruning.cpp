@@ -9,6 +9,7 @@
 #include <initializer_list>
 
 #include "deltatune/error.h"
+#include "deltatune/model/dropout.h"
 
 namespace deltatune::methods {
 
@@ -177,8 +178,10 @@ void DiffPruning::before_forward(model::SequenceClassifierImpl& /*model*/, bool 
       // From the default CPU generator whatever the device (as Child-Tuning_F's
       // masks): the same gates on a GPU as on the CPU. It costs a host draw
       // and copy per step on a GPU (docs/METHODS.md).
-      at::Tensor u = at::empty(d.log_alpha.sizes(), d.log_alpha.options().device(at::kCPU))
-                         .uniform_(1e-6, 1.0 - 1e-6)
+      const at::TensorOptions cpu = d.log_alpha.options().device(at::kCPU);
+      at::Tensor u = (cpu.dtype() == at::kFloat
+                          ? model::uniform_float(d.log_alpha.sizes(), 1e-6, 1.0 - 1e-6)
+                          : at::empty(d.log_alpha.sizes(), cpu).uniform_(1e-6, 1.0 - 1e-6))
                          .to(d.log_alpha.device());
       s = at::sigmoid(u.log() - (-u).log1p() + d.log_alpha);
     } else {

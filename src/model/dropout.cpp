@@ -102,6 +102,52 @@ void draw_keep(at::CPUGeneratorImpl* generator, double keep_probability, bool* o
   generator->set_engine(engine);
 }
 
+// ATen's uniform_(from, to) on fp32 values (at::uniform_real_distribution<float>):
+// one 32-bit word per value, x = (word & (2^24 - 1)) 2^-24 (exact), then
+// x (to - from) + from in float: two roundings in ATen's DEFAULT build, one
+// multiply-add where its AVX2 / AVX-512 builds contracted it. Which of the two
+// this LibTorch computes is found once (uniform_variant).
+void uniform_from_words(const uint32_t* words, int64_t n, float from, float range, float* out) {
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = static_cast<float>(words[i] & 0xFFFFFFu) * 0x1p-24f * range + from;
+}
+
+#if defined(__x86_64__)
+#define DELTATUNE_TARGET_FMA __attribute__((target("avx2,fma")))
+bool cpu_has_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+#else
+#define DELTATUNE_TARGET_FMA
+bool cpu_has_fma() { return false; }
+#endif
+
+DELTATUNE_TARGET_FMA void uniform_from_words_fma(const uint32_t* words, int64_t n, float from,
+                                                 float range, float* out) {
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = std::fma(static_cast<float>(words[i] & 0xFFFFFFu) * 0x1p-24f, range, from);
+}
+
+enum class UniformVariant { kAten, kTwoRoundings, kMultiplyAdd };
+
+void draw_uniform(at::CPUGeneratorImpl* generator, UniformVariant variant, float from, float to,
+                  float* out, int64_t n) {
+  const float range = to - from;
+  constexpr int64_t kBlock = 4096;
+  std::array<uint32_t, kBlock> words;
+  std::lock_guard<std::mutex> lock(generator->mutex_);
+  at::mt19937 engine = generator->engine();
+  at::mt19937_data_pod state = engine.data();
+  for (int64_t begin = 0; begin < n; begin += kBlock) {
+    const int64_t count = std::min(kBlock, n - begin);
+    next_words(state, words.data(), count);
+    if (variant == UniformVariant::kMultiplyAdd)
+      uniform_from_words_fma(words.data(), count, from, range, out + begin);
+    else
+      uniform_from_words(words.data(), count, from, range, out + begin);
+  }
+  engine.set_data(state);
+  generator->set_engine(engine);
+}
+
 at::mt19937 engine_of(at::CPUGeneratorImpl* generator) {
   std::lock_guard<std::mutex> lock(generator->mutex_);
   return generator->engine();
@@ -138,6 +184,38 @@ bool replica_matches_aten() {
 bool replica_usable() {
   static const bool usable = replica_matches_aten();
   return usable;
+}
+
+// Which arithmetic gives this LibTorch's uniform_ values, with the generator
+// left where ATen leaves it (kAten: neither, so ATen's own draw is used);
+// each candidate drawn from the same state, which is then restored.
+UniformVariant find_uniform_variant() {
+  at::CPUGeneratorImpl* generator = default_generator();
+  const at::mt19937 start = engine_of(generator);
+  constexpr int64_t kValues = 9001;  // crosses a 624-word twist many times
+  constexpr double kFrom = 1e-6, kTo = 1.0 - 1e-6;
+  const at::Tensor reference = at::empty({kValues}, at::kFloat).uniform_(kFrom, kTo);
+  const at::mt19937 after_reference = engine_of(generator);
+  UniformVariant found = UniformVariant::kAten;
+  for (const UniformVariant candidate :
+       {UniformVariant::kTwoRoundings, UniformVariant::kMultiplyAdd}) {
+    if (candidate == UniformVariant::kMultiplyAdd && !cpu_has_fma()) continue;
+    set_engine_of(generator, start);
+    at::Tensor mine = at::empty({kValues}, at::kFloat);
+    draw_uniform(generator, candidate, static_cast<float>(kFrom), static_cast<float>(kTo),
+                 mine.data_ptr<float>(), kValues);
+    if (at::equal(reference, mine) && same_engine(after_reference, engine_of(generator))) {
+      found = candidate;
+      break;
+    }
+  }
+  set_engine_of(generator, start);
+  return found;
+}
+
+UniformVariant uniform_variant() {
+  static const UniformVariant variant = find_uniform_variant();
+  return variant;
 }
 
 class Dropout : public torch::autograd::Function<Dropout> {
@@ -182,6 +260,21 @@ at::Tensor dropout(const at::Tensor& x, double p, bool train) {
   if (p >= 1 || !x.device().is_cpu() || !at::isFloatingType(x.scalar_type()) || x.numel() == 0)
     return at::dropout(x, p, train);
   return Dropout::apply(x, p);
+}
+
+bool uniform_draws_replicated() { return uniform_variant() != UniformVariant::kAten; }
+
+at::Tensor uniform_float(c10::IntArrayRef sizes, double from, double to) {
+  // uniform_'s own checks, made before either draw.
+  TORCH_CHECK(from <= to, "uniform_ expects to return a [from, to) range, but found from=", from,
+              " > to=", to);
+  at::Tensor out = at::empty(sizes, at::kFloat);
+  const bool representable = std::isfinite(from) && std::isfinite(to) &&
+                             std::isfinite(static_cast<float>(to) - static_cast<float>(from));
+  if (!representable || !uniform_draws_replicated()) return out.uniform_(from, to);
+  draw_uniform(default_generator(), uniform_variant(), static_cast<float>(from),
+               static_cast<float>(to), out.data_ptr<float>(), out.numel());
+  return out;
 }
 
 }  // namespace deltatune::model

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 namespace deltatune::model {
@@ -36,6 +37,24 @@ TEST(Dropout, KeepMaskIsAtensDrawAndLeavesTheGeneratorWhereAtenDoes) {
       EXPECT_TRUE(at::equal(next, expected_next)) << "the stream after the draw differs";
     }
   }
+}
+
+// uniform_float is uniform_'s draw on fp32: the same values from the same
+// seed (sizes crossing many of MT19937's 624-word twists, a range that is not
+// Diff Pruning's), and the generator left where uniform_ leaves it; through
+// its own loop on this LibTorch.
+TEST(Dropout, UniformDrawsAreAtensBitForBit) {
+  for (const auto& [from, to] : {std::pair{1e-6, 1.0 - 1e-6}, std::pair{-3.0, 5.5}}) {
+    at::manual_seed(41);
+    const at::Tensor reference = at::empty({7, 10007}, at::kFloat).uniform_(from, to);
+    const at::Tensor reference_next = at::rand({4});
+    at::manual_seed(41);
+    const at::Tensor mine = uniform_float({7, 10007}, from, to);
+    EXPECT_TRUE(at::equal(mine, reference)) << "from " << from << " to " << to;
+    EXPECT_TRUE(at::equal(at::rand({4}), reference_next)) << "the random stream moved apart";
+  }
+  EXPECT_TRUE(uniform_draws_replicated());
+  EXPECT_THROW(uniform_float({3}, 1.0, 0.0), c10::Error);
 }
 
 TEST(Dropout, KeepProbabilitiesOutsideZeroToOneAreRefusedAsBernoulliRefusesThem) {

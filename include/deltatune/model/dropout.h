@@ -23,6 +23,16 @@ namespace deltatune::model {
 // builds whose bernoulli_ goes through MKL), ATen's own draw is used.
 at::Tensor dropout_keep_mask(c10::IntArrayRef sizes, double keep_probability);
 
+// at::empty(sizes, kFloat).uniform_(from, to) on the default CPU generator:
+// the same values (ATen's uniform_real<float> of one 32-bit word each) drawn
+// outside ATen's serial kernel, and the generator advanced as that call does.
+// The arithmetic is checked once against this LibTorch's uniform_; where
+// neither form matches, ATen's own draw is used.
+at::Tensor uniform_float(c10::IntArrayRef sizes, double from, double to);
+
+// Whether uniform_float draws through its own loop.
+bool uniform_draws_replicated();
+
 // Whether dropout_keep_mask draws through its own loop (this LibTorch's
 // bernoulli_ matched it), rather than through ATen's kernel.
 bool dropout_draws_replicated();
