@@ -112,11 +112,9 @@ void uniform_from_words(const uint32_t* words, int64_t n, float from, float rang
     out[i] = static_cast<float>(words[i] & 0xFFFFFFu) * 0x1p-24f * range + from;
 }
 
-#if defined(__x86_64__)
-#define DELTATUNE_TARGET_FMA __attribute__((target("avx2,fma")))
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 bool cpu_has_fma() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 #else
-#define DELTATUNE_TARGET_FMA
 bool cpu_has_fma() { return false; }
 #endif
 

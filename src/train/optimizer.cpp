@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "deltatune/error.h"
+#include "deltatune/model/vector_clones.h"
 
 namespace deltatune::train {
 
@@ -90,12 +91,6 @@ inline __attribute__((always_inline)) void update_range(float* p, const float* g
     }
   }
 }
-
-#if defined(__x86_64__) || defined(__i386__)
-#define DELTATUNE_TARGET_FMA __attribute__((target("avx2,fma")))
-#else
-#define DELTATUNE_TARGET_FMA
-#endif
 
 DELTATUNE_TARGET_FMA void update_range_fma(float* p, const float* g, float* m, float* v,
                                            const bool* keep, int64_t begin, int64_t end,

@@ -24,6 +24,14 @@
 #define DELTATUNE_INTEGER_CLONES
 #endif
 
+// A function written for FMA (std::fma, or ATen's multiply-adds repeated):
+// compiled for AVX2 + FMA on x86, to be called only where the CPU has them.
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define DELTATUNE_TARGET_FMA __attribute__((target("avx2,fma")))
+#else
+#define DELTATUNE_TARGET_FMA
+#endif
+
 namespace deltatune::model::vector {
 
 // A bf16 value held as its bit pattern: loads and stores of it vectorize,
