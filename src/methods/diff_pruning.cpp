@@ -10,18 +10,17 @@
 
 #include "deltatune/error.h"
 #include "deltatune/model/dropout.h"
+#include "deltatune/model/vector_clones.h"
 
 namespace deltatune::methods {
 
 namespace {
 
-// Contiguous fp32 CPU tensors, which the one-pass loops below read directly;
-// anything else (a GPU, another dtype) takes the ATen composition.
+// Tensors the one-pass loops below read directly; anything else (a GPU,
+// another dtype) takes the ATen composition.
 bool plain_cpu_float(std::initializer_list<const at::Tensor*> tensors) {
   for (const at::Tensor* t : tensors)
-    if (!t->defined() || !t->device().is_cpu() || t->scalar_type() != at::kFloat ||
-        !t->is_contiguous() || t->is_mkldnn())
-      return false;
+    if (!model::vector::raw_cpu_float(*t)) return false;
   return true;
 }
 

@@ -79,6 +79,28 @@ DELTATUNE_INTEGER_CLONES void keep_below(const uint32_t* words, int64_t entries,
   }
 }
 
+// The generator's next `words_per_value` n words, in runs of up to 4096
+// words handed to consume(words, first value, values) in order: the words
+// operator() would return, drawn from a copy of the engine under the
+// generator's lock, which then takes the copy's state.
+template <typename Consume>
+void draw_words(at::CPUGeneratorImpl* generator, int64_t words_per_value, int64_t n,
+                Consume consume) {
+  constexpr int64_t kBlockWords = 4096;
+  const int64_t block = kBlockWords / words_per_value;
+  std::array<uint32_t, kBlockWords> words;
+  std::lock_guard<std::mutex> lock(generator->mutex_);
+  at::mt19937 engine = generator->engine();
+  at::mt19937_data_pod state = engine.data();
+  for (int64_t begin = 0; begin < n; begin += block) {
+    const int64_t count = std::min(block, n - begin);
+    next_words(state, words.data(), words_per_value * count);
+    consume(words.data(), begin, count);
+  }
+  engine.set_data(state);
+  generator->set_engine(engine);
+}
+
 // ATen's bernoulli_(p) on a CPU tensor, entry by entry: random64() (two
 // 32-bit mt19937 draws, the first the high word) through
 // uniform_real_distribution<double> (its low 53 bits x / 2^53), kept when
@@ -88,18 +110,9 @@ DELTATUNE_INTEGER_CLONES void keep_below(const uint32_t* words, int64_t entries,
 void draw_keep(at::CPUGeneratorImpl* generator, double keep_probability, bool* out, int64_t n) {
   const uint64_t threshold =
       static_cast<uint64_t>(std::ceil(std::ldexp(std::clamp(keep_probability, 0.0, 1.0), 53)));
-  constexpr int64_t kBlock = 2048;  // entries per run of words
-  std::array<uint32_t, 2 * kBlock> words;
-  std::lock_guard<std::mutex> lock(generator->mutex_);
-  at::mt19937 engine = generator->engine();
-  at::mt19937_data_pod state = engine.data();
-  for (int64_t begin = 0; begin < n; begin += kBlock) {
-    const int64_t entries = std::min(kBlock, n - begin);
-    next_words(state, words.data(), 2 * entries);
-    keep_below(words.data(), entries, threshold, out + begin);
-  }
-  engine.set_data(state);
-  generator->set_engine(engine);
+  draw_words(generator, 2, n, [&](const uint32_t* words, int64_t begin, int64_t count) {
+    keep_below(words, count, threshold, out + begin);
+  });
 }
 
 // ATen's uniform_(from, to) on fp32 values (at::uniform_real_distribution<float>):
@@ -129,21 +142,12 @@ enum class UniformVariant { kAten, kTwoRoundings, kMultiplyAdd };
 void draw_uniform(at::CPUGeneratorImpl* generator, UniformVariant variant, float from, float to,
                   float* out, int64_t n) {
   const float range = to - from;
-  constexpr int64_t kBlock = 4096;
-  std::array<uint32_t, kBlock> words;
-  std::lock_guard<std::mutex> lock(generator->mutex_);
-  at::mt19937 engine = generator->engine();
-  at::mt19937_data_pod state = engine.data();
-  for (int64_t begin = 0; begin < n; begin += kBlock) {
-    const int64_t count = std::min(kBlock, n - begin);
-    next_words(state, words.data(), count);
+  draw_words(generator, 1, n, [&](const uint32_t* words, int64_t begin, int64_t count) {
     if (variant == UniformVariant::kMultiplyAdd)
-      uniform_from_words_fma(words.data(), count, from, range, out + begin);
+      uniform_from_words_fma(words, count, from, range, out + begin);
     else
-      uniform_from_words(words.data(), count, from, range, out + begin);
-  }
-  engine.set_data(state);
-  generator->set_engine(engine);
+      uniform_from_words(words, count, from, range, out + begin);
+  });
 }
 
 at::mt19937 engine_of(at::CPUGeneratorImpl* generator) {

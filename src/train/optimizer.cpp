@@ -141,8 +141,7 @@ void fused_update(float* p, const float* g, float* m, float* v, const bool* keep
 bool fusable(const at::Tensor& parameter, const at::Tensor& gradient, const at::Tensor& exp_avg,
              const at::Tensor& exp_avg_sq, const at::Tensor& mask) {
   auto dense_float = [&](const at::Tensor& t) {
-    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
-           t.layout() == at::kStrided && t.sizes() == parameter.sizes();
+    return model::vector::raw_cpu_float(t) && t.sizes() == parameter.sizes();
   };
   return dense_float(parameter) && dense_float(gradient) && dense_float(exp_avg) &&
          dense_float(exp_avg_sq) &&

@@ -2,6 +2,8 @@
 // default (x86-64, SSE2) build, the copy chosen by the CPU at load time.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <cstring>
 
@@ -60,6 +62,14 @@ inline Bf16Bits narrowed<Bf16Bits>(float v) {
   std::memcpy(&word, &v, sizeof word);
   const uint32_t rounded = (word + 0x7FFFu + ((word >> 16) & 1u)) >> 16;
   return v != v ? Bf16Bits{0x7FC0} : static_cast<Bf16Bits>(rounded);
+}
+
+// A tensor such loops may read and write through data_ptr<float>() as n
+// consecutive values: defined, on the CPU, fp32, contiguous, plain strided
+// (not oneDNN's blocked layout). Anything else takes ATen's kernels.
+inline bool raw_cpu_float(const at::Tensor& t) {
+  return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat &&
+         t.layout() == at::kStrided && !t.is_mkldnn() && t.is_contiguous();
 }
 
 template <typename T>
