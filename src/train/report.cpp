@@ -88,17 +88,44 @@ ReportRun read_run(const fs::path& dir) {
     if (cell.contains("variant") && cell["variant"].is_string()) run.variant = cell["variant"];
   }
   run.train_examples = run.plan.value("train_data", json::object()).value("examples", int64_t{0});
-  // Every stage's log: the run's own and those of stage subdirectories.
+  // Every stage's log in stage order (Method::stages' layout): the earlier
+  // stages' subdirectories by name, then the run's own, the last stage's.
   std::vector<fs::path> logs;
-  if (fs::exists(dir / "metrics.jsonl")) logs.push_back(dir / "metrics.jsonl");
   for (const auto& entry : fs::directory_iterator(dir))
     if (entry.is_directory() && fs::exists(entry.path() / "metrics.jsonl"))
       logs.push_back(entry.path() / "metrics.jsonl");
-  for (const fs::path& log : logs)
-    for (json& record : read_jsonl(log)) run.log.push_back(std::move(record));
+  std::sort(logs.begin(), logs.end());
+  if (fs::exists(dir / "metrics.jsonl")) logs.push_back(dir / "metrics.jsonl");
+  // Each stage counts its steps from its own start; its records are placed
+  // after the earlier stages' steps, as the run took them.
+  int64_t earlier_steps = 0;
+  std::vector<json> closing_records;
+  for (const fs::path& log : logs) {
+    int64_t last_step = 0;
+    json closing;
+    for (json& record : read_jsonl(log)) {
+      if (record.value("split", std::string()) == "summary") closing = record;
+      if (record.contains("step") && record["step"].is_number_integer()) {
+        last_step = std::max(last_step, record["step"].get<int64_t>());
+        record["step"] = record["step"].get<int64_t>() + earlier_steps;
+      }
+      run.log.push_back(std::move(record));
+    }
+    earlier_steps += closing.is_null() ? last_step : closing.value("steps", last_step);
+    if (!closing.is_null()) closing_records.push_back(std::move(closing));
+  }
   std::stable_sort(run.log.begin(), run.log.end(), [](const json& a, const json& b) {
     return a.value("step", int64_t{0}) < b.value("step", int64_t{0});
   });
+  // A staged run's figures from its stages' logs (runs written before the
+  // summary held the whole run's carry only the last stage's there).
+  if (logs.size() > 1 && closing_records.size() == logs.size()) {
+    run.figures = whole_run_figures(closing_records);
+  } else {
+    run.figures.steps = run.summary.value("steps", int64_t{0});
+    run.figures.seconds = run.summary.value("train_seconds", 0.0);
+    run.figures.train_tokens_per_second = run.summary.value("train_tokens_per_s", 0.0);
+  }
   return run;
 }
 
@@ -550,12 +577,12 @@ class ReportBuilder {
            {"train_examples", run.train_examples},
            {"metric", run.main_metric()},
            {"value", std::isnan(run.main_value()) ? json() : json(run.main_value())},
-           {"steps", run.summary.value("steps", int64_t{0})},
+           {"steps", run.figures.steps},
            {"delta_values", run.stored_values()},
            {"delta_share", std::isnan(run.stored_share()) ? json() : json(run.stored_share())},
            {"delta_bytes", run.summary.value("delta_bytes", int64_t{0})},
-           {"train_seconds", run.summary.value("train_seconds", 0.0)},
-           {"train_tokens_per_s", run.summary.value("train_tokens_per_s", 0.0)},
+           {"train_seconds", run.figures.seconds},
+           {"train_tokens_per_s", run.figures.train_tokens_per_second},
            {"device", env.value("device", std::string())},
            {"other_splits", other},
            {"directory", run.directory.string()}});

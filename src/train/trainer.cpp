@@ -1129,6 +1129,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   }
   bar.finish();
   result.steps = optimizer.steps();
+  result.eval_seconds = eval_seconds;  // a finished stage's, from its end checkpoint
   if (job) check_ranks_agree(*job, trained_tensors(model, optimizer), optimizer.steps());
   if (!finished) {
     result.seconds =
@@ -1184,25 +1185,50 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   return result;
 }
 
+RunFigures whole_run_figures(const std::vector<json>& closing_records) {
+  RunFigures whole;
+  double tokens = 0, training_seconds = 0;
+  for (const json& record : closing_records) {
+    const double seconds = record.value("seconds", 0.0);
+    const double training = std::max(seconds - record.value("eval_seconds", 0.0), 0.0);
+    whole.steps += record.value("steps", int64_t{0});
+    whole.seconds += seconds;
+    tokens += record.value("train_tokens_per_s", 0.0) * training;
+    training_seconds += training;
+  }
+  if (closing_records.size() == 1)
+    whole.train_tokens_per_second = closing_records[0].value("train_tokens_per_s", 0.0);
+  else if (training_seconds > 0)
+    whole.train_tokens_per_second = tokens / training_seconds;
+  return whole;
+}
+
 namespace {
 
 json stage_record(const std::string& stage, const TrainResult& r) {
   return json{{"stage", stage},
               {"dev", r.best.to_json()},
               {"steps", r.steps},
+              {"seconds", r.seconds},
+              {"eval_seconds", r.eval_seconds},
               {"train_tokens_per_s", r.train_tokens_per_second}};
 }
 
-}  // namespace
-
-namespace {
-
-// The run directories of a method's stages, in order.
+// The run directories of a method's stages, in order. Readers of a run
+// (the report) rely on the layout Method::stages() promises: the last stage
+// logs in the run's own directory, the earlier ones in subdirectories whose
+// names sort in stage order.
 std::vector<fs::path> stage_directories(const std::vector<methods::Stage>& stages,
                                         const fs::path& run_dir) {
   std::vector<fs::path> out;
-  for (const auto& stage : stages)
-    out.push_back(stage.directory.empty() ? run_dir : run_dir / stage.directory);
+  for (size_t i = 0; i < stages.size(); ++i) {
+    const bool last = i + 1 == stages.size();
+    if (last != stages[i].directory.empty() ||
+        (i > 0 && !last && stages[i].directory <= stages[i - 1].directory))
+      throw Error(
+          fmt::format("stage {} ({}): its directory breaks the run layout", i, stages[i].name));
+    out.push_back(last ? run_dir : run_dir / stages[i].directory);
+  }
   return out;
 }
 
@@ -1270,8 +1296,9 @@ MethodRun run_method(
       }
   }
   const int64_t total = planned_steps(train, config);
-  int64_t prior = 0;              // planned steps of the stages run so far
-  json pending = json::object();  // a transition's facts for the next stage's record
+  int64_t prior = 0;                  // planned steps of the stages run so far
+  json pending = json::object();      // a transition's facts for the next stage's record
+  std::vector<json> closing_records;  // one per stage trained
   MethodRun run;
   for (size_t i = 0; i < stages.size(); ++i) {
     const methods::Stage& stage = stages[i];
@@ -1310,7 +1337,17 @@ MethodRun run_method(
     record.update(pending);
     pending = json::object();
     run.stages.push_back(record);
-    if (last) return run;
+    closing_records.push_back(record);
+    if (last) {
+      // The run's figures are the whole run's; its best step counts the
+      // earlier stages' steps first, as the report's curves place them.
+      const RunFigures whole = whole_run_figures(closing_records);
+      run.result.best_step += whole.steps - run.result.steps;
+      run.result.steps = whole.steps;
+      run.result.seconds = whole.seconds;
+      run.result.train_tokens_per_second = whole.train_tokens_per_second;
+      return run;
+    }
     const methods::StageTransition transition = method.between_stages(i, *model);
     Evaluation now;
     if (transition.evaluate)

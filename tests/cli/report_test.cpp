@@ -22,6 +22,7 @@
 
 #include "cli_run.h"
 #include "deltatune/io/atomic_file.h"
+#include "deltatune/train/report.h"
 #include "test_paths.h"
 
 namespace deltatune::test {
@@ -296,6 +297,58 @@ TEST_F(Report, InputsWithoutFinishedRunsAndAMissingGnuplotAreClearErrorsThatWrit
   EXPECT_EQ(run.status, 1);
   EXPECT_NE(run.output.find("gnuplot not found"), std::string::npos) << run.output;
   EXPECT_FALSE(fs::exists(report));
+}
+
+// A method of two stages (FAR: priming, then the learned nodes) logs each
+// stage from its own step 1; the report places the second after the first,
+// and its figures are the whole run's, as summary.json's are. A summary
+// written before it held the whole run's (the last stage's figures) gets the
+// same figures from the stages' logs.
+TEST(ReportOfAStagedRun, CurvesFollowTheStagesInOrderAndTheFiguresAreTheWholeRuns) {
+  ScratchDir dir;
+  const fs::path out = dir.path() / "far";
+  const CliRun run = deltatune(
+      "train --task RTE --method far --max-train-samples 32 --max-steps 6 --max-length 32 "
+      "--batch-size 8 --log-every 1 --eval-every 2 --out " +
+      sh_quote(out));
+  ASSERT_EQ(run.status, 0) << run.output;
+  json summary = json::parse(io::read_text_file(out / "summary.json"));
+  ASSERT_EQ(summary["stages"].size(), 2u);
+  const json priming = summary["stages"][0], learned = summary["stages"][1];
+  EXPECT_EQ(priming["steps"], 1);  // round(0.1 x 6)
+  EXPECT_EQ(learned["steps"], 5);
+  EXPECT_EQ(summary["steps"], 6);
+  EXPECT_DOUBLE_EQ(summary["train_seconds"].get<double>(),
+                   priming["seconds"].get<double>() + learned["seconds"].get<double>());
+  EXPECT_GT(summary["best_step"].get<int64_t>(), 1);
+
+  auto train_steps = [](const train::ReportRun& report_run) {
+    std::vector<int64_t> steps;
+    for (const json& record : report_run.log)
+      if (record.value("split", std::string()) == "train") steps.push_back(record["step"]);
+    return steps;
+  };
+  const std::vector<int64_t> whole_run = {1, 2, 3, 4, 5, 6};
+  train::ReportInputs inputs = train::read_report_inputs({out});
+  ASSERT_EQ(inputs.runs.size(), 1u);
+  EXPECT_EQ(train_steps(inputs.runs[0]), whole_run);
+  EXPECT_EQ(inputs.runs[0].figures.steps, 6);
+  EXPECT_NEAR(inputs.runs[0].figures.train_tokens_per_second,
+              summary["train_tokens_per_s"].get<double>(),
+              1e-9 * summary["train_tokens_per_s"].get<double>());
+  EXPECT_NE(summary["train_tokens_per_s"], learned["train_tokens_per_s"]);
+
+  // As an older deltatune wrote it: the last stage's figures.
+  summary["steps"] = learned["steps"];
+  summary["train_seconds"] = learned["seconds"];
+  summary["train_tokens_per_s"] = learned["train_tokens_per_s"];
+  for (json& stage : summary["stages"]) stage.erase("seconds"), stage.erase("eval_seconds");
+  io::write_text_atomically(out / "summary.json", summary.dump());
+  inputs = train::read_report_inputs({out});
+  EXPECT_EQ(train_steps(inputs.runs[0]), whole_run);
+  EXPECT_EQ(inputs.runs[0].figures.steps, 6);
+  EXPECT_NEAR(inputs.runs[0].figures.seconds,
+              priming["seconds"].get<double>() + learned["seconds"].get<double>(), 1e-9);
 }
 
 }  // namespace

@@ -398,6 +398,12 @@ TEST(SelectiveMethods, RunMethodRunsEveryStageAndTransitionOfFarAndDiffPruning) 
   EXPECT_EQ(run.stages[1]["stage"], "learned_nodes");
   EXPECT_EQ(run.stages[1]["steps"], 5);
   EXPECT_EQ(run.stages[1]["learned_nodes"], 6 * 154);
+  // The run's figures are the whole run's: both stages' steps and time.
+  EXPECT_EQ(run.result.steps, 6);
+  EXPECT_DOUBLE_EQ(run.result.seconds,
+                   run.stages[0]["seconds"].get<double>() + run.stages[1]["seconds"].get<double>());
+  EXPECT_GT(run.result.best_step, 1);  // in the learned-nodes stage, after priming's step
+  EXPECT_LE(run.result.best_step, 6);
   // after_training() put the ordinary layout back.
   EXPECT_EQ(
       far_model->named_parameters(true).find("bert.encoder.layer.0.feed_forward.learned_up.weight"),
@@ -413,6 +419,24 @@ TEST(SelectiveMethods, RunMethodRunsEveryStageAndTransitionOfFarAndDiffPruning) 
   EXPECT_TRUE(run.stages[1].contains("dev"));
   EXPECT_EQ(run.stages[2]["stage"], "fixed_mask");
   EXPECT_TRUE(set_up.method.projected());
+  EXPECT_EQ(run.result.steps, 3 + run.stages[2]["steps"].get<int64_t>());
+  EXPECT_GT(run.result.best_step, 3);  // the fixed-mask stage keeps its best, after the relaxed 3
+}
+
+// A run's tokens/s is its training tokens over its training time, whatever
+// share of each stage went to evaluations; steps and seconds add up.
+TEST(SelectiveMethods, WholeRunFiguresWeighStagesByTheirTrainingTime) {
+  const RunFigures one = whole_run_figures(
+      {{{"steps", 7}, {"seconds", 9.0}, {"eval_seconds", 1.0}, {"train_tokens_per_s", 50.0}}});
+  EXPECT_EQ(one.steps, 7);
+  EXPECT_DOUBLE_EQ(one.train_tokens_per_second, 50.0);
+  // 100 tok/s for 10 s of training (2 s evaluating), then 1,000 tok/s for 1 s.
+  const RunFigures two = whole_run_figures(
+      {{{"steps", 10}, {"seconds", 12.0}, {"eval_seconds", 2.0}, {"train_tokens_per_s", 100.0}},
+       {{"steps", 4}, {"seconds", 1.5}, {"eval_seconds", 0.5}, {"train_tokens_per_s", 1000.0}}});
+  EXPECT_EQ(two.steps, 14);
+  EXPECT_DOUBLE_EQ(two.seconds, 13.5);
+  EXPECT_DOUBLE_EQ(two.train_tokens_per_second, 2000.0 / 11.0);
 }
 
 // W1, b1, W2 of layer `i`, by the model's names.

@@ -138,7 +138,10 @@ class Method {
   // prefixes and adapters change the computation, not just its weights):
   // export to a plain HF model is then refused.
   virtual bool folds_into_weights() const { return true; }
-  // The stages of a run, in order (one by default).
+  // The stages of a run, in order (one by default). The last logs in the
+  // run's own directory (an empty Stage::directory), each earlier one in a
+  // subdirectory whose name sorts after the stage before's: readers of a run
+  // order its logs so (train::run_method refuses another layout).
   virtual std::vector<Stage> stages() const { return {Stage("train")}; }
   // After stage `finished` (0-based) and before the next: Diff Pruning
   // projects, FAR splits its FFNs.

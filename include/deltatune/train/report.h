@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "deltatune/train/run_figures.h"
+
 namespace deltatune::train {
 
 // One finished run, read from its directory.
@@ -19,11 +21,14 @@ struct ReportRun {
   std::string task, method;
   std::string variant;  // the sweep cell's variant (cell.json); empty: none
   int64_t seed = 0;
-  int64_t train_examples = 0;       // the training set's size, from run.json
-  nlohmann::json summary;           // summary.json
-  nlohmann::json plan;              // run.json
-  nlohmann::json delta;             // delta/delta.json (empty when absent)
-  std::vector<nlohmann::json> log;  // metrics.jsonl of every stage, in step order
+  int64_t train_examples = 0;  // the training set's size, from run.json
+  nlohmann::json summary;      // summary.json
+  nlohmann::json plan;         // run.json
+  nlohmann::json delta;        // delta/delta.json (empty when absent)
+  // metrics.jsonl of every stage, in step order: a later stage's steps
+  // follow the earlier stages' (each stage's log counts from its own start).
+  std::vector<nlohmann::json> log;
+  RunFigures figures;  // the whole run's steps, seconds and training tokens/s
 
   // The method as charts and tables name it: "frozen/from-full" for a variant.
   std::string label() const { return variant.empty() ? method : method + "/" + variant; }

@@ -19,6 +19,7 @@
 #include "deltatune/model/encoder.h"
 #include "deltatune/train/distributed.h"
 #include "deltatune/train/metrics.h"
+#include "deltatune/train/run_figures.h"
 
 namespace deltatune::train {
 
@@ -96,7 +97,8 @@ struct TrainResult {
   int64_t best_step = 0;
   int64_t steps = 0;                   // optimizer steps taken (in this and earlier resumed runs)
   double seconds = 0;                  // wall time of this run's training loop
-  double train_tokens_per_second = 0;  // real (non-padding) tokens
+  double eval_seconds = 0;             // the part of `seconds` spent evaluating
+  double train_tokens_per_second = 0;  // real (non-padding) tokens per second of training
   bool stopped_early = false;
 };
 
