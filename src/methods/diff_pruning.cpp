@@ -281,11 +281,7 @@ int64_t DiffPruning::project(model::SequenceClassifierImpl& model) {
 
 std::vector<std::pair<std::string, StorageKind>> DiffPruning::stored_parameters(
     const model::SequenceClassifierImpl& model) const {
-  std::vector<std::pair<std::string, StorageKind>> stored;
-  for (const auto& item : model.named_parameters(true))
-    stored.emplace_back(item.key(), is_classifier_parameter(item.key()) ? StorageKind::kDense
-                                                                        : StorageKind::kSparse);
-  return stored;
+  return every_parameter_sparse_head_dense(model);
 }
 
 std::string DiffPruning::describe() const {

@@ -71,11 +71,7 @@ void FishMask::on_backward(model::SequenceClassifierImpl& model, int64_t /*step*
 
 std::vector<std::pair<std::string, StorageKind>> FishMask::stored_parameters(
     const model::SequenceClassifierImpl& model) const {
-  std::vector<std::pair<std::string, StorageKind>> stored;
-  for (const auto& item : model.named_parameters(true))
-    stored.emplace_back(item.key(), is_classifier_parameter(item.key()) ? StorageKind::kDense
-                                                                        : StorageKind::kSparse);
-  return stored;
+  return every_parameter_sparse_head_dense(model);
 }
 
 std::string FishMask::describe() const {

@@ -215,6 +215,15 @@ namespace {
 const std::string kMaskPrefix = "mask::";
 }
 
+std::vector<std::pair<std::string, StorageKind>> every_parameter_sparse_head_dense(
+    const model::SequenceClassifierImpl& model) {
+  std::vector<std::pair<std::string, StorageKind>> stored;
+  for (const auto& item : model.named_parameters(true))
+    stored.emplace_back(item.key(), is_classifier_parameter(item.key()) ? StorageKind::kDense
+                                                                        : StorageKind::kSparse);
+  return stored;
+}
+
 MethodState masks_state(const std::map<std::string, at::Tensor>& masks) {
   MethodState state;
   for (const auto& [name, mask] : masks) state.tensors.emplace_back(kMaskPrefix + name, mask);

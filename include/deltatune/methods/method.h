@@ -221,6 +221,11 @@ class Method {
   virtual std::string describe() const = 0;
 };
 
+// Every parameter of `model` stored sparse (the entries that differ from the
+// base), the head dense: the storage of the masked methods (FISH, Diff Pruning).
+std::vector<std::pair<std::string, StorageKind>> every_parameter_sparse_head_dense(
+    const model::SequenceClassifierImpl& model);
+
 // Fixed masks by parameter name as a MethodState ("mask::<name>" tensors), and back;
 // masks_of_state throws an Error naming `method` when the state holds none.
 MethodState masks_state(const std::map<std::string, at::Tensor>& masks);
