@@ -99,7 +99,7 @@ ReportRun read_run(const fs::path& dir) {
   // Each stage counts its steps from its own start; its records are placed
   // after the earlier stages' steps, as the run took them.
   int64_t earlier_steps = 0;
-  std::vector<json> closing_records;
+  json closing_records = json::array();
   for (const fs::path& log : logs) {
     int64_t last_step = 0;
     json closing;

@@ -1185,7 +1185,7 @@ TrainResult Trainer::fit(const data::EncodedDataset& train, const data::EncodedD
   return result;
 }
 
-RunFigures whole_run_figures(const std::vector<json>& closing_records) {
+RunFigures whole_run_figures(const json& closing_records) {
   RunFigures whole;
   double tokens = 0, training_seconds = 0;
   for (const json& record : closing_records) {
@@ -1196,10 +1196,7 @@ RunFigures whole_run_figures(const std::vector<json>& closing_records) {
     tokens += record.value("train_tokens_per_s", 0.0) * training;
     training_seconds += training;
   }
-  if (closing_records.size() == 1)
-    whole.train_tokens_per_second = closing_records[0].value("train_tokens_per_s", 0.0);
-  else if (training_seconds > 0)
-    whole.train_tokens_per_second = tokens / training_seconds;
+  if (training_seconds > 0) whole.train_tokens_per_second = tokens / training_seconds;
   return whole;
 }
 
@@ -1296,9 +1293,8 @@ MethodRun run_method(
       }
   }
   const int64_t total = planned_steps(train, config);
-  int64_t prior = 0;                  // planned steps of the stages run so far
-  json pending = json::object();      // a transition's facts for the next stage's record
-  std::vector<json> closing_records;  // one per stage trained
+  int64_t prior = 0;              // planned steps of the stages run so far
+  json pending = json::object();  // a transition's facts for the next stage's record
   MethodRun run;
   for (size_t i = 0; i < stages.size(); ++i) {
     const methods::Stage& stage = stages[i];
@@ -1337,11 +1333,10 @@ MethodRun run_method(
     record.update(pending);
     pending = json::object();
     run.stages.push_back(record);
-    closing_records.push_back(record);
     if (last) {
       // The run's figures are the whole run's; its best step counts the
       // earlier stages' steps first, as the report's curves place them.
-      const RunFigures whole = whole_run_figures(closing_records);
+      const RunFigures whole = whole_run_figures(run.stages);
       run.result.best_step += whole.steps - run.result.steps;
       run.result.steps = whole.steps;
       run.result.seconds = whole.seconds;
